@@ -1,0 +1,152 @@
+"""Command line: thin click commands over settings, plan and runner."""
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import LatentDecoderError
+from .experiment import Experiment
+from .plan import ItemState, Plan, make_plan
+from .runner import RunReport, run_decode
+from .settings import DEFAULT_CRF, DTYPES, FORMATS, CliOptions, RunSettings, resolve_settings
+
+log = logging.getLogger("latent_decoder")
+
+EXIT_SETUP = 2
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+    if not verbose:
+        for noisy in ("diffusers", "huggingface_hub", "imageio_ffmpeg", "urllib3", "filelock"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", module="diffusers")
+        warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _fail(err: BaseException, verbose: bool) -> None:
+    if verbose:
+        log.exception("")
+    click.echo(f"error: {err}", err=True)
+    sys.exit(getattr(err, "exit_code", 1))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="latent-decoder")
+def cli() -> None:
+    """Decode the latents a video-diffusion experiment stored at every denoising step into videos.
+
+    An experiment folder holds configs/generation_config.yaml and
+    latents/<prompt>/<video>/step_NNN.npy.gz; videos go to EXP/latents_videos/.
+    """
+
+
+@cli.command()
+@click.argument("experiment", type=click.Path(path_type=Path))
+@click.option("--output-dir", type=click.Path(path_type=Path), help="Where videos go [default: EXP/latents_videos].")
+@click.option("--prompt-filter", metavar="NAMES", help="Only these prompt folders (comma list of exact names).")
+@click.option("--video-filter", metavar="NAMES", help="Only these video folders, e.g. vid_001,vid_002.")
+@click.option("--step-filter", metavar="NAMES", help="Only these steps, e.g. step_000,step_019 (or 0,19).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True, help="VAE precision.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="mp4", show_default=True,
+              help="mp4: H.264 video per step; png: a folder of lossless frames per step.")
+@click.option("--fps", type=float, help="Frame rate [default: video_settings.fps from the config, else 12].")
+@click.option("--crf", type=click.IntRange(0, 51), help=f"x264 constant rate factor, lower is better [default: {DEFAULT_CRF}].")
+@click.option("--quality", type=click.FloatRange(0, 10), help="Quality 0-10 as in the original tool (instead of --crf).")
+@click.option("--scale", type=click.FloatRange(0, 4, min_open=True), default=1.0, show_default=True,
+              help="Resize frames by this factor (0.5 = half size).")
+@click.option("--model", help="Model id or local folder; overrides the config's model_settings.model_id.")
+@click.option("--force", is_flag=True, help="Decode again items that are already done.")
+@click.option("--dry-run", is_flag=True, help="Print what would be decoded and what is already done; decode nothing.")
+@click.option("--verbose", "-v", is_flag=True, help="More logging; tracebacks on errors.")
+def decode(experiment: Path, output_dir: Path | None, prompt_filter: str | None, video_filter: str | None,
+           step_filter: str | None, device: str, dtype: str, fmt: str, fps: float | None, crf: int | None,
+           quality: float | None, scale: float, model: str | None, force: bool, dry_run: bool, verbose: bool) -> None:
+    """Decode every stored step of EXPERIMENT into a video.
+
+    Resumes by default: steps already decoded with the same settings are skipped. Exit
+    status: 0 all decoded, 1 some steps failed (see decode_summary.json), 2 bad setup,
+    130 interrupted (finished steps are kept).
+    """
+    _setup_logging(verbose)
+    opts = CliOptions(output_dir=output_dir, prompt_filter=prompt_filter, video_filter=video_filter,
+                      step_filter=step_filter, device=device, fps=fps, dtype=dtype, format=fmt, quality=quality,
+                      crf=crf, scale=scale, model=model, force=force)
+    try:
+        settings = resolve_settings(Experiment.load(experiment), opts)
+        if dry_run:
+            print_plan(settings, make_plan(settings), verbose)
+            return
+        _describe(settings)
+        report = run_decode(settings)
+    except LatentDecoderError as err:
+        _fail(err, verbose)
+        return
+    print_report(settings, report)
+    sys.exit(report.exit_code)
+
+
+def _describe(settings: RunSettings) -> None:
+    o = settings.output
+    enc = f"crf {o.crf}, {o.fps:g} fps" if o.format == "mp4" else "lossless"
+    log.info("experiment %s\nmodel      %s\noutput     %s (%s, %s, %s%s)", settings.experiment.root, o.model,
+             settings.output_dir, o.format, enc, o.dtype, f", scale {o.scale:g}" if o.scale != 1 else "")
+
+
+STATE_WORDS = {
+    ItemState.TODO: "decode",
+    ItemState.DONE: "done",
+    ItemState.STALE: "decode again (settings changed)",
+    ItemState.FAILED: "retry (failed before)",
+    ItemState.FORCED: "decode again (--force)",
+}
+
+
+def print_plan(settings: RunSettings, plan: Plan, verbose: bool) -> None:
+    _describe(settings)
+    by_video: dict[str, list] = {}
+    for step in plan.items:
+        by_video.setdefault(step.video_key, []).append(step)
+    for key, steps in by_video.items():
+        done = sum(1 for s in steps if plan.states[s.key] is ItemState.DONE)
+        click.echo(f"{key}: {len(steps)} steps, {done} done, {len(steps) - done} to decode")
+        if verbose:
+            for s in steps:
+                click.echo(f"  {s.step}  {STATE_WORDS[plan.states[s.key]]}")
+    counts = ", ".join(f"{plan.count(st)} {STATE_WORDS[st]}" for st in ItemState if plan.count(st))
+    click.echo(f"dry run: {len(plan.items)} items ({counts or 'nothing matches the filters'}); nothing decoded")
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
+
+
+def print_report(settings: RunSettings, report: RunReport) -> None:
+    if not report.plan.items:
+        click.echo(f"error: no latent steps under {settings.experiment.latents_dir} match the filters", err=True)
+        return
+    n = len(report.records)
+    rate = f" ({n / report.wall_seconds:.2f} items/s)" if n and report.wall_seconds > 0 else ""
+    head = "interrupted" if report.interrupted is not None else "finished"
+    click.echo(f"{head}: decoded {n} item(s) in {_duration(report.wall_seconds)}{rate}: "
+               f"{report.succeeded} ok, {len(report.failed)} failed, {report.skipped} already done", err=True)
+    for rec in report.failed[:10]:
+        click.echo(f"  failed {rec.item}: {rec.error}", err=True)
+    if len(report.failed) > 10:
+        click.echo(f"  ... and {len(report.failed) - 10} more (see decode_summary.json)", err=True)
+    if report.summary is not None:
+        s = report.summary
+        click.echo(f"all items in the folder: {s['successful_steps']}/{s['total_steps']} ok", err=True)
+    click.echo(f"videos:  {settings.output_dir}", err=True)
+    click.echo(f"summary: {settings.output_dir / 'decode_summary.json'}", err=True)
+
+
+def main() -> None:
+    cli(prog_name="latent-decoder")

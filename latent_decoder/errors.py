@@ -1,0 +1,57 @@
+"""Typed errors. Each carries what it concerns and reaches the user as one line.
+
+Two kinds matter to the runner:
+* ``SetupError`` stops the run before any item is decoded (exit code 2): the experiment,
+  config, model, device or output folder is unusable.
+* ``ItemError`` concerns one work item (bad latent file, shape that does not fit the VAE,
+  decode failure): the item is recorded as failed and the run goes on (exit code 1 at the end).
+"""
+from __future__ import annotations
+
+
+class LatentDecoderError(Exception):
+    """Base class; ``str(err)`` is the one-line message shown to the user."""
+
+    exit_code = 1
+
+
+class SetupError(LatentDecoderError):
+    """Something the whole run needs is missing or unusable."""
+
+    exit_code = 2
+
+
+class ExperimentError(SetupError):
+    """The experiment folder, its config or its latents folder is missing or malformed."""
+
+
+class ModelNotFoundError(SetupError):
+    """The VAE could not be found in any of the places looked at."""
+
+
+class UnsupportedModelError(SetupError):
+    """The VAE exists but its class has no de-normalisation rule in ``models.FAMILIES``."""
+
+
+class DeviceError(SetupError):
+    """The requested torch device does not exist on this machine."""
+
+
+class RunLockedError(SetupError):
+    """Another run holds the output folder's lock."""
+
+
+class ItemError(LatentDecoderError):
+    """One work item failed; the message names the file it concerns."""
+
+
+class LatentFileError(ItemError):
+    """The stored latent cannot be read (truncated, not gzip, not .npy, wrong dtype, NaN/Inf)."""
+
+
+class LatentShapeError(ItemError):
+    """The latent's shape does not fit the VAE."""
+
+
+class DecodeError(ItemError):
+    """The VAE or the encoder failed on an otherwise valid latent."""

@@ -1,0 +1,205 @@
+"""Reading an experiment folder: its generation config and the stored latent files.
+
+An experiment looks like ``EXP/configs/generation_config.yaml`` plus
+``EXP/latents/<prompt>/<video>/step_NNN.npy.gz`` (or plain ``.npy``), with an optional
+``step_NNN_metadata.json`` beside each step.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ExperimentError
+
+CONFIG_RELPATH = Path("configs") / "generation_config.yaml"
+LATENTS_DIRNAME = "latents"
+DEFAULT_FPS = 12.0
+
+PROMPT_DIR_RE = re.compile(r"^(prompt_.+|p\d+_b\d+_s\d+)$")
+STEP_FILE_RE = re.compile(r"^step_(\d+)\.npy(\.gz)?$")
+
+
+@dataclass(frozen=True)
+class VideoSettings:
+    """``video_settings`` from the generation config; any field may be absent."""
+
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
+    frames: int | None = None
+
+
+@dataclass(frozen=True)
+class LatentStep:
+    """One stored latent: the (prompt, video, step) a work item decodes."""
+
+    prompt: str
+    video: str
+    step: str  # e.g. "step_000"
+    step_index: int
+    path: Path
+
+    @property
+    def key(self) -> str:
+        """Stable identity of the item, also its path relative to latents/ without suffix."""
+        return f"{self.prompt}/{self.video}/{self.step}"
+
+    @property
+    def video_key(self) -> str:
+        return f"{self.prompt}/{self.video}"
+
+    @property
+    def metadata_path(self) -> Path:
+        return self.path.with_name(f"{self.step}_metadata.json")
+
+    def read_metadata(self) -> dict[str, Any] | None:
+        """The ``step_NNN_metadata.json`` beside the latent, or None if there is none.
+
+        A metadata file that cannot be parsed is reported inside the returned dict rather
+        than failing the item: the latent itself may be fine.
+        """
+        path = self.metadata_path
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            return {"_error": f"unreadable metadata {path}: {exc}"}
+        return data if isinstance(data, dict) else {"value": data}
+
+
+@dataclass(frozen=True)
+class NameFilter:
+    """A comma list of exact names; empty means everything matches.
+
+    The same matcher serves dry-run and decode. For steps, a bare number also matches
+    (``5`` or ``005`` selects ``step_005``).
+    """
+
+    names: frozenset[str] = frozenset()
+    numeric: bool = False
+
+    @classmethod
+    def parse(cls, text: str | None, numeric: bool = False) -> "NameFilter":
+        names = frozenset(p.strip() for p in (text or "").split(",") if p.strip())
+        return cls(names, numeric)
+
+    def __bool__(self) -> bool:
+        return bool(self.names)
+
+    def matches(self, name: str, index: int | None = None) -> bool:
+        if not self.names:
+            return True
+        if name in self.names:
+            return True
+        if self.numeric and index is not None:
+            return any(n.isdigit() and int(n) == index for n in self.names)
+        return False
+
+
+@dataclass(frozen=True)
+class Filters:
+    prompts: NameFilter = field(default_factory=NameFilter)
+    videos: NameFilter = field(default_factory=NameFilter)
+    steps: NameFilter = field(default_factory=lambda: NameFilter(numeric=True))
+
+    @classmethod
+    def parse(cls, prompt: str | None = None, video: str | None = None, step: str | None = None) -> "Filters":
+        return cls(NameFilter.parse(prompt), NameFilter.parse(video), NameFilter.parse(step, numeric=True))
+
+
+@dataclass
+class Experiment:
+    root: Path
+    config: dict[str, Any]
+
+    @classmethod
+    def load(cls, root: str | Path) -> "Experiment":
+        root = Path(root).expanduser()
+        if not root.is_dir():
+            raise ExperimentError(f"experiment folder not found: {root}")
+        config_path = root / CONFIG_RELPATH
+        if not config_path.is_file():
+            raise ExperimentError(f"config not found: {config_path} (expected EXP/{CONFIG_RELPATH})")
+        try:
+            config = yaml.safe_load(config_path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ExperimentError(f"cannot parse {config_path}: {first}") from exc
+        if not isinstance(config, dict):
+            raise ExperimentError(f"{config_path} must hold a mapping, found {type(config).__name__}")
+        if not (root / LATENTS_DIRNAME).is_dir():
+            raise ExperimentError(f"latents folder not found: {root / LATENTS_DIRNAME}")
+        return cls(root=root, config=config)
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / CONFIG_RELPATH
+
+    @property
+    def latents_dir(self) -> Path:
+        return self.root / LATENTS_DIRNAME
+
+    @property
+    def default_output_dir(self) -> Path:
+        return self.root / "latents_videos"
+
+    @property
+    def model_id(self) -> str | None:
+        """``model_settings.model_id``, else a top-level ``model_id``."""
+        settings = self.config.get("model_settings")
+        if isinstance(settings, dict) and settings.get("model_id"):
+            return str(settings["model_id"])
+        if self.config.get("model_id"):
+            return str(self.config["model_id"])
+        return None
+
+    @property
+    def video_settings(self) -> VideoSettings:
+        raw = self.config.get("video_settings")
+        if not isinstance(raw, dict):
+            return VideoSettings()
+
+        def num(key: str, kind: type) -> Any:
+            value = raw.get(key)
+            try:
+                return kind(value) if value is not None else None
+            except (TypeError, ValueError):
+                raise ExperimentError(f"{self.config_path}: video_settings.{key} must be a number, got {value!r}")
+
+        return VideoSettings(num("width", int), num("height", int), num("fps", float), num("frames", int))
+
+    def discover(self, filters: Filters | None = None) -> list[LatentStep]:
+        """Every stored latent step that passes the filters, in a stable order."""
+        filters = filters or Filters()
+        steps: list[LatentStep] = []
+        for prompt_dir in sorted(p for p in self.latents_dir.iterdir() if p.is_dir()):
+            if not PROMPT_DIR_RE.match(prompt_dir.name) or not filters.prompts.matches(prompt_dir.name):
+                continue
+            for video_dir in sorted(v for v in prompt_dir.iterdir() if v.is_dir()):
+                if not filters.videos.matches(video_dir.name):
+                    continue
+                steps.extend(_steps_in(prompt_dir.name, video_dir, filters.steps))
+        return steps
+
+
+def _steps_in(prompt: str, video_dir: Path, step_filter: NameFilter) -> list[LatentStep]:
+    """Step files of one video folder; ``.npy.gz`` wins over a plain ``.npy`` of the same step."""
+    found: dict[int, LatentStep] = {}
+    for path in sorted(video_dir.iterdir()):
+        match = STEP_FILE_RE.match(path.name)
+        if not match or not path.is_file():
+            continue
+        index = int(match.group(1))
+        name = f"step_{match.group(1)}"
+        if not step_filter.matches(name, index):
+            continue
+        if index in found and found[index].path.name.endswith(".gz"):
+            continue
+        found[index] = LatentStep(prompt, video_dir.name, name, index, path)
+    return [found[i] for i in sorted(found)]

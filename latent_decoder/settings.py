@@ -1,0 +1,113 @@
+"""Run settings: command-line options merged over the experiment's config, in one function.
+
+``OutputSettings`` is everything that changes the bytes of an item's outputs; an item decoded
+with different output settings is not "done" and is decoded again on resume.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import SetupError
+from .experiment import DEFAULT_FPS, Experiment, Filters
+
+DTYPES = ("float32", "bfloat16", "float16")
+FORMATS = ("mp4", "png")
+DEFAULT_CRF = 25  # diffusers' export_to_video default (imageio quality 5)
+
+
+def crf_from_quality(quality: float) -> int:
+    """imageio's 0-10 quality scale (the original tool's ``--quality``) as an x264 CRF."""
+    if not 0 <= quality <= 10:
+        raise SetupError(f"--quality must be between 0 and 10, got {quality}")
+    return int((1 - quality / 10.0) * 51)
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """What an item's outputs depend on; stored in every step record and compared on resume."""
+
+    model: str
+    dtype: str = "float32"
+    fps: float = DEFAULT_FPS
+    format: str = "mp4"
+    crf: int = DEFAULT_CRF
+    scale: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings that shape this format's bytes (fps and CRF do not touch PNG frames)."""
+        data = self.to_dict()
+        if self.format == "png":
+            del data["fps"], data["crf"]
+        return data
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    experiment: Experiment
+    output: OutputSettings
+    output_dir: Path
+    filters: Filters = field(default_factory=Filters)
+    device: str = "auto"
+    force: bool = False
+
+
+@dataclass
+class CliOptions:
+    """Exactly what the user asked for; None means "not given"."""
+
+    output_dir: Path | None = None
+    prompt_filter: str | None = None
+    video_filter: str | None = None
+    step_filter: str | None = None
+    device: str = "auto"
+    fps: float | None = None
+    dtype: str = "float32"
+    format: str = "mp4"
+    quality: float | None = None
+    crf: int | None = None
+    scale: float = 1.0
+    model: str | None = None
+    force: bool = False
+
+
+def resolve_settings(experiment: Experiment, opts: CliOptions) -> RunSettings:
+    """Merge options over the config: ``--model`` over the config's model id, ``--fps`` over
+    ``video_settings.fps`` over 12, ``--crf`` or ``--quality`` over the default CRF."""
+    model = opts.model or experiment.model_id
+    if not model:
+        raise SetupError(
+            f"no model id: {experiment.config_path} has no model_settings.model_id (nor model_id); pass --model"
+        )
+    fps = opts.fps if opts.fps is not None else experiment.video_settings.fps or DEFAULT_FPS
+    if fps <= 0:
+        raise SetupError(f"fps must be positive, got {fps}")
+    if opts.dtype not in DTYPES:
+        raise SetupError(f"--dtype must be one of {', '.join(DTYPES)}, got {opts.dtype}")
+    if opts.format not in FORMATS:
+        raise SetupError(f"--format must be one of {', '.join(FORMATS)}, got {opts.format}")
+    if opts.crf is not None and opts.quality is not None:
+        raise SetupError("give either --crf or --quality, not both")
+    if opts.crf is not None:
+        if not 0 <= opts.crf <= 51:
+            raise SetupError(f"--crf must be between 0 and 51, got {opts.crf}")
+        crf = opts.crf
+    elif opts.quality is not None:
+        crf = crf_from_quality(opts.quality)
+    else:
+        crf = DEFAULT_CRF
+    if not 0 < opts.scale <= 4:
+        raise SetupError(f"--scale must be in (0, 4], got {opts.scale}")
+    output = OutputSettings(model=model, dtype=opts.dtype, fps=float(fps), format=opts.format, crf=crf, scale=opts.scale)
+    return RunSettings(
+        experiment=experiment,
+        output=output,
+        output_dir=Path(opts.output_dir) if opts.output_dir else experiment.default_output_dir,
+        filters=Filters.parse(opts.prompt_filter, opts.video_filter, opts.step_filter),
+        device=opts.device,
+        force=opts.force,
+    )

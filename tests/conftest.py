@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny real VAEs saved with save_pretrained, real experiment folders,
+an HF cache entry under a real repo id, and a helper to run the real CLI in a subprocess."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Never touch the network: tests build every model they load.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from latent_decoder.demo import build_demo_experiment, build_tiny_wan_vae  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+WAN_REPO_ID = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pipeline-style model folder: ``model/vae/{config.json, diffusion_pytorch_model.safetensors}``."""
+    root = tmp_path_factory.mktemp("tiny_model")
+    build_tiny_wan_vae(seed=0).save_pretrained(root / "vae")
+    return root
+
+
+@pytest.fixture
+def make_experiment(tmp_path: Path, tiny_model_dir: Path):
+    """Factory: ``make_experiment(name="exp", **build_demo_experiment kwargs) -> Path``."""
+    def make(name: str = "exp", **kwargs) -> Path:
+        kwargs.setdefault("model_dir", tiny_model_dir)
+        kwargs.setdefault("steps", 3)
+        kwargs.setdefault("height", 32)
+        kwargs.setdefault("width", 48)
+        return build_demo_experiment(tmp_path / name, **kwargs)
+
+    return make
+
+
+def save_to_hf_cache(model_dir: Path, hf_home: Path, repo_id: str = WAN_REPO_ID, revision: str = "0" * 40) -> Path:
+    """Lay ``model_dir`` out as ``$HF_HOME/hub/models--Org--Name/{refs/main, snapshots/<rev>/...}``."""
+    import shutil
+
+    repo = hf_home / "hub" / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / revision
+    shutil.copytree(model_dir, snapshot)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    return snapshot
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``python -m latent_decoder ARGS`` as a user would; returns the finished process."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "latent_decoder", *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=REPO_ROOT, **kwargs)
