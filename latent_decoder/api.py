@@ -97,7 +97,12 @@ class ExperimentLatentDecoder:
         out = Path(output_dir) if output_dir else self.experiment.default_output_dir
         report = self._run(output_dir=out, prompt_filter=video_dir.parent.name, video_filter=video_dir.name,
                            step_filter=step_filter, fps=fps if fps is not None else self.options.fps)
-        return self._results(report, out).get(str(video_dir), {})
+        # Match by resolved path: the caller may spell the folder differently (relative vs absolute).
+        wanted = video_dir.resolve()
+        for key, steps in self._results(report, out).items():
+            if Path(key).resolve() == wanted:
+                return steps
+        return {}
 
     def decode_experiment(self, output_dir: str | Path | None = None, prompt_filter: str | None = None,
                           video_filter: str | None = None,

@@ -13,7 +13,7 @@ from .errors import LatentDecoderError
 from .experiment import Experiment
 from .plan import ItemState, Plan, make_plan
 from .runner import RunReport, run_decode
-from .settings import DEFAULT_CRF, DTYPES, FORMATS, CliOptions, RunSettings, resolve_settings
+from .settings import DEFAULT_CRF, DTYPES, EXECUTORS, FORMATS, IO_MODES, CliOptions, RunSettings, resolve_settings
 
 log = logging.getLogger("latent_decoder")
 
@@ -64,20 +64,38 @@ def cli() -> None:
 @click.option("--model", help="Model id or local folder; overrides the config's model_settings.model_id.")
 @click.option("--force", is_flag=True, help="Decode again items that are already done.")
 @click.option("--dry-run", is_flag=True, help="Print what would be decoded and what is already done; decode nothing.")
+@click.option("--executor", type=click.Choice(EXECUTORS), default="auto", show_default=True,
+              help="inline: this process, one device. ray: a pool of Ray workers. auto: ray when a Ray option "
+                   "below is given, or more than one GPU is visible and --device is auto; else inline.")
+@click.option("--gpus", type=click.IntRange(1), help="Ray: GPUs to use, one worker each [default: all the cluster has].")
+@click.option("--actors-per-gpu", type=click.IntRange(1), help="Ray: workers sharing each GPU [default: 1].")
+@click.option("--workers", type=click.IntRange(1), help="Ray: number of CPU workers (no GPU) [default: 1].")
+@click.option("--address", metavar="ADDR",
+              help="Ray: join this cluster (auto, HOST:PORT or ray://HOST:10001) instead of starting a local one.")
+@click.option("--io", type=click.Choice(IO_MODES), default="driver", show_default=True,
+              help="Ray: driver reads latents and writes videos, workers need no shared storage; "
+                   "shared: workers read and write the experiment path (all nodes must mount it).")
 @click.option("--verbose", "-v", is_flag=True, help="More logging; tracebacks on errors.")
 def decode(experiment: Path, output_dir: Path | None, prompt_filter: str | None, video_filter: str | None,
            step_filter: str | None, device: str, dtype: str, fmt: str, fps: float | None, crf: int | None,
-           quality: float | None, scale: float, model: str | None, force: bool, dry_run: bool, verbose: bool) -> None:
+           quality: float | None, scale: float, model: str | None, force: bool, dry_run: bool, executor: str,
+           gpus: int | None, actors_per_gpu: int | None, workers: int | None, address: str | None, io: str,
+           verbose: bool) -> None:
     """Decode every stored step of EXPERIMENT into a video.
 
     Resumes by default: steps already decoded with the same settings are skipped. Exit
     status: 0 all decoded, 1 some steps failed (see decode_summary.json), 2 bad setup,
     130 interrupted (finished steps are kept).
+
+    With several GPUs (or --workers, or --address) steps are spread over Ray workers, one
+    per GPU; a worker that dies is restarted and its steps decoded again, and a step that
+    killed three workers is recorded as failed.
     """
     _setup_logging(verbose)
     opts = CliOptions(output_dir=output_dir, prompt_filter=prompt_filter, video_filter=video_filter,
                       step_filter=step_filter, device=device, fps=fps, dtype=dtype, format=fmt, quality=quality,
-                      crf=crf, scale=scale, model=model, force=force)
+                      crf=crf, scale=scale, model=model, force=force, executor=executor, address=address,
+                      gpus=gpus, actors_per_gpu=actors_per_gpu, workers=workers, io=io)
     try:
         settings = resolve_settings(Experiment.load(experiment), opts)
         if dry_run:
@@ -146,6 +164,38 @@ def print_report(settings: RunSettings, report: RunReport) -> None:
         click.echo(f"all items in the folder: {s['successful_steps']}/{s['total_steps']} ok", err=True)
     click.echo(f"videos:  {settings.output_dir}", err=True)
     click.echo(f"summary: {settings.output_dir / 'decode_summary.json'}", err=True)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("experiment")
+@click.argument("decode_args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--address", required=True, metavar="URL", help="The cluster's Ray dashboard, e.g. http://HEAD:8265.")
+@click.option("--runtime-env", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Runtime-env YAML merged into the job's (which always ships this package), e.g. jobs/runtime_env.yaml.")
+@click.option("--no-wait", is_flag=True, help="Return once submitted instead of streaming the job's logs.")
+@click.option("--verbose", "-v", is_flag=True, help="Tracebacks on errors.")
+def submit(experiment: str, decode_args: tuple[str, ...], address: str, runtime_env: Path | None, no_wait: bool,
+           verbose: bool) -> None:
+    """Decode EXPERIMENT as a Ray Job on the cluster at --address.
+
+    EXPERIMENT is the path as the cluster's head node sees it. Options after -- go to `decode`
+    on the cluster, which joins the job's cluster (--address auto):
+
+        latent-decoder submit /data/EXP --address http://HEAD:8265 -- --gpus 8
+
+    Streams the job's logs and exits with its status (unless --no-wait). With Ray's token
+    authentication on, set RAY_AUTH_TOKEN to the cluster's token.
+    """
+    from .submit import load_runtime_env, submit as submit_job
+
+    _setup_logging(verbose)
+    try:
+        code = submit_job(experiment, list(decode_args), address, load_runtime_env(runtime_env), not no_wait,
+                          lambda line: click.echo(line))
+    except LatentDecoderError as err:
+        _fail(err, verbose)
+        return
+    sys.exit(code)
 
 
 def main() -> None:

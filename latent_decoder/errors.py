@@ -55,3 +55,11 @@ class LatentShapeError(ItemError):
 
 class DecodeError(ItemError):
     """The VAE or the encoder failed on an otherwise valid latent."""
+
+
+class ClusterError(SetupError):
+    """Ray is missing, unreachable, too small for the request, or lost every worker."""
+
+
+class PoisonItemError(ItemError):
+    """The item killed the worker process decoding it on every try."""

@@ -144,15 +144,16 @@ def resolve_model(source: str) -> ResolvedModel:
                 f"model '{source}': local path has neither vae/config.json nor config.json"
             )
         return ResolvedModel(source, folder, _class_name(folder), "local folder")
-    looked.append(f"no local folder {path}")
+    looked.append(f"no local folder {path.absolute()}")
+    if "/" not in source or source.startswith((".", "/", "~")):
+        raise ModelNotFoundError(f"model '{source}' not found: {'; '.join(looked)}; and it is not an ORG/NAME repo id")
     cache = hf_cache_dir()
-    folder = _from_cache(source, cache) if "/" in source and not source.startswith((".", "/")) else None
+    folder = _from_cache(source, cache)
     if folder is not None:
         return ResolvedModel(source, folder, _class_name(folder), "HF cache")
     looked.append(f"not in the HF cache {cache}")
-    if hub_offline() or "/" not in source:
-        reason = "HF_HUB_OFFLINE is set, no download tried" if hub_offline() else "not a repo id"
-        raise ModelNotFoundError(f"model '{source}' not found: {'; '.join(looked)}; {reason}")
+    if hub_offline():
+        raise ModelNotFoundError(f"model '{source}' not found: {'; '.join(looked)}; HF_HUB_OFFLINE is set, no download tried")
     return _download(source, cache, looked)
 
 

@@ -72,6 +72,8 @@ class StepRecord:
     frames_shape: list[int] | None = None
     device: str | None = None
     host: str | None = None
+    worker: str | None = None  # "inline", or the Ray actor ("ray-0", ...) that decoded it
+    pid: int | None = None  # of the worker process
     finished_at: str | None = None
     metadata: dict[str, Any] | None = None
     schema: int = RECORD_SCHEMA

@@ -113,15 +113,21 @@ def run_decode(
     worker: DecodeWorker | None = None,
     progress: bool = True,
     on_result: Callable[[LatentStep, StepRecord | None], None] | None = None,
+    worker_cls: type[DecodeWorker] = DecodeWorker,
 ) -> RunReport:
-    """Decode every planned item not already done; always leaves a summary covering all records."""
+    """Decode every planned item not already done; always leaves a summary covering all records.
+
+    ``settings.executor.kind`` picks in-process decoding or a Ray actor pool of ``worker_cls``;
+    a given ``worker`` is always used in-process.
+    """
     start = time.perf_counter()
     plan = make_plan(settings)
     report = RunReport(plan)
     layout = OutputLayout(settings.output_dir)
     todo = plan.todo
     model = None
-    if todo and worker is None:
+    use_ray = bool(todo) and worker is None and settings.executor.decided().kind == "ray"
+    if todo and worker is None and not use_ray:
         # Fail fast on a bad device or model, before touching the output folder.
         resolve_device(settings.device)
         model = resolve_model(settings.output.model)
@@ -132,14 +138,22 @@ def run_decode(
         report.skipped = plan.count(ItemState.DONE)
         model_info: dict[str, Any] | None = None
         bar: Progress | None = None
+        executor: InlineExecutor | Any = None
         try:
             if todo:
-                if worker is None:
-                    worker = DecodeWorker(settings.output, settings.output_dir, settings.device, model=model,
-                                          force=settings.force)
+                if use_ray:
+                    from .executors.ray import RayExecutor
+
+                    executor = RayExecutor(settings, worker_cls=worker_cls)
+                    model_info = executor.start()
                 else:
-                    worker.layout, worker.force = layout, settings.force
-                model_info = worker.describe()
+                    if worker is None:
+                        worker = worker_cls(settings.output, settings.output_dir, settings.device, model=model,
+                                            force=settings.force)
+                    else:
+                        worker.layout, worker.force = layout, settings.force
+                    model_info = worker.describe()
+                    executor = InlineExecutor(worker)
                 bar = Progress(len(todo), progress)
 
                 def record(step: LatentStep, rec: StepRecord | None) -> None:
@@ -151,12 +165,14 @@ def run_decode(
                     if on_result is not None:
                         on_result(step, rec)
 
-                InlineExecutor(worker).run(todo, record)
+                executor.run(todo, record)
         except KeyboardInterrupt as exc:
             report.interrupted = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
         finally:
             if bar is not None:
                 bar.close()
+            if use_ray and executor is not None:
+                executor.close()
             report.wall_seconds = time.perf_counter() - start
             # A setup failure before any decode leaves no summary behind in a fresh folder.
             if report.interrupted is not None or bar is not None or layout.records_dir.is_dir():

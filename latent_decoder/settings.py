@@ -5,9 +5,9 @@ with different output settings is not "done" and is decoded again on resume.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import SetupError
 from .experiment import DEFAULT_FPS, Experiment, Filters
@@ -15,6 +15,8 @@ from .experiment import DEFAULT_FPS, Experiment, Filters
 DTYPES = ("float32", "bfloat16", "float16")
 FORMATS = ("mp4", "png")
 DEFAULT_CRF = 25  # diffusers' export_to_video default (imageio quality 5)
+EXECUTORS = ("auto", "inline", "ray")
+IO_MODES = ("driver", "shared")
 
 
 def crf_from_quality(quality: float) -> int:
@@ -47,6 +49,25 @@ class OutputSettings:
 
 
 @dataclass(frozen=True)
+class ExecutorSettings:
+    """How items are scheduled; never part of an item's fingerprint (outputs do not depend on it)."""
+
+    kind: str = "inline"  # "inline", "ray", or "auto": decided by ``decided()`` when a run starts
+    address: str | None = None  # Ray cluster to join; None starts a local runtime
+    gpus: int | None = None  # GPUs to use; None: all the cluster has
+    actors_per_gpu: int = 1
+    workers: int | None = None  # CPU actors
+    io: str = "driver"  # "driver": workers get bytes, the driver writes; "shared": workers use the path
+
+    def decided(self, gpu_count: Callable[[], int] | None = None) -> "ExecutorSettings":
+        """Settle ``auto``: Ray when this machine shows more than one GPU. Deferred to run time
+        so a dry run or a nothing-to-do run never imports torch just to count GPUs."""
+        if self.kind != "auto":
+            return self
+        return replace(self, kind="ray" if (gpu_count or visible_gpus)() > 1 else "inline")
+
+
+@dataclass(frozen=True)
 class RunSettings:
     experiment: Experiment
     output: OutputSettings
@@ -54,6 +75,7 @@ class RunSettings:
     filters: Filters = field(default_factory=Filters)
     device: str = "auto"
     force: bool = False
+    executor: ExecutorSettings = field(default_factory=ExecutorSettings)
 
 
 @dataclass
@@ -73,6 +95,45 @@ class CliOptions:
     scale: float = 1.0
     model: str | None = None
     force: bool = False
+    executor: str = "auto"
+    address: str | None = None
+    gpus: int | None = None
+    actors_per_gpu: int | None = None
+    workers: int | None = None
+    io: str = "driver"
+
+
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def resolve_executor(opts: CliOptions) -> ExecutorSettings:
+    """``auto`` picks Ray when any Ray option is given (``--address``, ``--workers``, ``--gpus``,
+    ``--actors-per-gpu``, ``--io shared``) or, with ``--device auto``, when this machine shows more
+    than one GPU; otherwise the in-process executor."""
+    if opts.executor not in EXECUTORS:
+        raise SetupError(f"--executor must be one of {', '.join(EXECUTORS)}, got {opts.executor}")
+    if opts.io not in IO_MODES:
+        raise SetupError(f"--io must be one of {', '.join(IO_MODES)}, got {opts.io}")
+    ray_only = {"--address": opts.address, "--gpus": opts.gpus, "--actors-per-gpu": opts.actors_per_gpu,
+                "--workers": opts.workers, "--io shared": opts.io == "shared" or None}
+    given = [flag for flag, value in ray_only.items() if value is not None]
+    if opts.workers is not None and (opts.gpus is not None or opts.actors_per_gpu is not None):
+        raise SetupError("give --workers (CPU workers) or --gpus/--actors-per-gpu (GPU workers), not both")
+    for flag, value in (("--gpus", opts.gpus), ("--actors-per-gpu", opts.actors_per_gpu), ("--workers", opts.workers)):
+        if value is not None and value < 1:
+            raise SetupError(f"{flag} must be at least 1, got {value}")
+    kind = opts.executor
+    if kind == "auto":
+        kind = "ray" if given else "auto" if opts.device == "auto" else "inline"
+    if kind == "inline" and given:
+        raise SetupError(f"{', '.join(given)} need the Ray executor (--executor ray or auto)")
+    if kind == "ray" and opts.device not in ("auto", "cpu", "cuda"):
+        raise SetupError(f"--device {opts.device}: with Ray use auto, cpu or cuda, and --gpus to choose how many")
+    return ExecutorSettings(kind=kind, address=opts.address, gpus=opts.gpus, actors_per_gpu=opts.actors_per_gpu or 1,
+                            workers=opts.workers, io=opts.io)
 
 
 def resolve_settings(experiment: Experiment, opts: CliOptions) -> RunSettings:
@@ -110,4 +171,5 @@ def resolve_settings(experiment: Experiment, opts: CliOptions) -> RunSettings:
         filters=Filters.parse(opts.prompt_filter, opts.video_filter, opts.step_filter),
         device=opts.device,
         force=opts.force,
+        executor=resolve_executor(opts),
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 TEMP_MARK = ".ld-tmp-"
+SCRATCH_PREFIX = "latent-decoder-"  # encoder scratch folders in the system temp dir: latent-decoder-<pid>-xxxx
 
 
 def _even(frames: np.ndarray) -> np.ndarray:
@@ -31,7 +32,7 @@ def encode_mp4(frames: np.ndarray, fps: float, crf: int, preset: str = "medium")
 
     frames = np.ascontiguousarray(_even(frames))
     height, width = frames.shape[1:3]
-    with tempfile.TemporaryDirectory(prefix="latent-decoder-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as tmp:
         path = os.path.join(tmp, "video.mp4")
         writer = imageio_ffmpeg.write_frames(
             path,
@@ -115,9 +116,30 @@ def write_dir_atomic(path: Path, files: dict[str, bytes]) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_scratch() -> int:
+    """Delete encoder scratch folders of processes on this host that no longer exist."""
+    removed = 0
+    for path in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
+        pid = path.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+        if path.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    return removed
+
+
 def remove_stale_temps(root: Path) -> int:
     """Delete temp files/folders a killed run left behind; call only while holding the lock."""
-    removed = 0
+    removed = remove_stale_scratch()
     if not root.is_dir():
         return 0
     for path in sorted(root.rglob(f"*{TEMP_MARK}*"), key=lambda p: len(p.parts), reverse=True):

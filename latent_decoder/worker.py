@@ -6,12 +6,15 @@ once, here:
 
     begin (skip-if-done, read, validate) -> decode (device) -> encode (CPU) -> commit (disk)
 
-``run(step)`` chains them for the simplest caller. Item failures never escape a stage: they
-travel with the item and end in a "failed" record naming the file.
+``run(step)`` chains them for the simplest caller. ``process(step, data)`` runs the middle
+stages on bytes a driver read, for a worker that does not see the output folder; the driver
+then writes the result with ``commit_item``, the same function ``commit`` uses. Item failures
+never escape a stage: they travel with the item and end in a "failed" record naming the file.
 """
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import socket
 import time
@@ -71,9 +74,22 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+@dataclass(frozen=True)
+class WorkerIdentity:
+    """Who decoded an item; copied into its record."""
+
+    host: str
+    device: str
+    worker: str
+    pid: int
+
+
 @dataclass
 class ItemWork:
-    """One item travelling through the stages; ``error`` set means it is on its way to a failed record."""
+    """One item travelling through the stages; ``error`` set means it is on its way to a failed record.
+
+    Plain data (picklable) so it can travel between a Ray actor and the driver.
+    """
 
     step: LatentStep
     latent: np.ndarray | None = None
@@ -87,6 +103,49 @@ class ItemWork:
     encode_seconds: float = 0.0
     latent_shape: list[int] | None = None
     latent_dtype: str | None = None
+    frames_shape: list[int] | None = None
+    identity: WorkerIdentity | None = None
+
+
+def commit_item(layout: OutputLayout, output: OutputSettings, work: ItemWork) -> StepRecord:
+    """Write an item's outputs atomically, then its record (last, so it marks completion).
+
+    Needs no VAE: a driver commits what remote workers return with it.
+    """
+    step = work.step
+    who = work.identity
+    video_path = layout.video_path(step, output.format)
+    thumb_path = layout.thumbnail_path(step)
+    record = StepRecord(
+        item=step.key, prompt=step.prompt, video=step.video, step=step.step, step_index=step.step_index,
+        status="failed", latent_path=str(step.path), settings=output.fingerprint(),
+        load_seconds=round(work.load_seconds, 4), decode_seconds=round(work.decode_seconds, 4),
+        encode_seconds=round(work.encode_seconds, 4), latent_shape=work.latent_shape,
+        latent_dtype=work.latent_dtype, device=who.device if who else None, host=who.host if who else None,
+        worker=who.worker if who else None, pid=who.pid if who else None, metadata=step.read_metadata(),
+    )
+    if work.error is None:
+        if output.format == "mp4":
+            write_file_atomic(video_path, work.video)
+        else:
+            write_dir_atomic(video_path, work.files)
+        write_file_atomic(thumb_path, work.thumbnail)
+        record.status = "ok"
+        record.frames_shape = work.frames_shape
+        record.outputs = {"video": layout.rel(video_path), "thumbnail": layout.rel(thumb_path)}
+        record.output_sizes = {k: output_size(layout.root / v) for k, v in record.outputs.items()}
+    else:
+        # Outputs of an earlier decode no longer match this item's record: remove them.
+        for path in (layout.video_path(step, "mp4"), layout.video_path(step, "png"), thumb_path):
+            if path.is_file():
+                path.unlink()
+            elif path.is_dir():
+                shutil.rmtree(path)
+        record.error = str(work.error)
+        record.error_type = type(work.error).__name__
+    record.finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    write_record(layout, step, record)
+    return record
 
 
 class DecodeWorker:
@@ -100,6 +159,7 @@ class DecodeWorker:
         device: str = "auto",
         model: ResolvedModel | None = None,
         force: bool = False,
+        name: str = "inline",
     ) -> None:
         import torch
 
@@ -116,6 +176,7 @@ class DecodeWorker:
         self.device_name = (
             f"{self.device} ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda" else str(self.device)
         )
+        self.identity = WorkerIdentity(self.host, self.device_name, name, os.getpid())
         log.info("loaded %s (%s, %s) from %s on %s", self.model.class_name, self.rule.family, self.output.dtype,
                  self.model.folder, self.device_name)
 
@@ -151,10 +212,14 @@ class DecodeWorker:
         state = item_state(self._layout(), step, self.output, self.force)
         if state is ItemState.DONE:
             return None
-        work = ItemWork(step)
+        return self.load(step)
+
+    def load(self, step: LatentStep, data: bytes | None = None) -> ItemWork:
+        """Read (unless given the file's bytes) and validate the latent; no output folder needed."""
+        work = ItemWork(step, identity=self.identity)
         start = time.perf_counter()
         try:
-            work.latent = parse_latent(read_latent_bytes(step.path), step.path)
+            work.latent = parse_latent(read_latent_bytes(step.path) if data is None else data, step.path)
             work.latent_shape = list(work.latent.shape)
             work.latent_dtype = str(work.latent.dtype)
         except ItemError as exc:
@@ -169,6 +234,7 @@ class DecodeWorker:
         start = time.perf_counter()
         try:
             work.frames = self.decode(work.latent, str(work.step.path))
+            work.frames_shape = list(work.frames.shape)
         except ItemError as exc:
             work.error = exc
         except Exception as exc:  # a torch/diffusers failure on this latent: record it, go on
@@ -202,39 +268,13 @@ class DecodeWorker:
 
     def commit(self, work: ItemWork) -> StepRecord:
         """Write outputs atomically, then the record (last, so it marks completion)."""
-        layout = self._layout()
-        step = work.step
-        video_path = layout.video_path(step, self.output.format)
-        thumb_path = layout.thumbnail_path(step)
-        record = StepRecord(
-            item=step.key, prompt=step.prompt, video=step.video, step=step.step, step_index=step.step_index,
-            status="failed", latent_path=str(step.path), settings=self.output.fingerprint(),
-            load_seconds=round(work.load_seconds, 4), decode_seconds=round(work.decode_seconds, 4),
-            encode_seconds=round(work.encode_seconds, 4), latent_shape=work.latent_shape,
-            latent_dtype=work.latent_dtype, device=self.device_name, host=self.host, metadata=step.read_metadata(),
-        )
-        if work.error is None:
-            if self.output.format == "mp4":
-                write_file_atomic(video_path, work.video)
-            else:
-                write_dir_atomic(video_path, work.files)
-            write_file_atomic(thumb_path, work.thumbnail)
-            record.status = "ok"
-            record.frames_shape = list(work.frames.shape)
-            record.outputs = {"video": layout.rel(video_path), "thumbnail": layout.rel(thumb_path)}
-            record.output_sizes = {k: output_size(layout.root / v) for k, v in record.outputs.items()}
-        else:
-            # Outputs of an earlier decode no longer match this item's record: remove them.
-            for path in (layout.video_path(step, "mp4"), layout.video_path(step, "png"), thumb_path):
-                if path.is_file():
-                    path.unlink()
-                elif path.is_dir():
-                    shutil.rmtree(path)
-            record.error = str(work.error)
-            record.error_type = type(work.error).__name__
-        record.finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        write_record(layout, step, record)
-        return record
+        return commit_item(self._layout(), self.output, work)
+
+    def process(self, step: LatentStep, data: bytes) -> ItemWork:
+        """Everything but the disk: bytes a driver read in, encoded files out (frames dropped)."""
+        work = self.encode_stage(self.decode_stage(self.load(step, data)))
+        work.frames = None
+        return work
 
     def run(self, step: LatentStep) -> StepRecord | None:
         """The whole body for one item; None if it was already done."""
@@ -253,4 +293,5 @@ class DecodeWorker:
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.model.source, "model_folder": str(self.model.folder), "vae_class": self.model.class_name,
-                "family": self.rule.family, "device": self.device_name, "dtype": self.output.dtype}
+                "family": self.rule.family, "device": self.device_name, "dtype": self.output.dtype,
+                "host": self.host, "worker": self.identity.worker, "pid": self.identity.pid}

@@ -1,0 +1,195 @@
+"""The Ray executor on a real local Ray runtime (CPU only, fake GPUs), one runtime for the module.
+
+Worker classes that misbehave are built inside functions so Ray ships them by value to its
+worker processes; production code has no test hooks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind every Ray node to 127.0.0.1
+
+ray = pytest.importorskip("ray")
+
+from latent_decoder.experiment import Experiment  # noqa: E402
+from latent_decoder.runner import run_decode  # noqa: E402
+from latent_decoder.settings import CliOptions, RunSettings, resolve_settings  # noqa: E402
+from latent_decoder.worker import DecodeWorker  # noqa: E402
+
+# Every run here gets it (fake GPUs); the first test checks it is given once.
+pytestmark = pytest.mark.filterwarnings("ignore:Ray assigned GPUs but torch sees no CUDA:UserWarning")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_runtime():
+    """Two fake GPUs on two CPUs: torch sees no CUDA, so the workers fall back to CPU."""
+    ray.init(address="local", num_cpus=2, num_gpus=2, object_store_memory=80 * 2**20, include_dashboard=False,
+             log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def ray_settings(exp: Path, **opts) -> RunSettings:
+    return resolve_settings(Experiment.load(exp), CliOptions(executor="ray", **opts))
+
+
+def slow_worker_cls(seconds: float) -> type[DecodeWorker]:
+    """Decodes like DecodeWorker but takes ``seconds`` longer, so a kill lands mid-run."""
+    import time
+
+    class SlowWorker(DecodeWorker):
+        def decode(self, latent, source="<array>"):
+            time.sleep(seconds)
+            return super().decode(latent, source)
+
+    return SlowWorker
+
+
+def poison_worker_cls(poison: str) -> type[DecodeWorker]:
+    """A worker whose process dies (no exception, no cleanup) whenever it decodes ``poison``."""
+    class PoisonWorker(DecodeWorker):
+        def decode(self, latent, source="<array>"):
+            if source.endswith(poison):
+                os._exit(3)
+            return super().decode(latent, source)
+
+    return PoisonWorker
+
+
+def summary_of(settings: RunSettings) -> dict:
+    return json.loads((settings.output_dir / "decode_summary.json").read_text())
+
+
+def assert_each_once(summary: dict, settings: RunSettings) -> None:
+    items = [s.key for s in settings.experiment.discover(settings.filters)]
+    assert sorted(step["item"] for step in summary["steps"]) == sorted(items)
+    assert summary["total_steps"] == len(items)
+
+
+def test_two_fake_gpus_two_actors_decode_everything(make_experiment, tmp_path):
+    from PIL import Image
+
+    exp = make_experiment(prompts=2, videos=2, steps=3)
+    settings = ray_settings(exp)
+    with pytest.warns(UserWarning, match="torch sees no CUDA") as caught:
+        report = run_decode(settings, progress=False)
+    assert sum("torch sees no CUDA" in str(w.message) for w in caught) == 1
+    assert report.exit_code == 0 and report.succeeded == 12
+    summary = summary_of(settings)
+    assert_each_once(summary, settings)
+    assert summary["successful_steps"] == 12
+    steps = summary["steps"]
+    assert {s["worker"] for s in steps} == {"ray-0", "ray-1"}
+    assert len({s["pid"] for s in steps}) == 2 and os.getpid() not in {s["pid"] for s in steps}
+    assert {s["device"] for s in steps} == {"cpu"} and all(s["host"] for s in steps)
+    # The driver wrote what the actors decoded: same pictures as the in-process path.
+    inline = resolve_settings(Experiment.load(exp), CliOptions(executor="inline", output_dir=tmp_path / "inline"))
+    assert run_decode(inline, progress=False).exit_code == 0
+    for step in steps:
+        thumb = step["outputs"]["thumbnail"]
+        ours = np.asarray(Image.open(settings.output_dir / thumb), dtype=np.int16)
+        theirs = np.asarray(Image.open(inline.output_dir / thumb), dtype=np.int16)
+        assert np.abs(ours - theirs).max() <= 3
+        assert (settings.output_dir / step["outputs"]["video"]).stat().st_size == step["output_sizes"]["video"]
+
+
+def test_shared_io_workers_write_outputs_and_resume_skips(make_experiment):
+    exp = make_experiment(prompts=1, videos=1, steps=3)
+    settings = ray_settings(exp, io="shared", gpus=1)
+    report = run_decode(settings, progress=False)
+    assert report.exit_code == 0 and report.succeeded == 3
+    steps = summary_of(settings)["steps"]
+    assert {s["worker"] for s in steps} == {"ray-0"}
+    assert all((settings.output_dir / s["outputs"]["video"]).is_file() for s in steps)
+    again = run_decode(settings, progress=False)
+    assert again.records == {} and again.skipped == 3
+
+
+def test_killed_actor_items_are_requeued_and_decoded_once(make_experiment):
+    """One worker, so the run can only finish if the killed actor is restarted."""
+    exp = make_experiment(prompts=2, videos=1, steps=4)
+    settings = ray_settings(exp, gpus=1)
+    calls: Counter[str] = Counter()
+    killed: list[int] = []
+
+    def on_result(step, record):
+        calls[step.key] += 1
+        if not killed and record is not None:
+            killed.append(record.pid)
+            os.kill(record.pid, signal.SIGKILL)  # it has more items in flight
+
+    report = run_decode(settings, progress=False, on_result=on_result, worker_cls=slow_worker_cls(0.5))
+    assert report.exit_code == 0
+    assert set(calls.values()) == {1} and len(calls) == 8
+    summary = summary_of(settings)
+    assert_each_once(summary, settings)
+    assert summary["successful_steps"] == 8
+    pids = {s["pid"] for s in summary["steps"]}
+    assert killed[0] in pids and len(pids) == 2  # the killed actor was restarted under a new pid
+
+
+def test_poison_item_recorded_failed_after_three_tries(make_experiment):
+    exp = make_experiment(prompts=2, videos=1, steps=3)
+    settings = ray_settings(exp)
+    poison = "prompt_001/vid_001/step_001.npy.gz"
+    calls: Counter[str] = Counter()
+    report = run_decode(settings, progress=False, on_result=lambda step, rec: calls.update([step.key]),
+                        worker_cls=poison_worker_cls(poison))
+    assert report.exit_code == 1
+    assert set(calls.values()) == {1} and len(calls) == 6
+    summary = summary_of(settings)
+    assert_each_once(summary, settings)
+    assert summary["successful_steps"] == 5
+    [failed] = [s for s in summary["steps"] if s["status"] != "ok"]
+    assert failed["item"] == "prompt_001/vid_001/step_001"
+    assert failed["error_type"] == "PoisonItemError"
+    assert "killed its worker 3 times" in failed["error"] and poison in failed["error"]
+
+
+def test_worker_that_cannot_load_the_model_is_a_one_line_setup_error(make_experiment):
+    from latent_decoder.errors import ClusterError
+
+    exp = make_experiment(prompts=1, videos=1, steps=1)
+    settings = ray_settings(exp, workers=1, model="Org/NotCached")
+    with pytest.raises(ClusterError, match=r"failed to start: ModelNotFoundError: model 'Org/NotCached' not found"):
+        run_decode(settings, progress=False)
+    assert not settings.output_dir.exists() or not (settings.output_dir / "decode_summary.json").exists()
+
+
+def test_cli_with_cpu_workers_starts_its_own_ray(make_experiment):
+    from conftest import run_cli
+
+    exp = make_experiment(prompts=1, videos=1, steps=2)
+    proc = run_cli("decode", str(exp), "--workers", "1",
+                   env={"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((exp / "latents_videos" / "decode_summary.json").read_text())
+    assert summary["successful_steps"] == 2
+    assert {s["worker"] for s in summary["steps"]} == {"ray-0"} and summary["model"]["workers"] == ["cpu"]
+
+
+def test_interrupted_driver_keeps_committed_items_and_resume_decodes_the_rest(make_experiment):
+    exp = make_experiment(prompts=2, videos=1, steps=3)
+    settings = ray_settings(exp, gpus=1)
+    seen: list[str] = []
+
+    def stop_after_two(step, record):
+        seen.append(step.key)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    first = run_decode(settings, progress=False, on_result=stop_after_two)
+    assert first.interrupted is not None and first.exit_code == 130
+    kept = summary_of(settings)["steps"]
+    assert 2 <= len(kept) < 6 and all(s["status"] == "ok" for s in kept)
+    second = run_decode(settings, progress=False)
+    assert second.exit_code == 0 and second.skipped == len(kept)
+    assert len(second.records) == 6 - len(kept)
+    assert_each_once(summary_of(settings), settings)
