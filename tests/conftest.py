@@ -57,3 +57,17 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "latent_decoder", *args], capture_output=True, text=True,
                           env=full_env, timeout=timeout, cwd=REPO_ROOT, **kwargs)
+
+
+def slow_worker_cls(seconds: float):
+    """A DecodeWorker that takes ``seconds`` longer per decode, so a kill lands mid-run."""
+    import time
+
+    from latent_decoder.worker import DecodeWorker
+
+    class SlowWorker(DecodeWorker):
+        def decode(self, latent, source="<array>"):
+            time.sleep(seconds)
+            return super().decode(latent, source)
+
+    return SlowWorker

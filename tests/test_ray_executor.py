@@ -23,6 +23,8 @@ from latent_decoder.runner import run_decode  # noqa: E402
 from latent_decoder.settings import CliOptions, RunSettings, resolve_settings  # noqa: E402
 from latent_decoder.worker import DecodeWorker  # noqa: E402
 
+from conftest import slow_worker_cls  # noqa: E402
+
 # Every run here gets it (fake GPUs); the first test checks it is given once.
 pytestmark = pytest.mark.filterwarnings("ignore:Ray assigned GPUs but torch sees no CUDA:UserWarning")
 
@@ -38,18 +40,6 @@ def ray_runtime():
 
 def ray_settings(exp: Path, **opts) -> RunSettings:
     return resolve_settings(Experiment.load(exp), CliOptions(executor="ray", **opts))
-
-
-def slow_worker_cls(seconds: float) -> type[DecodeWorker]:
-    """Decodes like DecodeWorker but takes ``seconds`` longer, so a kill lands mid-run."""
-    import time
-
-    class SlowWorker(DecodeWorker):
-        def decode(self, latent, source="<array>"):
-            time.sleep(seconds)
-            return super().decode(latent, source)
-
-    return SlowWorker
 
 
 def poison_worker_cls(poison: str) -> type[DecodeWorker]:

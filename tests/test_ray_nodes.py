@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -18,7 +17,8 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from latent_decoder.experiment import Experiment  # noqa: E402
 from latent_decoder.runner import run_decode  # noqa: E402
 from latent_decoder.settings import CliOptions, resolve_settings  # noqa: E402
-from latent_decoder.worker import DecodeWorker  # noqa: E402
+
+from conftest import slow_worker_cls  # noqa: E402
 
 NODE = {"num_cpus": 2, "object_store_memory": 80 * 2**20}
 
@@ -38,15 +38,6 @@ def cluster():
     yield cluster
     ray.shutdown()
     cluster.shutdown()
-
-
-def slow_worker_cls(seconds: float) -> type[DecodeWorker]:
-    class SlowWorker(DecodeWorker):
-        def decode(self, latent, source="<array>"):
-            time.sleep(seconds)
-            return super().decode(latent, source)
-
-    return SlowWorker
 
 
 def ancestors(pid: int) -> set[int]:
