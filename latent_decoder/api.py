@@ -29,6 +29,11 @@ class LatentDecodeResult:
     record: StepRecord
 
 
+def _vae_choice(output: OutputSettings) -> tuple[Any, ...]:
+    """What picks the VAE a worker holds: a worker is reused only while these stay the same."""
+    return output.model, output.vae_subfolder, output.vae_config, output.dtype
+
+
 def _result(layout: OutputLayout, record: StepRecord) -> LatentDecodeResult:
     video = record.outputs.get("video")
     return LatentDecodeResult(record.ok, record.error, record.decode_seconds,
@@ -69,7 +74,7 @@ class ExperimentLatentDecoder:
     # -- decoding
     def _worker(self, output: OutputSettings, settings: RunSettings) -> DecodeWorker:
         w = self.worker
-        if w is None or (w.output.model, w.output.dtype) != (output.model, output.dtype):
+        if w is None or _vae_choice(w.output) != _vae_choice(output):
             self.cleanup()
             w = self.worker = DecodeWorker(output, settings.output_dir, self.device, force=settings.force)
         w.output = output
@@ -124,9 +129,16 @@ class ExperimentLatentDecoder:
             self.worker = None
 
 
-def decode_latent(latent: np.ndarray, model: str, device: str = "auto", dtype: str = "float32") -> np.ndarray:
-    """Decode one model-space latent with ``model``'s VAE to ``[T, H, W, 3]`` uint8 frames."""
-    worker = DecodeWorker(OutputSettings(model=model, dtype=dtype), device=device)
+def decode_latent(latent: np.ndarray, model: str, device: str = "auto", dtype: str = "float32", *,
+                  frames: int | None = None, height: int | None = None, width: int | None = None,
+                  vae_subfolder: str | None = None, vae_config: str | None = None) -> np.ndarray:
+    """Decode one model-space latent with ``model``'s VAE to ``[T, H, W, 3]`` uint8 frames.
+
+    ``frames``/``height``/``width`` are the generated video's; packed (LTX-Video) latents need them.
+    """
+    output = OutputSettings(model=model, dtype=dtype, vae_subfolder=vae_subfolder, vae_config=vae_config,
+                            frames=frames, height=height, width=width)
+    worker = DecodeWorker(output, device=device)
     try:
         return worker.decode(latent)
     finally:

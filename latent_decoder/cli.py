@@ -61,7 +61,12 @@ def cli() -> None:
 @click.option("--quality", type=click.FloatRange(0, 10), help="Quality 0-10 as in the original tool (instead of --crf).")
 @click.option("--scale", type=click.FloatRange(0, 4, min_open=True), default=1.0, show_default=True,
               help="Resize frames by this factor (0.5 = half size).")
-@click.option("--model", help="Model id or local folder; overrides the config's model_settings.model_id.")
+@click.option("--model", help="Repo id, model or VAE folder, or a .safetensors file; overrides the config's "
+                               "model_settings.model_id.")
+@click.option("--vae-subfolder", metavar="NAME",
+              help="The model's VAE subfolder [default: vae/, else the folder itself].")
+@click.option("--vae-config", metavar="SRC",
+              help="For a single .safetensors --model: the VAE folder, model folder or repo id with its config.json.")
 @click.option("--force", is_flag=True, help="Decode again items that are already done.")
 @click.option("--dry-run", is_flag=True, help="Print what would be decoded and what is already done; decode nothing.")
 @click.option("--executor", type=click.Choice(EXECUTORS), default="auto", show_default=True,
@@ -78,9 +83,9 @@ def cli() -> None:
 @click.option("--verbose", "-v", is_flag=True, help="More logging; tracebacks on errors.")
 def decode(experiment: Path, output_dir: Path | None, prompt_filter: str | None, video_filter: str | None,
            step_filter: str | None, device: str, dtype: str, fmt: str, fps: float | None, crf: int | None,
-           quality: float | None, scale: float, model: str | None, force: bool, dry_run: bool, executor: str,
-           gpus: int | None, actors_per_gpu: int | None, workers: int | None, address: str | None, io: str,
-           verbose: bool) -> None:
+           quality: float | None, scale: float, model: str | None, vae_subfolder: str | None,
+           vae_config: str | None, force: bool, dry_run: bool, executor: str, gpus: int | None,
+           actors_per_gpu: int | None, workers: int | None, address: str | None, io: str, verbose: bool) -> None:
     """Decode every stored step of EXPERIMENT into a video.
 
     Resumes by default: steps already decoded with the same settings are skipped. Exit
@@ -94,8 +99,9 @@ def decode(experiment: Path, output_dir: Path | None, prompt_filter: str | None,
     _setup_logging(verbose)
     opts = CliOptions(output_dir=output_dir, prompt_filter=prompt_filter, video_filter=video_filter,
                       step_filter=step_filter, device=device, fps=fps, dtype=dtype, format=fmt, quality=quality,
-                      crf=crf, scale=scale, model=model, force=force, executor=executor, address=address,
-                      gpus=gpus, actors_per_gpu=actors_per_gpu, workers=workers, io=io)
+                      crf=crf, scale=scale, model=model, vae_subfolder=vae_subfolder, vae_config=vae_config,
+                      force=force, executor=executor, address=address, gpus=gpus, actors_per_gpu=actors_per_gpu,
+                      workers=workers, io=io)
     try:
         settings = resolve_settings(Experiment.load(experiment), opts)
         if dry_run:
@@ -164,6 +170,43 @@ def print_report(settings: RunSettings, report: RunReport) -> None:
         click.echo(f"all items in the folder: {s['successful_steps']}/{s['total_steps']} ok", err=True)
     click.echo(f"videos:  {settings.output_dir}", err=True)
     click.echo(f"summary: {settings.output_dir / 'decode_summary.json'}", err=True)
+
+
+@cli.command()
+@click.argument("experiment", type=click.Path(path_type=Path))
+@click.option("--model", help="Repo id, model or VAE folder, or a .safetensors file; overrides the config's "
+                               "model_settings.model_id.")
+@click.option("--vae-subfolder", metavar="NAME",
+              help="The model's VAE subfolder [default: vae/, else the folder itself].")
+@click.option("--vae-config", metavar="SRC",
+              help="For a single .safetensors --model: the VAE folder, model folder or repo id with its config.json.")
+@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
+              help="VAE precision the memory estimate assumes.")
+@click.option("--max-files", type=click.IntRange(1), default=1000, show_default=True,
+              help="Read the headers of at most this many latent files (spread over the experiment).")
+@click.option("--verbose", "-v", is_flag=True, help="Tracebacks on errors.")
+def inspect(experiment: Path, model: str | None, vae_subfolder: str | None, vae_config: str | None, dtype: str,
+            max_files: int, verbose: bool) -> None:
+    """Show what decoding EXPERIMENT would use and produce, without decoding: the resolved model,
+    its VAE class and family rule (and the diffusers pipeline it mirrors), the stored latent shapes,
+    the frames and size each decodes to, and a rough decode-memory estimate.
+
+    Exit status: 0 all fits, 1 some latents do not fit the VAE, 2 the model cannot be used.
+    """
+    from .inspection import inspect_experiment, render
+
+    _setup_logging(verbose)
+    try:
+        settings = resolve_settings(Experiment.load(experiment),
+                                    CliOptions(model=model, vae_subfolder=vae_subfolder, vae_config=vae_config,
+                                               dtype=dtype))
+        info = inspect_experiment(settings.experiment, settings.output, max_files)
+    except LatentDecoderError as err:
+        _fail(err, verbose)
+        return
+    for line in render(info):
+        click.echo(line)
+    sys.exit(EXIT_SETUP if info.problem else 1 if any(s.problem for s in info.shapes) else 0)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})

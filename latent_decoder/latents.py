@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import io
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,31 @@ import numpy as np
 from .errors import LatentFileError
 
 ACCEPTED_DTYPES = (np.float16, np.float32, np.float64)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A stored latent's axes, batch first, as a pipeline hands it to ``callback_on_step_end``.
+
+    Letters: B batch, C channels, T latent frames, H/W latent height/width, S packed tokens
+    (``T*H*W``; unpacking needs the video's frames/height/width).
+    """
+
+    axes: str
+
+    @property
+    def rank(self) -> int:
+        return len(self.axes)
+
+    def describe(self, batched: bool = True, **sizes: int) -> str:
+        """``[1, C, T, H, W]``; known sizes fill their letter (``C=16`` -> ``[1, 16, T, H, W]``)."""
+        axes = self.axes if batched else self.axes[1:]
+        return "[" + ", ".join("1" if a == "B" else str(sizes.get(a, a)) for a in axes) + "]"
+
+
+BCTHW = Layout("BCTHW")  # Wan, HunyuanVideo, Mochi
+BTCHW = Layout("BTCHW")  # CogVideoX: frames first
+BSC = Layout("BSC")  # LTX-Video: packed tokens
 
 
 def read_latent_bytes(path: Path) -> bytes:
@@ -25,8 +51,8 @@ def read_latent_bytes(path: Path) -> bytes:
         raise LatentFileError(f"{path}: cannot read: {exc.strerror or exc}") from exc
 
 
-def parse_latent(data: bytes, path: Path) -> np.ndarray:
-    """Decompress (if gzip'd) and parse an ``np.save`` payload into a ``[1, C, T, H, W]`` array."""
+def parse_latent(data: bytes, path: Path, layout: Layout = BCTHW) -> np.ndarray:
+    """Decompress (if gzip'd) and parse an ``np.save`` payload into a batched ``layout`` array."""
     if str(path).endswith(".gz"):
         try:
             data = gzip.decompress(data)
@@ -43,18 +69,19 @@ def parse_latent(data: bytes, path: Path) -> np.ndarray:
         raise LatentFileError(f"{path}: not a valid .npy array ({reason})") from exc
     if not isinstance(array, np.ndarray):
         raise LatentFileError(f"{path}: holds an .npz archive, expected a single .npy array")
-    return validate_latent(array, path)
+    return validate_latent(array, path, layout)
 
 
-def validate_latent(array: np.ndarray, path: Path | str) -> np.ndarray:
-    """Check dtype, rank and values; return a ``[1, C, T, H, W]`` view."""
+def validate_latent(array: np.ndarray, path: Path | str, layout: Layout = BCTHW) -> np.ndarray:
+    """Check dtype, rank (for the VAE family's ``layout``) and values; return a batched view."""
     if array.dtype.type not in ACCEPTED_DTYPES:
         raise LatentFileError(f"{path}: dtype {array.dtype} is not a float16/float32 latent")
-    if array.ndim == 4:
+    if array.ndim == layout.rank - 1:
         array = array[None]
-    elif array.ndim != 5:
+    elif array.ndim != layout.rank:
         raise LatentFileError(
-            f"{path}: latent has {array.ndim} dims {tuple(array.shape)}, expected [1,C,T,H,W] or [C,T,H,W]"
+            f"{path}: latent has {array.ndim} dims {tuple(array.shape)}, expected {layout.describe()} or "
+            f"{layout.describe(batched=False)} for this VAE (does the config's model id match the experiment?)"
         )
     if array.shape[0] != 1:
         raise LatentFileError(f"{path}: batch of {array.shape[0]} latents {tuple(array.shape)}, expected batch 1")
@@ -68,7 +95,21 @@ def validate_latent(array: np.ndarray, path: Path | str) -> np.ndarray:
     return array
 
 
-def load_latent(path: str | Path) -> np.ndarray:
+def read_latent_header(path: str | Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from an ``.npy`` header, reading only the file's first bytes (gzip'd or not)."""
+    path = Path(path)
+    try:
+        with (gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")) as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+    except (OSError, EOFError, ValueError, zlib.error) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LatentFileError(f"{path}: cannot read the .npy header ({reason})") from exc
+    return tuple(int(n) for n in shape), dtype
+
+
+def load_latent(path: str | Path, layout: Layout = BCTHW) -> np.ndarray:
     """Read, decompress, parse and validate one stored latent file."""
     path = Path(path)
-    return parse_latent(read_latent_bytes(path), path)
+    return parse_latent(read_latent_bytes(path), path, layout)

@@ -130,7 +130,7 @@ def run_decode(
     if todo and worker is None and not use_ray:
         # Fail fast on a bad device or model, before touching the output folder.
         resolve_device(settings.device)
-        model = resolve_model(settings.output.model)
+        model = resolve_model(settings.output.model, settings.output.vae_subfolder, settings.output.vae_config)
     with OutputLock(settings.output_dir), sigterm_as_interrupt():
         removed = remove_stale_temps(settings.output_dir)
         if removed:

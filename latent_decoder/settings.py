@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import SetupError
-from .experiment import DEFAULT_FPS, Experiment, Filters
+from .experiment import DEFAULT_FPS, Experiment, Filters, VideoSettings
 
 DTYPES = ("float32", "bfloat16", "float16")
 FORMATS = ("mp4", "png")
@@ -36,16 +36,36 @@ class OutputSettings:
     format: str = "mp4"
     crf: int = DEFAULT_CRF
     scale: float = 1.0
+    vae_subfolder: str | None = None  # the model folder's VAE subfolder, instead of vae/
+    vae_config: str | None = None  # where a single-file model's config.json is (folder or repo id)
+    # video_settings of the config: packed latents (LTX-Video) are unpacked with these
+    frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+
+    @property
+    def video(self) -> VideoSettings:
+        return VideoSettings(width=self.width, height=self.height, fps=self.fps, frames=self.frames)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def fingerprint(self) -> dict[str, Any]:
-        """The settings that shape this format's bytes (fps and CRF do not touch PNG frames)."""
-        data = self.to_dict()
+        """The settings that shape this format's bytes (fps and CRF do not touch PNG frames).
+
+        The video geometry describes the experiment's input, like the latent files themselves, so it
+        is left out; optional model fields left unset are omitted, so records written before they
+        existed still match.
+        """
+        data = {k: v for k, v in self.to_dict().items()
+                if k not in GEOMETRY_FIELDS and (v is not None or k not in OPTIONAL_FIELDS)}
         if self.format == "png":
             del data["fps"], data["crf"]
         return data
+
+
+OPTIONAL_FIELDS = ("vae_subfolder", "vae_config")
+GEOMETRY_FIELDS = ("frames", "height", "width")
 
 
 @dataclass(frozen=True)
@@ -94,6 +114,8 @@ class CliOptions:
     crf: int | None = None
     scale: float = 1.0
     model: str | None = None
+    vae_subfolder: str | None = None
+    vae_config: str | None = None
     force: bool = False
     executor: str = "auto"
     address: str | None = None
@@ -163,7 +185,11 @@ def resolve_settings(experiment: Experiment, opts: CliOptions) -> RunSettings:
         crf = DEFAULT_CRF
     if not 0 < opts.scale <= 4:
         raise SetupError(f"--scale must be in (0, 4], got {opts.scale}")
-    output = OutputSettings(model=model, dtype=opts.dtype, fps=float(fps), format=opts.format, crf=crf, scale=opts.scale)
+    video = experiment.video_settings
+    output = OutputSettings(model=model, dtype=opts.dtype, fps=float(fps), format=opts.format, crf=crf,
+                            scale=opts.scale, vae_subfolder=opts.vae_subfolder or None,
+                            vae_config=opts.vae_config or None, frames=video.frames, height=video.height,
+                            width=video.width)
     return RunSettings(
         experiment=experiment,
         output=output,

@@ -170,7 +170,7 @@ class DecodeWorker:
         self.dtype = torch_dtype(output.dtype)
         if self.device.type == "cpu" and output.dtype == "float16":
             warnings.warn("float16 on CPU is slow and poorly supported; prefer float32 or bfloat16", stacklevel=2)
-        self.model = model or resolve_model(output.model)
+        self.model = model or resolve_model(output.model, output.vae_subfolder, output.vae_config)
         self.vae, self.rule = load_vae(self.model, self.device, self.dtype)
         self.host = socket.gethostname()
         self.device_name = (
@@ -183,16 +183,18 @@ class DecodeWorker:
     # ------------------------------------------------------------------ in-memory decode
 
     def decode(self, latent: np.ndarray, source: str = "<array>") -> np.ndarray:
-        """Decode one model-space latent (``[1,C,T,H,W]`` or ``[C,T,H,W]``) to ``[T,H,W,3]`` uint8."""
+        """Decode one model-space latent, in its family's layout with or without the batch axis (Wan:
+        ``[1,C,T,H,W]``, CogVideoX: ``[1,T,C,H,W]``, LTX-Video: ``[1,S,C]``), to ``[F,H,W,3]`` uint8."""
         import torch
         import torch.nn.functional as F
 
-        latent = validate_latent(np.asarray(latent), source)
-        self.rule.check_shape(latent.shape, self.vae.config, source)
+        latent = validate_latent(np.asarray(latent), source, self.rule.layout)
+        video_settings = self.output.video
+        self.rule.check_shape(latent.shape, self.vae, video_settings, source)
         with torch.inference_mode():
             z = torch.from_numpy(np.ascontiguousarray(latent)).to(self.device, torch.float32)
-            z = self.rule.denormalize(z, self.vae.config).to(self.dtype)
-            video = self.vae.decode(z, return_dict=False)[0]  # [1, 3, F, H, W] in [-1, 1]
+            z = self.rule.to_decoder_input(z, self.vae, video_settings).to(self.dtype)
+            video = self.rule.decode(self.vae, z)  # [1, 3, F, H, W] in [-1, 1]
             video = video[0].permute(1, 0, 2, 3).float()  # [F, 3, H, W]
             if self.output.scale != 1.0:
                 video = F.interpolate(video, scale_factor=self.output.scale, mode="bilinear",
@@ -219,7 +221,8 @@ class DecodeWorker:
         work = ItemWork(step, identity=self.identity)
         start = time.perf_counter()
         try:
-            work.latent = parse_latent(read_latent_bytes(step.path) if data is None else data, step.path)
+            work.latent = parse_latent(read_latent_bytes(step.path) if data is None else data, step.path,
+                                       self.rule.layout)
             work.latent_shape = list(work.latent.shape)
             work.latent_dtype = str(work.latent.dtype)
         except ItemError as exc:
@@ -293,5 +296,5 @@ class DecodeWorker:
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.model.source, "model_folder": str(self.model.folder), "vae_class": self.model.class_name,
-                "family": self.rule.family, "device": self.device_name, "dtype": self.output.dtype,
-                "host": self.host, "worker": self.identity.worker, "pid": self.identity.pid}
+                "family": self.rule.family, "mirrors": self.rule.mirrors, "device": self.device_name,
+                "dtype": self.output.dtype, "host": self.host, "worker": self.identity.worker, "pid": self.identity.pid}

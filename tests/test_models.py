@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -263,13 +264,13 @@ def _with_class_name(src: Path, dst: Path, class_name: str) -> Path:
 
 
 def test_unsupported_vae_class_is_a_setup_error(make_experiment, tmp_path, bare_vae_dir):
-    model = _with_class_name(bare_vae_dir, tmp_path / "hunyuan", "AutoencoderKLHunyuanVideo")
+    model = _with_class_name(bare_vae_dir, tmp_path / "allegro", "AutoencoderKLAllegro")
     exp = make_experiment(prompts=1, steps=1, **SMALL)
     result = _decode(str(exp), "--model", str(model))
     assert result.exit_code == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, result.stderr
-    assert "AutoencoderKLHunyuanVideo" in errors[0] and "not supported" in errors[0]
+    assert "AutoencoderKLAllegro" in errors[0] and "not supported" in errors[0]
     assert "AutoencoderKLWan" in errors[0]  # says what is supported
     assert "Traceback" not in result.stderr
     assert not list(exp.rglob("*.mp4"))
@@ -315,3 +316,90 @@ def test_worker_rejects_wrong_channels_before_decoding(tiny_model_dir):
     finally:
         worker.close()
     assert {"48", "16"} <= _channel_numbers(str(info.value), Path("x.npy"))
+
+
+# --------------------------------------------------------------------------- --vae-subfolder
+
+
+@pytest.fixture(scope="module")
+def two_vae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model folder holding two VAEs: ``vae/`` (seed 0) and ``vae_alt/`` (seed 1)."""
+    root = tmp_path_factory.mktemp("two_vaes")
+    build_tiny_wan_vae(seed=0).save_pretrained(root / "vae")
+    build_tiny_wan_vae(seed=1).save_pretrained(root / "vae_alt")
+    return root
+
+
+def test_vae_subfolder_flag_picks_that_vae(make_experiment, two_vae_dir, latent, refs):
+    assert resolve_model(str(two_vae_dir), "vae_alt").folder == two_vae_dir / "vae_alt"
+    exp = make_experiment(prompts=1, steps=2, **SMALL)
+    store(exp, latent)
+    result = _decode(str(exp), "--format", "png", "--model", str(two_vae_dir), "--vae-subfolder", "vae_alt",
+                     "--step-filter", "step_001")
+    assert result.exit_code == 0, result.stderr
+    out = exp / "latents_videos"
+    assert_same_frames(png_frames(out / "prompt_000" / "vid_001" / "step_001"), refs[1])
+    summary = json.loads((out / "decode_summary.json").read_text())
+    assert summary["settings"]["vae_subfolder"] == "vae_alt"
+    assert Path(summary["model"]["model_folder"]) == two_vae_dir / "vae_alt"
+
+    # Another subfolder is another VAE: the step is decoded again, with vae/ (seed 0) this time.
+    result = _decode(str(exp), "--format", "png", "--model", str(two_vae_dir), "--step-filter", "step_001")
+    assert result.exit_code == 0 and "1 ok" in result.stderr, result.stderr
+    assert_same_frames(png_frames(out / "prompt_000" / "vid_001" / "step_001"), refs[0])
+
+
+def test_vae_subfolder_of_a_cached_repo_id(two_vae_dir, tmp_path, monkeypatch):
+    home = tmp_path / "hf_home"
+    snapshot = save_to_hf_cache(two_vae_dir, home, repo_id="Some-Org/Two-VAEs")
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    resolved = resolve_model("Some-Org/Two-VAEs", "vae_alt")
+    assert resolved.origin == "HF cache"
+    assert resolved.folder.resolve() == (snapshot / "vae_alt").resolve()
+    with pytest.raises(ModelNotFoundError) as info:
+        resolve_model("Some-Org/Two-VAEs", "vae_2_2")
+    message = str(info.value)
+    assert "Some-Org/Two-VAEs" in message and "vae_2_2/config.json" in message and str(home / "hub") in message
+
+
+def test_missing_vae_subfolder_of_a_local_folder_names_it(two_vae_dir):
+    with pytest.raises(ModelNotFoundError) as info:
+        resolve_model(str(two_vae_dir), "transformer")
+    assert str(two_vae_dir) in str(info.value) and "no transformer/config.json" in str(info.value)
+
+
+# --------------------------------------------------------------------------- single .safetensors file
+
+
+def test_single_safetensors_file_with_its_config(make_experiment, tiny_model_dir, bare_vae_dir, latent, refs,
+                                                 tmp_path):
+    single = tmp_path / "wan_2.1_vae.safetensors"
+    shutil.copy(bare_vae_dir / "diffusion_pytorch_model.safetensors", single)  # seed 1 weights
+    resolved = resolve_model(str(single), config=str(tiny_model_dir))  # seed 0's config: same architecture
+    assert (resolved.origin, resolved.weights_file, resolved.folder) == ("single file", single, tiny_model_dir / "vae")
+    assert resolved.class_name == "AutoencoderKLWan"
+    exp = make_experiment(prompts=1, steps=2, **SMALL)
+    store(exp, latent)
+    result = _decode(str(exp), "--format", "png", "--model", str(single), "--vae-config", str(tiny_model_dir),
+                     "--step-filter", "step_001")
+    assert result.exit_code == 0, result.stderr
+    assert_same_frames(png_frames(exp / "latents_videos" / "prompt_000" / "vid_001" / "step_001"), refs[1])
+
+
+def test_single_file_errors_are_one_line(tmp_path, bare_vae_dir, make_experiment):
+    single = tmp_path / "vae.safetensors"
+    shutil.copy(bare_vae_dir / "diffusion_pytorch_model.safetensors", single)
+    with pytest.raises(ModelNotFoundError, match="--vae-config"):
+        resolve_model(str(single))
+    (tmp_path / "vae.bin").write_bytes(b"weights")
+    with pytest.raises(ModelNotFoundError, match="not a .safetensors"):
+        resolve_model(str(tmp_path / "vae.bin"), config=str(bare_vae_dir))
+    hunyuan = _with_class_name(bare_vae_dir, tmp_path / "hunyuan", "AutoencoderKLHunyuanVideo")
+    with pytest.raises(UnsupportedModelError, match="cannot load AutoencoderKLHunyuanVideo from a single file"):
+        resolve_model(str(single), config=str(hunyuan))
+    exp = make_experiment(prompts=1, steps=1, **SMALL)
+    result = _decode(str(exp), "--model", str(single))
+    assert result.exit_code == 2
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert str(single) in error and "--vae-config" in error

@@ -130,7 +130,7 @@ class RayExecutor:
         source = self.settings.output.model
         if not Path(source).expanduser().exists():
             return None
-        model = resolve_model(source)
+        model = resolve_model(source, self.settings.output.vae_subfolder, self.settings.output.vae_config)
         return replace(model, folder=model.folder.resolve())
 
     def _new_actor(self, index: int) -> Any:

@@ -1,0 +1,156 @@
+"""``latent-decoder inspect``: what a decode of an experiment would use and produce, without decoding.
+
+The VAE is built from its config on torch's meta device (no weights read), and latent shapes
+come from the ``.npy`` headers only, so inspecting a large experiment takes seconds.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ItemError, LatentDecoderError
+from .experiment import Experiment, VideoSettings
+from .latents import read_latent_header
+from .models import FamilyRule, ResolvedModel, family_rule, resolve_model, vae_skeleton
+from .settings import OutputSettings
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# Peak decode memory beyond the weights, in bytes per output video value (frames x H x W x 3) per
+# byte of dtype: the Wan2.1 VAE measured 9.6 GiB (fp32) / 4.8 GiB (bf16) for 61 frames at 848x480
+# on an H200, i.e. about 35x the decoded video. Other families are not measured: a rough guide only.
+ACTIVATION_FACTOR = 35
+
+
+@dataclass(frozen=True)
+class ShapeSummary:
+    """One distinct stored latent shape and what decoding it gives."""
+
+    shape: tuple[int, ...]
+    dtypes: tuple[str, ...]
+    count: int
+    example: Path
+    output: tuple[int, int, int] | None = None  # frames, height, width
+    memory_bytes: int | None = None
+    problem: str | None = None  # why it does not fit the VAE
+
+
+@dataclass
+class Inspection:
+    experiment: Experiment
+    output: OutputSettings
+    model: ResolvedModel | None = None
+    rule: FamilyRule | None = None
+    vae_class: str | None = None
+    expected_layout: str | None = None
+    parameters: int | None = None
+    problem: str | None = None  # why the model cannot be used
+    files: int = 0
+    files_read: int = 0
+    shapes: list[ShapeSummary] = field(default_factory=list)
+
+
+def inspect_experiment(experiment: Experiment, output: OutputSettings, max_files: int = 1000) -> Inspection:
+    """Resolve the model and survey the stored latents' shapes (headers of up to ``max_files`` files,
+    spread evenly over the experiment)."""
+    info = Inspection(experiment, output)
+    vae: Any = None
+    try:
+        info.model = resolve_model(output.model, output.vae_subfolder, output.vae_config)
+        info.vae_class = info.model.class_name
+        info.rule = family_rule(info.model.class_name)
+        vae = vae_skeleton(info.model)
+        info.expected_layout = info.rule.expected_layout(vae)
+        info.parameters = sum(p.numel() for p in vae.parameters())
+    except LatentDecoderError as exc:
+        info.problem = str(exc)
+    steps = experiment.discover()
+    info.files = len(steps)
+    stride = max(1, -(-len(steps) // max(1, max_files)))
+    counts: Counter[tuple[int, ...]] = Counter()
+    dtypes: dict[tuple[int, ...], set[str]] = {}
+    examples: dict[tuple[int, ...], Path] = {}
+    unreadable: list[tuple[Path, str]] = []
+    for step in steps[::stride]:
+        info.files_read += 1
+        try:
+            shape, dtype = read_latent_header(step.path)
+        except ItemError as exc:
+            unreadable.append((step.path, str(exc)))
+            continue
+        counts[shape] += 1
+        dtypes.setdefault(shape, set()).add(str(dtype))
+        examples.setdefault(shape, step.path)
+    for shape, count in counts.most_common():
+        info.shapes.append(_summarize(shape, tuple(sorted(dtypes[shape])), count, examples[shape], info, vae))
+    for path, message in unreadable[:5]:
+        info.shapes.append(ShapeSummary((), (), 1, path, problem=message))
+    return info
+
+
+def _summarize(shape: tuple[int, ...], dtypes: tuple[str, ...], count: int, example: Path, info: Inspection,
+               vae: Any) -> ShapeSummary:
+    summary = ShapeSummary(shape, dtypes, count, example)
+    rule = info.rule
+    if rule is None or vae is None:
+        return summary
+    batched = (1, *shape) if len(shape) == rule.layout.rank - 1 else shape
+    video: VideoSettings = info.output.video
+    try:
+        if len(batched) != rule.layout.rank:
+            raise ItemError(f"{len(shape)} dims, expected {rule.layout.describe()} or "
+                            f"{rule.layout.describe(batched=False)}")
+        rule.check_shape(batched, vae, video, str(example))
+    except ItemError as exc:
+        return ShapeSummary(shape, dtypes, count, example, problem=str(exc))
+    frames, height, width = rule.output_frames(batched, vae, video)
+    scale = info.output.scale
+    out_h, out_w = (int(height * scale), int(width * scale)) if scale != 1 else (height, width)
+    dtype_bytes = DTYPE_BYTES[info.output.dtype]
+    memory = (info.parameters or 0) * dtype_bytes + ACTIVATION_FACTOR * frames * height * width * 3 * dtype_bytes
+    return ShapeSummary(shape, dtypes, count, example, (frames, out_h, out_w), memory)
+
+
+def format_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def render(info: Inspection) -> list[str]:
+    """The report ``inspect`` prints, one line each."""
+    o = info.output
+    lines = [f"experiment  {info.experiment.root}"]
+    source = o.model + (f" (subfolder {o.vae_subfolder})" if o.vae_subfolder else "")
+    if info.model is not None and info.model.weights_file is not None:
+        lines.append(f"model       {source}: weights {info.model.weights_file}, config {info.model.folder} "
+                     f"({info.model.origin})")
+    elif info.model is not None:
+        lines.append(f"model       {source}: {info.model.folder} ({info.model.origin})")
+        lines.append(f"vae class   {info.vae_class}")
+    if info.rule is not None:
+        lines.append(f"family      {info.rule.family}, mirrors {info.rule.mirrors}")
+        lines.append(f"layout      {info.expected_layout} stored latents ({info.parameters:,} VAE parameters)")
+    if info.problem is not None:
+        lines.append(f"model       {info.problem}")
+    v = o.video
+    lines.append(f"video       config: {v.frames or '?'} frames, {v.width or '?'}x{v.height or '?'}, "
+                 f"{o.fps:g} fps; decode as {o.dtype}")
+    lines.append(f"latents     {info.files} file(s); headers read: {info.files_read}")
+    for s in info.shapes:
+        if not s.shape:
+            lines.append(f"  unreadable: {s.problem}")
+            continue
+        head = f"  {list(s.shape)} {'/'.join(s.dtypes)} x{s.count}"
+        if s.problem is not None:
+            lines.append(f"{head}: does not fit: {s.problem}")
+        elif s.output is not None:
+            f, h, w = s.output
+            lines.append(f"{head} -> {f} frames {w}x{h}, decode memory ~{format_bytes(s.memory_bytes or 0)} "
+                         f"(rough estimate, {o.dtype})")
+        else:
+            lines.append(head)
+    return lines
