@@ -5,6 +5,7 @@ import logging
 import sys
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import click
 
@@ -36,6 +37,21 @@ def _fail(err: BaseException, verbose: bool) -> None:
     sys.exit(getattr(err, "exit_code", 1))
 
 
+def model_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``--model``, ``--vae-subfolder`` and ``--vae-config``: where the VAE comes from, the same for every command."""
+    for option in reversed([
+        click.option("--model", help="Repo id, model or VAE folder, or a .safetensors file; overrides the config's "
+                                     "model_settings.model_id."),
+        click.option("--vae-subfolder", metavar="NAME",
+                     help="The model's VAE subfolder [default: vae/, else the folder itself]."),
+        click.option("--vae-config", metavar="SRC",
+                     help="For a single .safetensors --model: the VAE folder, model folder or repo id with its "
+                          "config.json."),
+    ]):
+        command = option(command)
+    return command
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="latent-decoder")
 def cli() -> None:
@@ -61,12 +77,7 @@ def cli() -> None:
 @click.option("--quality", type=click.FloatRange(0, 10), help="Quality 0-10 as in the original tool (instead of --crf).")
 @click.option("--scale", type=click.FloatRange(0, 4, min_open=True), default=1.0, show_default=True,
               help="Resize frames by this factor (0.5 = half size).")
-@click.option("--model", help="Repo id, model or VAE folder, or a .safetensors file; overrides the config's "
-                               "model_settings.model_id.")
-@click.option("--vae-subfolder", metavar="NAME",
-              help="The model's VAE subfolder [default: vae/, else the folder itself].")
-@click.option("--vae-config", metavar="SRC",
-              help="For a single .safetensors --model: the VAE folder, model folder or repo id with its config.json.")
+@model_options
 @click.option("--force", is_flag=True, help="Decode again items that are already done.")
 @click.option("--dry-run", is_flag=True, help="Print what would be decoded and what is already done; decode nothing.")
 @click.option("--executor", type=click.Choice(EXECUTORS), default="auto", show_default=True,
@@ -174,12 +185,7 @@ def print_report(settings: RunSettings, report: RunReport) -> None:
 
 @cli.command()
 @click.argument("experiment", type=click.Path(path_type=Path))
-@click.option("--model", help="Repo id, model or VAE folder, or a .safetensors file; overrides the config's "
-                               "model_settings.model_id.")
-@click.option("--vae-subfolder", metavar="NAME",
-              help="The model's VAE subfolder [default: vae/, else the folder itself].")
-@click.option("--vae-config", metavar="SRC",
-              help="For a single .safetensors --model: the VAE folder, model folder or repo id with its config.json.")
+@model_options
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
               help="VAE precision the memory estimate assumes.")
 @click.option("--max-files", type=click.IntRange(1), default=1000, show_default=True,

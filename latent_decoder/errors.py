@@ -9,6 +9,19 @@ Two kinds matter to the runner:
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its class name when it has none: what fits in a
+    one-line error after a colon."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def describe_error(exc: BaseException) -> str:
+    """``Class: first line`` (just ``Class`` when there is no message), for errors whose type matters."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
 class LatentDecoderError(Exception):
     """Base class; ``str(err)`` is the one-line message shown to the user."""
 

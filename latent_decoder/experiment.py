@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ExperimentError
+from .errors import ExperimentError, first_line
 
 CONFIG_RELPATH = Path("configs") / "generation_config.yaml"
 LATENTS_DIRNAME = "latents"
@@ -129,8 +129,7 @@ class Experiment:
         try:
             config = yaml.safe_load(config_path.read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ExperimentError(f"cannot parse {config_path}: {first}") from exc
+            raise ExperimentError(f"cannot parse {config_path}: {first_line(exc)}") from exc
         if not isinstance(config, dict):
             raise ExperimentError(f"{config_path} must hold a mapping, found {type(config).__name__}")
         if not (root / LATENTS_DIRNAME).is_dir():

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import LatentFileError
+from .errors import LatentFileError, first_line
 
 ACCEPTED_DTYPES = (np.float16, np.float32, np.float64)
 
@@ -65,8 +65,7 @@ def parse_latent(data: bytes, path: Path, layout: Layout = BCTHW) -> np.ndarray:
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, EOFError, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LatentFileError(f"{path}: not a valid .npy array ({reason})") from exc
+        raise LatentFileError(f"{path}: not a valid .npy array ({first_line(exc)})") from exc
     if not isinstance(array, np.ndarray):
         raise LatentFileError(f"{path}: holds an .npz archive, expected a single .npy array")
     return validate_latent(array, path, layout)
@@ -104,8 +103,7 @@ def read_latent_header(path: str | Path) -> tuple[tuple[int, ...], np.dtype]:
             read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             shape, _, dtype = read(f)
     except (OSError, EOFError, ValueError, zlib.error) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LatentFileError(f"{path}: cannot read the .npy header ({reason})") from exc
+        raise LatentFileError(f"{path}: cannot read the .npy header ({first_line(exc)})") from exc
     return tuple(int(n) for n in shape), dtype
 
 

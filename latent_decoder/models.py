@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from .errors import LatentShapeError, ModelNotFoundError, UnsupportedModelError
+from .errors import LatentShapeError, ModelNotFoundError, UnsupportedModelError, first_line
 from .experiment import VideoSettings
 from .latents import BCTHW, BSC, BTCHW, Layout
 
@@ -385,8 +385,9 @@ def _download(repo_id: str, cache: Path, looked: list[str], subfolder: str | Non
     try:
         snapshot = Path(snapshot_download(repo_id, cache_dir=str(cache), allow_patterns=patterns))
     except Exception as exc:  # hub errors come in many classes; all mean "not found from here"
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelNotFoundError(f"model '{repo_id}' not found: {'; '.join(looked)}; download failed: {reason}") from exc
+        raise ModelNotFoundError(
+            f"model '{repo_id}' not found: {'; '.join(looked)}; download failed: {first_line(exc)}"
+        ) from exc
     folder = _vae_folder_in(snapshot, subfolder)
     if folder is None:
         raise ModelNotFoundError(f"model '{repo_id}': downloaded snapshot {snapshot} holds no VAE config")
@@ -434,9 +435,8 @@ def load_vae(resolved: ResolvedModel, device: "torch.device", dtype: "torch.dtyp
         else:
             vae = cls.from_pretrained(str(resolved.folder), torch_dtype=dtype, local_files_only=True)
     except (OSError, ValueError, RuntimeError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         where = resolved.weights_file or resolved.folder
-        raise ModelNotFoundError(f"model '{resolved.source}': cannot load VAE from {where}: {reason}") from exc
+        raise ModelNotFoundError(f"model '{resolved.source}': cannot load VAE from {where}: {first_line(exc)}") from exc
     vae.to(device).eval()
     vae.requires_grad_(False)
     return vae, rule

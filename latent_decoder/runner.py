@@ -115,9 +115,10 @@ def run_decode(
     on_result: Callable[[LatentStep, StepRecord | None], None] | None = None,
     worker_cls: type[DecodeWorker] = DecodeWorker,
 ) -> RunReport:
-    """Decode every planned item not already done; always leaves a summary covering all records.
+    """Decode every planned item not already done, then rebuild the summary from all records
+    (a setup failure in a folder that holds no records leaves none behind).
 
-    ``settings.executor.kind`` picks in-process decoding or a Ray actor pool of ``worker_cls``;
+    ``settings.executor.decided()`` picks in-process decoding or a Ray actor pool of ``worker_cls``;
     a given ``worker`` is always used in-process.
     """
     start = time.perf_counter()

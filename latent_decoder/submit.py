@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .errors import ClusterError, SetupError
+from .errors import ClusterError, SetupError, first_line
 from .job import job_args
 
 POLL_S = 1.0
@@ -26,7 +26,7 @@ def load_runtime_env(path: Path | None) -> dict[str, Any]:
         try:
             env = yaml.safe_load(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
-            raise SetupError(f"cannot read runtime env {path}: {str(exc).strip().splitlines()[0]}") from exc
+            raise SetupError(f"cannot read runtime env {path}: {first_line(exc)}") from exc
         if not isinstance(env, dict):
             raise SetupError(f"runtime env {path} must hold a mapping, found {type(env).__name__}")
     package = str(Path(__file__).resolve().parent)
@@ -50,7 +50,7 @@ def submit(experiment: str, decode_args: list[str], address: str, runtime_env: d
         client = JobSubmissionClient(address)
         job_id = client.submit_job(entrypoint=entrypoint(experiment, decode_args), runtime_env=runtime_env)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise ClusterError(f"cannot submit to {address}: {str(exc).strip().splitlines()[0]}") from exc
+        raise ClusterError(f"cannot submit to {address}: {first_line(exc)}") from exc
     echo(f"submitted job {job_id} to {address}")
     if not wait:
         return 0

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import DecodeError, DeviceError, ItemError
+from .errors import DecodeError, DeviceError, ItemError, describe_error
 from .experiment import LatentStep
 from .latents import parse_latent, read_latent_bytes, validate_latent
 from .models import ResolvedModel, load_vae, resolve_model
@@ -67,11 +67,6 @@ def torch_dtype(name: str) -> "torch.dtype":
     import torch
 
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -241,7 +236,7 @@ class DecodeWorker:
         except ItemError as exc:
             work.error = exc
         except Exception as exc:  # a torch/diffusers failure on this latent: record it, go on
-            work.error = DecodeError(f"{work.step.path}: decode failed: {_reason(exc)}")
+            work.error = DecodeError(f"{work.step.path}: decode failed: {describe_error(exc)}")
             log.debug("decode of %s failed", work.step.key, exc_info=True)
         finally:
             if self.device.type == "cuda":
@@ -265,7 +260,7 @@ class DecodeWorker:
                 work.files = {png_frame_name(i): encode_png(f) for i, f in enumerate(frames)}
             work.thumbnail = encode_jpeg(frames[0])
         except Exception as exc:
-            work.error = DecodeError(f"{work.step.path}: encoding {self.output.format} failed: {_reason(exc)}")
+            work.error = DecodeError(f"{work.step.path}: encoding {self.output.format} failed: {describe_error(exc)}")
         work.encode_seconds = time.perf_counter() - start
         return work
 

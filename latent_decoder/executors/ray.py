@@ -29,7 +29,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..errors import ClusterError, DecodeError, LatentDecoderError, LatentFileError, PoisonItemError
+from ..errors import (ClusterError, DecodeError, LatentDecoderError, LatentFileError, PoisonItemError, describe_error,
+                      first_line)
 from ..experiment import LatentStep
 from ..latents import read_latent_bytes
 from ..models import ResolvedModel, resolve_model
@@ -108,7 +109,7 @@ class RayExecutor:
                 ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
             except (ConnectionError, ValueError, RuntimeError) as exc:
                 where = "a new local runtime" if address == "local" else address
-                raise ClusterError(f"cannot start Ray on {where}: {str(exc).strip().splitlines()[0]}") from exc
+                raise ClusterError(f"cannot start Ray on {where}: {first_line(exc)}") from exc
             self._started_ray = True
         return ray
 
@@ -235,8 +236,7 @@ class RayExecutor:
     def _failed_in_worker(self, call: _Call, exc: Exception, on_result: ResultCallback) -> None:
         """An error the worker's stages did not record (a bug, or a disk error with shared io): record it."""
         cause = getattr(exc, "cause", None) or exc
-        error = DecodeError(f"{call.step.path}: worker raised {type(cause).__name__}: "
-                            f"{str(cause).strip().splitlines()[0] if str(cause).strip() else ''}".rstrip(": "))
+        error = DecodeError(f"{call.step.path}: worker raised {describe_error(cause)}")
         on_result(call.step, self._commit(ItemWork(call.step, error=error, identity=call.slot.identity)))
 
     def _revive(self, slot: _Slot) -> None:
@@ -333,5 +333,4 @@ def _actor_error(exc: BaseException) -> str:
         lines = [line.strip() for line in str(getattr(exc, "error_msg", "")).splitlines() if line.strip()]
         if lines:
             return re.sub(r"^(?:\w+\.)+(\w+): ", r"\1: ", lines[-1])  # latent_decoder.errors.X: -> X:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    return first_line(exc)
