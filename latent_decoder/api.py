@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from .experiment import Experiment
-from .plan import OutputLayout, StepRecord, read_record
+from .journal import Journal, StepRecord
+from .layout import OutputLayout
 from .runner import RunReport, run_decode
 from .settings import CliOptions, OutputSettings, RunSettings, resolve_settings
 from .worker import DecodeWorker
@@ -76,7 +77,7 @@ class ExperimentLatentDecoder:
         w = self.worker
         if w is None or _vae_choice(w.output) != _vae_choice(output):
             self.cleanup()
-            w = self.worker = DecodeWorker(output, settings.output_dir, self.device, force=settings.force)
+            w = self.worker = DecodeWorker(output, settings.output_dir, self.device)
         w.output = output
         return w
 
@@ -87,10 +88,13 @@ class ExperimentLatentDecoder:
         return report
 
     def _results(self, report: RunReport, output_dir: Path) -> dict[str, dict[str, LatentDecodeResult]]:
+        """This run's records, and the journal's for the items it found done."""
         layout = OutputLayout(output_dir)
+        with Journal.open(layout, write=False) as journal:
+            known = {r.item: r for r in journal.records() if r.status is not None}
         results: dict[str, dict[str, LatentDecodeResult]] = {}
         for step in report.plan.items:
-            record = report.records.get(step.key) or read_record(layout.record_path(step))
+            record = report.records.get(step.key) or known.get(step.key)
             if record is not None:
                 results.setdefault(str(step.path.parent), {})[step.step] = _result(layout, record)
         return results

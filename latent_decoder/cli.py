@@ -10,15 +10,16 @@ from typing import Callable
 import click
 
 from . import __version__
-from .errors import LatentDecoderError
+from .errors import LatentDecoderError, SetupError
 from .experiment import Experiment
-from .plan import ItemState, Plan, make_plan
-from .runner import RunReport, run_decode
+from .plan import ItemState, Plan
+from .runner import RunReport, plan_run, run_decode
 from .settings import DEFAULT_CRF, DTYPES, EXECUTORS, FORMATS, IO_MODES, CliOptions, RunSettings, resolve_settings
 
 log = logging.getLogger("latent_decoder")
 
 EXIT_SETUP = 2
+EXIT_INTERRUPTED = 130
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -91,12 +92,19 @@ def cli() -> None:
 @click.option("--io", type=click.Choice(IO_MODES), default="driver", show_default=True,
               help="Ray: driver reads latents and writes videos, workers need no shared storage; "
                    "shared: workers read and write the experiment path (all nodes must mount it).")
+@click.option("--start-timeout", type=click.FloatRange(0, min_open=True), metavar="SECONDS",
+              help="Ray: wait this long for workers to be placed; go on with those started, fail if none "
+                   "[default: 60].")
+@click.option("--item-timeout", type=click.FloatRange(0, min_open=True), metavar="SECONDS",
+              help="Ray: a step running longer than this (and 10x the median step time) counts as hung: its "
+                   "worker is restarted and the step retried [default: 300].")
 @click.option("--verbose", "-v", is_flag=True, help="More logging; tracebacks on errors.")
 def decode(experiment: Path, output_dir: Path | None, prompt_filter: str | None, video_filter: str | None,
            step_filter: str | None, device: str, dtype: str, fmt: str, fps: float | None, crf: int | None,
            quality: float | None, scale: float, model: str | None, vae_subfolder: str | None,
            vae_config: str | None, force: bool, dry_run: bool, executor: str, gpus: int | None,
-           actors_per_gpu: int | None, workers: int | None, address: str | None, io: str, verbose: bool) -> None:
+           actors_per_gpu: int | None, workers: int | None, address: str | None, io: str,
+           start_timeout: float | None, item_timeout: float | None, verbose: bool) -> None:
     """Decode every stored step of EXPERIMENT into a video.
 
     Resumes by default: steps already decoded with the same settings are skipped. Exit
@@ -112,16 +120,22 @@ def decode(experiment: Path, output_dir: Path | None, prompt_filter: str | None,
                       step_filter=step_filter, device=device, fps=fps, dtype=dtype, format=fmt, quality=quality,
                       crf=crf, scale=scale, model=model, vae_subfolder=vae_subfolder, vae_config=vae_config,
                       force=force, executor=executor, address=address, gpus=gpus, actors_per_gpu=actors_per_gpu,
-                      workers=workers, io=io)
+                      workers=workers, io=io, start_timeout=start_timeout, item_timeout=item_timeout)
     try:
         settings = resolve_settings(Experiment.load(experiment), opts)
         if dry_run:
-            print_plan(settings, make_plan(settings), verbose)
+            print_plan(settings, plan_run(settings), verbose)
             return
         _describe(settings)
         report = run_decode(settings)
     except LatentDecoderError as err:
         _fail(err, verbose)
+        return
+    except KeyboardInterrupt:  # before the run started (planning, model loading): nothing to keep
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except OSError as err:  # an OS error no stage anticipated: still one line naming the path
+        _fail(SetupError(f"{err.filename or 'I/O'}: {err.strerror or err}"), verbose)
         return
     print_report(settings, report)
     sys.exit(report.exit_code)
@@ -137,14 +151,24 @@ def _describe(settings: RunSettings) -> None:
 STATE_WORDS = {
     ItemState.TODO: "decode",
     ItemState.DONE: "done",
+    ItemState.CHANGED: "decode again (changed input)",
     ItemState.STALE: "decode again (settings changed)",
+    ItemState.MISSING: "decode again (outputs missing)",
     ItemState.FAILED: "retry (failed before)",
     ItemState.FORCED: "decode again (--force)",
 }
 
 
+def _warn_duplicates(plan: Plan) -> None:
+    for line in plan.duplicates[:10]:
+        click.echo(f"warning: {line}", err=True)
+    if len(plan.duplicates) > 10:
+        click.echo(f"warning: ... and {len(plan.duplicates) - 10} more steps with several files", err=True)
+
+
 def print_plan(settings: RunSettings, plan: Plan, verbose: bool) -> None:
     _describe(settings)
+    _warn_duplicates(plan)
     by_video: dict[str, list] = {}
     for step in plan.items:
         by_video.setdefault(step.video_key, []).append(step)
@@ -158,18 +182,34 @@ def print_plan(settings: RunSettings, plan: Plan, verbose: bool) -> None:
     click.echo(f"dry run: {len(plan.items)} items ({counts or 'nothing matches the filters'}); nothing decoded")
 
 
+def _output_state(settings: RunSettings) -> list[str]:
+    """``inspect``'s view of the output folder: the plan a decode with these settings would make."""
+    out = settings.output_dir
+    if not (out / ".latent-decoder.db").is_file() and not (out / ".records").is_dir():
+        return [f"output      {out}: nothing decoded yet"]
+    plan = plan_run(settings)
+    counts = ", ".join(f"{plan.count(st)} {STATE_WORDS[st]}" for st in ItemState if plan.count(st))
+    lines = [f"output      {out}: {counts}"]
+    for state in (ItemState.CHANGED, ItemState.FAILED):
+        keys = [k for k, st in plan.states.items() if st is state]
+        lines += [f"  {STATE_WORDS[state]}: {k}" for k in keys[:5]]
+        if len(keys) > 5:
+            lines.append(f"  ... and {len(keys) - 5} more")
+    return lines
+
+
 def _duration(seconds: float) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
     return f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
 
 
 def print_report(settings: RunSettings, report: RunReport) -> None:
-    if not report.plan.items:
-        click.echo(f"error: no latent steps under {settings.experiment.latents_dir} match the filters", err=True)
-        return
+    _warn_duplicates(report.plan)
     n = len(report.records)
     rate = f" ({n / report.wall_seconds:.2f} items/s)" if n and report.wall_seconds > 0 else ""
-    head = "interrupted" if report.interrupted is not None else "finished"
+    head = "interrupted" if report.interrupted is not None else "stopped" if report.stopped else "finished"
+    if report.stopped is not None:
+        click.echo(f"error: {report.stopped}", err=True)
     click.echo(f"{head}: decoded {n} item(s) in {_duration(report.wall_seconds)}{rate}: "
                f"{report.succeeded} ok, {len(report.failed)} failed, {report.skipped} already done", err=True)
     for rec in report.failed[:10]:
@@ -178,7 +218,9 @@ def print_report(settings: RunSettings, report: RunReport) -> None:
         click.echo(f"  ... and {len(report.failed) - 10} more (see decode_summary.json)", err=True)
     if report.summary is not None:
         s = report.summary
-        click.echo(f"all items in the folder: {s['successful_steps']}/{s['total_steps']} ok", err=True)
+        pending = f", {s['pending_steps']} pending" if s.get("pending_steps") else ""
+        click.echo(f"all items in the folder: {s['successful_steps']}/{s['total_steps']} ok, "
+                   f"{s['failed_steps']} failed{pending}", err=True)
     click.echo(f"videos:  {settings.output_dir}", err=True)
     click.echo(f"summary: {settings.output_dir / 'decode_summary.json'}", err=True)
 
@@ -190,12 +232,16 @@ def print_report(settings: RunSettings, report: RunReport) -> None:
               help="VAE precision the memory estimate assumes.")
 @click.option("--max-files", type=click.IntRange(1), default=1000, show_default=True,
               help="Read the headers of at most this many latent files (spread over the experiment).")
+@click.option("--output-dir", type=click.Path(path_type=Path),
+              help="The decode's output folder whose state to show [default: EXP/latents_videos].")
 @click.option("--verbose", "-v", is_flag=True, help="Tracebacks on errors.")
 def inspect(experiment: Path, model: str | None, vae_subfolder: str | None, vae_config: str | None, dtype: str,
-            max_files: int, verbose: bool) -> None:
+            max_files: int, output_dir: Path | None, verbose: bool) -> None:
     """Show what decoding EXPERIMENT would use and produce, without decoding: the resolved model,
     its VAE class and family rule (and the diffusers pipeline it mirrors), the stored latent shapes,
-    the frames and size each decodes to, and a rough decode-memory estimate.
+    the frames and size each decodes to, a rough decode-memory estimate, and, where the output folder
+    has been decoded into, which steps a decode with these settings would skip or redo (and why:
+    changed input, other settings, outputs missing).
 
     Exit status: 0 all fits, 1 some latents do not fit the VAE, 2 the model cannot be used.
     """
@@ -205,14 +251,49 @@ def inspect(experiment: Path, model: str | None, vae_subfolder: str | None, vae_
     try:
         settings = resolve_settings(Experiment.load(experiment),
                                     CliOptions(model=model, vae_subfolder=vae_subfolder, vae_config=vae_config,
-                                               dtype=dtype))
+                                               dtype=dtype, output_dir=output_dir))
         info = inspect_experiment(settings.experiment, settings.output, max_files)
+        lines = render(info) + _output_state(settings)
     except LatentDecoderError as err:
         _fail(err, verbose)
         return
-    for line in render(info):
+    for line in lines:
         click.echo(line)
     sys.exit(EXIT_SETUP if info.problem else 1 if any(s.problem for s in info.shapes) else 0)
+
+
+@cli.command()
+@click.argument("experiment", type=click.Path(path_type=Path))
+@click.option("--output-dir", type=click.Path(path_type=Path), help="The decode's output folder [default: EXP/latents_videos].")
+@click.option("--prompt", "prompt", metavar="NAME", help="Only this prompt folder.")
+@click.option("--video", "video", metavar="NAME", help="Only this video folder.")
+@click.option("--failed", is_flag=True, help="List the failed steps with their reasons.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON record per step (JSONL: redirect to a file to export).")
+@click.option("--verbose", "-v", is_flag=True, help="Tracebacks on errors.")
+def status(experiment: Path, output_dir: Path | None, prompt: str | None, video: str | None, failed: bool,
+           as_json: bool, verbose: bool) -> None:
+    """Show what the journal of EXPERIMENT's output folder knows, per video and per step, as of the
+    last run that scanned each item (a dry run of `decode` checks the files again).
+
+    States: done, failed (the last attempt; an earlier good output stays until replaced), pending
+    (never decoded), changed (the latent file changed since it was decoded), stale (decoded with
+    other settings).
+    """
+    from .status import render_status, status_records
+
+    _setup_logging(verbose)
+    try:
+        exp = Experiment.load(experiment)
+        out = output_dir or exp.default_output_dir
+        if as_json:
+            for line in status_records(exp, out, prompt, video, failed):
+                click.echo(line)
+        else:
+            for line in render_status(exp, out, prompt, video, failed):
+                click.echo(line)
+    except LatentDecoderError as err:
+        _fail(err, verbose)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})

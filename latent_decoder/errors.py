@@ -50,6 +50,10 @@ class DeviceError(SetupError):
     """The requested torch device does not exist on this machine."""
 
 
+class OutputDirError(SetupError):
+    """The output folder cannot be created, written or locked."""
+
+
 class RunLockedError(SetupError):
     """Another run holds the output folder's lock."""
 
@@ -70,9 +74,26 @@ class DecodeError(ItemError):
     """The VAE or the encoder failed on an otherwise valid latent."""
 
 
+class OutputWriteError(ItemError):
+    """An item's outputs could not be written (an I/O error other than a full disk)."""
+
+
 class ClusterError(SetupError):
     """Ray is missing, unreachable, too small for the request, or lost every worker."""
 
 
 class PoisonItemError(ItemError):
     """The item killed the worker process decoding it on every try."""
+
+
+class RunStoppedError(LatentDecoderError):
+    """The run cannot go on (the disk is full, the device is broken); finished items are kept."""
+
+
+class DiskFullError(RunStoppedError):
+    """No space left (or quota exceeded) where outputs or the journal are written."""
+
+
+class DeviceFailure(RunStoppedError):
+    """A sticky device error (CUDA device-side assert, illegal address): every later decode on this
+    device would fail too, so the process holding it must stop (a Ray actor exits and is restarted)."""

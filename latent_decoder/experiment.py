@@ -7,8 +7,10 @@ An experiment looks like ``EXP/configs/generation_config.yaml`` plus
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +38,24 @@ class VideoSettings:
 
 @dataclass(frozen=True)
 class LatentStep:
-    """One stored latent: the (prompt, video, step) a work item decodes."""
+    """One stored latent: the (prompt, video, step) a work item decodes.
+
+    ``size``/``mtime_ns`` are the file's stat when it was discovered (-1: not taken): the fast half
+    of the input identity that resume compares (see ``identity.py``). ``file`` is the absolute path
+    as a string: planning 100,000 items must not build 100,000 ``Path`` objects.
+    """
 
     prompt: str
     video: str
     step: str  # e.g. "step_000"
     step_index: int
-    path: Path
+    file: str
+    size: int = -1
+    mtime_ns: int = -1
+
+    @cached_property
+    def path(self) -> Path:
+        return Path(self.file)
 
     @property
     def key(self) -> str:
@@ -112,6 +125,12 @@ class Filters:
     def parse(cls, prompt: str | None = None, video: str | None = None, step: str | None = None) -> "Filters":
         return cls(NameFilter.parse(prompt), NameFilter.parse(video), NameFilter.parse(step, numeric=True))
 
+    def covers(self, prompt: str, video: str, step: str) -> bool:
+        """Whether an item (by its folder and step names) lies within these filters."""
+        digits = step.rpartition("_")[2]
+        index = int(digits) if digits.isdigit() else None
+        return self.prompts.matches(prompt) and self.videos.matches(video) and self.steps.matches(step, index)
+
 
 @dataclass
 class Experiment:
@@ -120,7 +139,7 @@ class Experiment:
 
     @classmethod
     def load(cls, root: str | Path) -> "Experiment":
-        root = Path(root).expanduser()
+        root = Path(root).expanduser().absolute()
         if not root.is_dir():
             raise ExperimentError(f"experiment folder not found: {root}")
         config_path = root / CONFIG_RELPATH
@@ -175,30 +194,61 @@ class Experiment:
 
     def discover(self, filters: Filters | None = None) -> list[LatentStep]:
         """Every stored latent step that passes the filters, in a stable order."""
+        return self.scan(filters).steps
+
+    def scan(self, filters: Filters | None = None) -> "Discovery":
+        """The steps that pass the filters (each with its file's stat), and the step numbers that
+        have more than one file, which are reported rather than silently reduced to one."""
         filters = filters or Filters()
-        steps: list[LatentStep] = []
-        for prompt_dir in sorted(p for p in self.latents_dir.iterdir() if p.is_dir()):
-            if not PROMPT_DIR_RE.match(prompt_dir.name) or not filters.prompts.matches(prompt_dir.name):
+        found = Discovery()
+        for prompt in _subdirs(self.latents_dir):
+            if not PROMPT_DIR_RE.match(prompt) or not filters.prompts.matches(prompt):
                 continue
-            for video_dir in sorted(v for v in prompt_dir.iterdir() if v.is_dir()):
-                if not filters.videos.matches(video_dir.name):
-                    continue
-                steps.extend(_steps_in(prompt_dir.name, video_dir, filters.steps))
-        return steps
+            for video in _subdirs(self.latents_dir / prompt):
+                if filters.videos.matches(video):
+                    _scan_video(prompt, video, self.latents_dir / prompt / video, filters.steps, found)
+        return found
 
 
-def _steps_in(prompt: str, video_dir: Path, step_filter: NameFilter) -> list[LatentStep]:
-    """Step files of one video folder; ``.npy.gz`` wins over a plain ``.npy`` of the same step."""
-    found: dict[int, LatentStep] = {}
-    for path in sorted(video_dir.iterdir()):
-        match = STEP_FILE_RE.match(path.name)
-        if not match or not path.is_file():
+@dataclass
+class Discovery:
+    steps: list[LatentStep] = field(default_factory=list)
+    duplicates: list[tuple[str, str, str, str]] = field(default_factory=list)  # (prompt, video, step, message)
+
+
+def _subdirs(folder: Path) -> list[str]:
+    with os.scandir(folder) as entries:
+        return sorted(e.name for e in entries if e.is_dir())
+
+
+def _preference(candidate: tuple[os.DirEntry, str]) -> tuple[bool, int, str]:
+    """Which of several files of one step is decoded: gzip'd over plain, zero-padded over short."""
+    entry, digits = candidate
+    return entry.name.endswith(".gz"), len(digits), entry.name
+
+
+def _scan_video(prompt: str, video: str, video_dir: Path, step_filter: NameFilter, found: Discovery) -> None:
+    candidates: dict[int, list[tuple[os.DirEntry, str]]] = {}
+    with os.scandir(video_dir) as entries:
+        for entry in entries:
+            match = STEP_FILE_RE.match(entry.name)
+            if not match or not entry.is_file():
+                continue
+            digits = match.group(1)
+            index = int(digits)
+            if not step_filter or step_filter.matches(f"step_{digits}", index):
+                candidates.setdefault(index, []).append((entry, digits))
+    for index in sorted(candidates):
+        files = candidates[index]
+        if len(files) > 1:
+            files.sort(key=_preference, reverse=True)
+        chosen, digits = files[0]
+        if len(files) > 1:
+            found.duplicates.append((prompt, video, f"step_{digits}",
+                                     f"{prompt}/{video}: step {index} has {len(files)} files "
+                                     f"({', '.join(f.name for f, _ in files)}); decoding {chosen.name}"))
+        try:
+            st = chosen.stat()
+        except FileNotFoundError:  # deleted while scanning: not part of the experiment any more
             continue
-        index = int(match.group(1))
-        name = f"step_{match.group(1)}"
-        if not step_filter.matches(name, index):
-            continue
-        if index in found and found[index].path.name.endswith(".gz"):
-            continue
-        found[index] = LatentStep(prompt, video_dir.name, name, index, path)
-    return [found[i] for i in sorted(found)]
+        found.steps.append(LatentStep(prompt, video, f"step_{digits}", index, chosen.path, st.st_size, st.st_mtime_ns))

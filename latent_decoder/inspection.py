@@ -21,6 +21,7 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # byte of dtype: the Wan2.1 VAE measured 9.6 GiB (fp32) / 4.8 GiB (bf16) for 61 frames at 848x480
 # on an H200, i.e. about 35x the decoded video. Other families are not measured: a rough guide only.
 ACTIVATION_FACTOR = 35
+MAX_UNREADABLE_SHOWN = 5  # unusable files listed one per line; the rest are counted on one more line
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,8 @@ class ShapeSummary:
     example: Path
     output: tuple[int, int, int] | None = None  # frames, height, width
     memory_bytes: int | None = None
-    problem: str | None = None  # why it does not fit the VAE
+    problem: str | None = None  # why it does not fit the VAE, or why the file cannot be used
+    unreadable: bool = False  # a file whose header cannot be read or is refused (``shape`` is then empty)
 
 
 @dataclass
@@ -84,8 +86,15 @@ def inspect_experiment(experiment: Experiment, output: OutputSettings, max_files
         examples.setdefault(shape, step.path)
     for shape, count in counts.most_common():
         info.shapes.append(_summarize(shape, tuple(sorted(dtypes[shape])), count, examples[shape], info, vae))
-    for path, message in unreadable[:5]:
-        info.shapes.append(ShapeSummary((), (), 1, path, problem=message))
+    # One entry per unusable file (the message names it), a few at most; a header that declares more
+    # than a latent can be lands here too, so no memory is ever estimated from it.
+    for path, message in unreadable[:MAX_UNREADABLE_SHOWN]:
+        info.shapes.append(ShapeSummary((), (), 1, path, problem=message, unreadable=True))
+    if len(unreadable) > MAX_UNREADABLE_SHOWN:
+        rest = len(unreadable) - MAX_UNREADABLE_SHOWN
+        path, message = unreadable[MAX_UNREADABLE_SHOWN]
+        info.shapes.append(ShapeSummary((), (), rest, path, unreadable=True,
+                                        problem=f"{rest} more unusable file(s), e.g. {message}"))
     return info
 
 
@@ -141,7 +150,7 @@ def render(info: Inspection) -> list[str]:
                  f"{o.fps:g} fps; decode as {o.dtype}")
     lines.append(f"latents     {info.files} file(s); headers read: {info.files_read}")
     for s in info.shapes:
-        if not s.shape:
+        if s.unreadable:
             lines.append(f"  unreadable: {s.problem}")
             continue
         head = f"  {list(s.shape)} {'/'.join(s.dtypes)} x{s.count}"

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from .errors import RunLockedError
+from .errors import OutputDirError, RunLockedError
 
 LOCK_NAME = ".latent-decoder.lock"
 
@@ -24,8 +24,12 @@ class OutputLock:
         self._fd: int | None = None
 
     def acquire(self) -> "OutputLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise OutputDirError(f"output folder {self.path.parent}: cannot write there: "
+                                 f"{exc.strerror or exc} ({exc.filename or self.path})") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -35,6 +39,10 @@ class OutputLock:
                 f"another latent-decoder run{holder} is writing to {self.path.parent}; "
                 "wait for it to finish or stop it first"
             ) from None
+        except OSError as exc:  # ENOLCK / EOPNOTSUPP: some network filesystems have no locks
+            os.close(fd)
+            raise OutputDirError(f"cannot lock {self.path}: {exc.strerror or exc}; the output folder's "
+                                 "filesystem does not support file locks, use a local --output-dir") from exc
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}).encode())
         self._fd = fd

@@ -352,6 +352,14 @@ def resolve_model(source: str, subfolder: str | None = None, config: str | None 
     """Find a VAE: a single ``.safetensors`` file (config from ``config``), a local folder (with or
     without ``vae/``, or its ``subfolder``), else an HF repo id in the cache, else (only when the
     hub is not offline) a download of just the VAE files."""
+    try:
+        return _resolve_model(source, subfolder, config)
+    except OSError as exc:  # permission denied, I/O error... on the way to the model
+        raise ModelNotFoundError(f"model '{source}': cannot read {exc.filename or source}: "
+                                 f"{exc.strerror or exc}") from exc
+
+
+def _resolve_model(source: str, subfolder: str | None, config: str | None) -> ResolvedModel:
     path = Path(source).expanduser()
     wanted = f"{subfolder}/config.json" if subfolder else "neither vae/config.json nor config.json"
     looked: list[str] = []

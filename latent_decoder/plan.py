@@ -1,143 +1,111 @@
-"""Work items, where their outputs go, their on-disk records, and the resume decision.
+"""Planning: which items a run decodes, by the one rule of when an item is done.
 
-Completion is decided from disk only: an item is done when its record (written last,
-atomically) says "ok" with the current output settings and every output it lists exists
-with the recorded size.
+An item is done when the journal's latest attempt at it succeeded, was made from this very latent
+file (``identity``: path, size and mtime, else the bytes' digest), with these settings (model,
+dtype, format, encoder, scale, video geometry), and its outputs are on disk with the recorded
+sizes. Everything else is decoded; ``ItemState`` says why.
 """
 from __future__ import annotations
 
-import json
+import os
+import stat
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
 
 from .experiment import LatentStep
-from .settings import OutputSettings, RunSettings
-from .video import write_file_atomic
-
-RECORDS_DIRNAME = ".records"
-RECORD_SCHEMA = 1
-
-
-@dataclass(frozen=True)
-class OutputLayout:
-    """Output paths of every item under one output folder, mirroring ``latents/``."""
-
-    root: Path
-
-    def video_path(self, step: LatentStep, fmt: str) -> Path:
-        base = self.root / step.prompt / step.video
-        return base / (f"{step.step}.mp4" if fmt == "mp4" else step.step)
-
-    def thumbnail_path(self, step: LatentStep) -> Path:
-        return self.root / step.prompt / step.video / f"{step.step}.jpg"
-
-    def record_path(self, step: LatentStep) -> Path:
-        return self.root / RECORDS_DIRNAME / step.prompt / step.video / f"{step.step}.json"
-
-    @property
-    def records_dir(self) -> Path:
-        return self.root / RECORDS_DIRNAME
-
-    @property
-    def summary_path(self) -> Path:
-        return self.root / "decode_summary.json"
-
-    def rel(self, path: Path) -> str:
-        return path.relative_to(self.root).as_posix()
-
-
-@dataclass
-class StepRecord:
-    """What happened to one item; the unit the summary is rebuilt from."""
-
-    item: str
-    prompt: str
-    video: str
-    step: str
-    step_index: int
-    status: str  # "ok" | "failed"
-    latent_path: str
-    settings: dict[str, Any]
-    outputs: dict[str, str] = field(default_factory=dict)  # kind -> path relative to output root
-    output_sizes: dict[str, int] = field(default_factory=dict)  # kind -> bytes (or frame count for png)
-    error: str | None = None
-    error_type: str | None = None
-    decode_seconds: float = 0.0
-    encode_seconds: float = 0.0
-    load_seconds: float = 0.0
-    latent_shape: list[int] | None = None
-    latent_dtype: str | None = None
-    frames_shape: list[int] | None = None
-    device: str | None = None
-    host: str | None = None
-    worker: str | None = None  # "inline", or the Ray actor ("ray-0", ...) that decoded it
-    pid: int | None = None  # of the worker process
-    finished_at: str | None = None
-    metadata: dict[str, Any] | None = None
-    schema: int = RECORD_SCHEMA
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "StepRecord":
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
-
-
-def write_record(layout: OutputLayout, step: LatentStep, record: StepRecord) -> None:
-    write_file_atomic(layout.record_path(step), json.dumps(record.to_dict(), indent=1).encode())
-
-
-def read_record(path: Path) -> StepRecord | None:
-    """A record, or None if it is missing or unreadable (then the item is simply not done)."""
-    try:
-        return StepRecord.from_dict(json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
-        return None
-
-
-def output_size(path: Path) -> int | None:
-    """Bytes of a file, or the number of entries of a PNG-frames folder; None if absent."""
-    if path.is_file():
-        return path.stat().st_size
-    if path.is_dir():
-        return sum(1 for p in path.iterdir() if p.suffix == ".png")
-    return None
+from .identity import InputId, same_content, same_stat
+from .journal import ItemEntry, Journal, fingerprint_text
+from .settings import RunSettings
 
 
 class ItemState(str, Enum):
-    TODO = "todo"  # never decoded, or its outputs are gone
-    DONE = "done"  # decoded with the current settings; skipped
-    STALE = "stale"  # decoded with other settings; decoded again
-    FAILED = "failed"  # failed last time; tried again
+    TODO = "todo"  # never decoded
+    DONE = "done"  # skipped
+    CHANGED = "changed"  # the latent file is not the one its outputs were made from
+    STALE = "stale"  # decoded with other settings
+    MISSING = "missing"  # its outputs are gone or altered
+    FAILED = "failed"  # the latest attempt failed; tried again
     FORCED = "forced"  # done, but --force
 
+    @property
+    def stored(self) -> str:
+        """The state the journal and the summary keep: done, failed, changed, stale or pending."""
+        return {"done": "done", "forced": "done", "failed": "failed", "changed": "changed",
+                "stale": "stale"}.get(self.value, "pending")
 
-def item_state(layout: OutputLayout, step: LatentStep, settings: OutputSettings, force: bool = False) -> ItemState:
-    record = read_record(layout.record_path(step))
-    if record is None:
-        return ItemState.TODO
-    if not record.ok:
-        return ItemState.FAILED
-    if record.settings != settings.fingerprint():
-        return ItemState.STALE
-    for kind, rel in record.outputs.items():
-        if output_size(layout.root / rel) != record.output_sizes.get(kind):
-            return ItemState.TODO
-    return ItemState.FORCED if force else ItemState.DONE
+
+def output_size(path: Path | str) -> int | None:
+    """Bytes of a file, or the number of PNG frames in a folder; None if absent."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            return st.st_size
+        return sum(1 for name in os.listdir(path) if name.endswith(".png"))
+    except OSError:
+        return None
+
+
+class OutputCheck:
+    """Whether an item's recorded outputs are still on disk: one listing per output folder (cached),
+    plus one stat for the video's size, so resuming 100,000 items stays fast."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = str(root)
+        self.listings: dict[str, frozenset[str]] = {}
+
+    def _names(self, folder: str) -> frozenset[str]:
+        names = self.listings.get(folder)
+        if names is None:
+            try:
+                names = frozenset(os.listdir(os.path.join(self.root, folder)))
+            except OSError:
+                names = frozenset()
+            self.listings[folder] = names
+        return names
+
+    def intact(self, outputs: dict[str, list]) -> bool:
+        for kind, (rel, size) in outputs.items():
+            folder, _, name = rel.rpartition("/")
+            if name not in self._names(folder):
+                return False
+            if kind == "video" and output_size(os.path.join(self.root, rel)) != size:
+                return False
+        return True
+
+
+def item_state(entry: ItemEntry | None, step: LatentStep, fingerprint: str, outputs: OutputCheck,
+               force: bool = False) -> tuple[ItemState, InputId | None]:
+    """The one "done" rule. Also returns the input's new identity when only its stat changed (same
+    bytes): the journal stores it so the next resume takes the fast path again."""
+    if entry is None or entry.status is None:
+        return ItemState.TODO, None
+    if entry.status != "ok":
+        return ItemState.FAILED, None
+    refreshed = None
+    stored = entry.input
+    if stored is None or not same_stat(stored, step.file, step.size, step.mtime_ns):
+        if stored is None or not same_content(stored, step.path):
+            return ItemState.CHANGED, None
+        refreshed = InputId(step.file, step.size, step.mtime_ns, stored.digest)
+    if entry.settings != fingerprint:
+        return ItemState.STALE, refreshed
+    if not outputs.intact(entry.outputs):
+        return ItemState.MISSING, refreshed
+    return (ItemState.FORCED if force else ItemState.DONE), refreshed
 
 
 @dataclass
 class Plan:
-    items: list[LatentStep]
-    states: dict[str, ItemState]
+    items: list[LatentStep]  # the steps passing the run's filters
+    states: dict[str, ItemState]  # of ``items``
+    present: list[LatentStep] = field(default_factory=list)  # every step of the experiment now
+    stored: dict[str, str] = field(default_factory=dict)  # every present step's state, as the journal keeps it
+    refreshed: dict[str, InputId] = field(default_factory=dict)  # same bytes, new stat
+    duplicates: list[str] = field(default_factory=list)  # of the filtered steps: what the run warns about
+    all_duplicates: list[str] = field(default_factory=list)  # of the whole experiment: what the summary lists
+    journal_behind: bool = False  # the journal's items differ from the experiment as scanned now
+    entries: dict[str, ItemEntry] = field(default_factory=dict, repr=False)  # the journal's, when planned
 
     @property
     def todo(self) -> list[LatentStep]:
@@ -147,8 +115,27 @@ class Plan:
         return sum(1 for s in self.states.values() if s is state)
 
 
-def make_plan(settings: RunSettings) -> Plan:
-    layout = OutputLayout(settings.output_dir)
-    items = settings.experiment.discover(settings.filters)
-    states = {s.key: item_state(layout, s, settings.output, settings.force) for s in items}
-    return Plan(items, states)
+def make_plan(settings: RunSettings, journal: Journal) -> Plan:
+    """States of the steps passing the filters. The whole experiment is scanned (names and stat only)
+    so that the journal, and the summary made from it, count every step there is now; steps outside
+    the filters keep the state the journal has for them (pending if none)."""
+    found = settings.experiment.scan()
+    entries = journal.entries()
+    fingerprint = fingerprint_text(settings.output.fingerprint())
+    covers = settings.filters.covers
+    outputs = OutputCheck(settings.output_dir)
+    plan = Plan([], {}, found.steps, entries=entries,
+                duplicates=[m for prompt, video, step, m in found.duplicates if covers(prompt, video, step)],
+                all_duplicates=[m for *_, m in found.duplicates])
+    for step in found.steps:
+        entry = entries.get(step.key)
+        if not covers(step.prompt, step.video, step.step):
+            plan.stored[step.key] = entry.state if entry is not None and entry.state else "pending"
+            continue
+        state, refreshed = item_state(entry, step, fingerprint, outputs, settings.force)
+        plan.items.append(step)
+        plan.states[step.key] = state
+        plan.stored[step.key] = state.stored
+        if refreshed is not None:
+            plan.refreshed[step.key] = refreshed
+    return plan

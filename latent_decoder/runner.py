@@ -1,4 +1,4 @@
-"""One decode run: plan -> lock -> worker -> executor -> summary, with progress and a report.
+"""One decode run: plan -> lock -> journal -> worker -> executor -> commit -> summary, with progress.
 
 Everything a user-facing entry point (CLI, API, compat script) needs goes through
 ``run_decode``; they differ only in how they build ``RunSettings`` and print the report.
@@ -6,21 +6,27 @@ Everything a user-facing entry point (CLI, API, compat script) needs goes throug
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
+from .errors import ExperimentError, OutputDirError, RunStoppedError
 from .executors import InlineExecutor
 from .experiment import LatentStep
+from .journal import Journal, Migration, StepRecord
+from .layout import OutputLayout
+from .lifecycle import GroupCommit
 from .lock import OutputLock
-from .plan import ItemState, OutputLayout, Plan, StepRecord, make_plan
-from .settings import RunSettings
-from .summary import RunInfo, write_summary
-from .video import remove_stale_temps
 from .models import resolve_model
+from .plan import ItemState, Plan, make_plan
+from .settings import RunSettings
+from .summary import RunInfo, build_summary, figures_differ, read_summary, write_summary
+from .video import remove_stale_temps
 from .worker import DecodeWorker, resolve_device
 
 log = logging.getLogger(__name__)
@@ -51,6 +57,9 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+SUMMARY_EVERY_S = 60.0  # a long run refreshes decode_summary.json this often
+
+
 @dataclass
 class RunReport:
     plan: Plan
@@ -58,6 +67,7 @@ class RunReport:
     skipped: int = 0
     summary: dict[str, Any] | None = None
     interrupted: int | None = None  # signal number
+    stopped: RunStoppedError | None = None  # why the run stopped before the end (disk full, broken device)
     wall_seconds: float = 0.0
 
     @property
@@ -72,7 +82,7 @@ class RunReport:
     def exit_code(self) -> int:
         if self.interrupted is not None:
             return 128 + self.interrupted
-        return 1 if self.failed or not self.plan.items else 0
+        return 1 if self.failed or self.stopped is not None else 0
 
 
 class Progress:
@@ -88,9 +98,9 @@ class Progress:
                         disable=(not enabled) or None, smoothing=0.1)
         self.line_mode = self.bar.disable and enabled
 
-    def update(self, step: LatentStep, record: StepRecord | None) -> None:
+    def update(self, step: LatentStep, record: StepRecord) -> None:
         self.done += 1
-        if record is not None and not record.ok:
+        if not record.ok:
             self.failed += 1
             if not self.line_mode:
                 self.bar.write(f"failed: {record.error}", file=sys.stderr)
@@ -98,37 +108,69 @@ class Progress:
         if self.failed:
             self.bar.set_postfix(failed=self.failed, refresh=False)
         if self.line_mode:
-            status = "done before" if record is None else record.status
-            took = "" if record is None else f" decode {record.decode_seconds:.2f}s encode {record.encode_seconds:.2f}s"
-            if record is not None and not record.ok:
-                took = f": {record.error}"
-            log.info("[%d/%d] %s %s%s", self.done, self.total, step.key, status, took)
+            took = (f": {record.error}" if not record.ok else
+                    f" decode {record.decode_seconds:.2f}s encode {record.encode_seconds:.2f}s")
+            log.info("[%d/%d] %s %s%s", self.done, self.total, step.key, record.status, took)
 
     def close(self) -> None:
         self.bar.close()
+
+
+def plan_run(settings: RunSettings) -> Plan:
+    """The plan of a run, from the experiment as scanned now and the journal, read-only. An experiment
+    with no step to decode (none stored, or none passing the filters) is a setup error."""
+    layout = OutputLayout(settings.output_dir)
+    with Journal.open(layout, write=False, migration=_migration(settings)) as journal:
+        plan = make_plan(settings, journal)
+        plan.journal_behind = journal.sync(plan.present, plan.stored, plan.refreshed, plan.entries)
+    if not plan.items:
+        raise _nothing_to_decode(settings)
+    return plan
+
+
+def _migration(settings: RunSettings) -> Migration:
+    return Migration(settings.experiment.latents_dir, settings.output.geometry)
+
+
+def _nothing_to_decode(settings: RunSettings) -> ExperimentError:
+    latents = settings.experiment.latents_dir
+    f = settings.filters
+    if f.prompts or f.videos or f.steps:
+        return ExperimentError(f"no latent steps under {latents} match the filters")
+    return ExperimentError(f"no latent steps under {latents} (expected <prompt>/<video>/step_NNN.npy.gz)")
 
 
 def run_decode(
     settings: RunSettings,
     worker: DecodeWorker | None = None,
     progress: bool = True,
-    on_result: Callable[[LatentStep, StepRecord | None], None] | None = None,
+    on_result: Callable[[LatentStep, StepRecord], None] | None = None,
     worker_cls: type[DecodeWorker] = DecodeWorker,
 ) -> RunReport:
-    """Decode every planned item not already done, then rebuild the summary from all records
-    (a setup failure in a folder that holds no records leaves none behind).
+    """Decode every planned item that is not done, committing each to the journal as it finishes,
+    then update the summary.
 
+    Nothing is created before the setup is known good (experiment, filters, output folder, device,
+    model). A run with nothing to do writes only what has changed (the journal's view of deleted or
+    touched latents, the summary), and nothing at all on a read-only folder.
     ``settings.executor.decided()`` picks in-process decoding or a Ray actor pool of ``worker_cls``;
     a given ``worker`` is always used in-process.
     """
     start = time.perf_counter()
-    plan = make_plan(settings)
-    report = RunReport(plan)
+    check_output_dir(settings.output_dir)
+    plan = plan_run(settings)
+    report = RunReport(plan, skipped=plan.count(ItemState.DONE))
     layout = OutputLayout(settings.output_dir)
     todo = plan.todo
+    run_info = RunInfo(settings=settings.output.to_dict(), experiment=str(settings.experiment.root),
+                       output_dir=str(settings.output_dir), duplicates=tuple(plan.all_duplicates))
+    if not todo:
+        _update_without_decoding(layout, settings, plan, run_info, report)
+        report.wall_seconds = time.perf_counter() - start
+        return report
     model = None
-    use_ray = bool(todo) and worker is None and settings.executor.decided().kind == "ray"
-    if todo and worker is None and not use_ray:
+    use_ray = worker is None and settings.executor.decided().kind == "ray"
+    if worker is None and not use_ray:
         # Fail fast on a bad device or model, before touching the output folder.
         resolve_device(settings.device)
         model = resolve_model(settings.output.model, settings.output.vae_subfolder, settings.output.vae_config)
@@ -136,50 +178,113 @@ def run_decode(
         removed = remove_stale_temps(settings.output_dir)
         if removed:
             log.info("removed %d temp file(s) left by an interrupted run", removed)
-        report.skipped = plan.count(ItemState.DONE)
-        model_info: dict[str, Any] | None = None
+        journal = Journal.open(layout, write=True, migration=_migration(settings))
         bar: Progress | None = None
         executor: InlineExecutor | Any = None
+        run_id: int | None = None
+        committer: GroupCommit | None = None
+        last_summary = time.monotonic()
         try:
-            if todo:
-                if use_ray:
-                    from .executors.ray import RayExecutor
+            journal.sync(plan.present, plan.stored, plan.refreshed)
+            run_id = journal.begin_run(run_info.to_dict())
+            committer = GroupCommit(journal, layout, run_id)
+            if use_ray:
+                from .executors.ray import RayExecutor
 
-                    executor = RayExecutor(settings, worker_cls=worker_cls)
-                    model_info = executor.start()
+                executor = RayExecutor(settings, worker_cls=worker_cls)
+                run_info.model = executor.start()
+            else:
+                if worker is None:
+                    worker = worker_cls(settings.output, settings.output_dir, settings.device, model=model)
                 else:
-                    if worker is None:
-                        worker = worker_cls(settings.output, settings.output_dir, settings.device, model=model,
-                                            force=settings.force)
-                    else:
-                        worker.layout, worker.force = layout, settings.force
-                    model_info = worker.describe()
-                    executor = InlineExecutor(worker)
-                bar = Progress(len(todo), progress)
+                    worker.layout = layout
+                run_info.model = worker.describe()
+                executor = InlineExecutor(worker, layout)
+            bar = Progress(len(todo), progress)
 
-                def record(step: LatentStep, rec: StepRecord | None) -> None:
-                    if rec is None:
-                        report.skipped += 1
-                    else:
-                        report.records[step.key] = rec
-                    bar.update(step, rec)
-                    if on_result is not None:
-                        on_result(step, rec)
+            def record(step: LatentStep, rec: StepRecord) -> None:
+                nonlocal last_summary
+                committer.add(rec)
+                report.records[step.key] = rec
+                bar.update(step, rec)
+                if on_result is not None:
+                    on_result(step, rec)
+                if time.monotonic() - last_summary > SUMMARY_EVERY_S:
+                    committer.flush()
+                    write_summary(layout, build_summary(journal, run_info))
+                    last_summary = time.monotonic()
 
-                executor.run(todo, record)
+            executor.run(todo, record)
         except KeyboardInterrupt as exc:
             report.interrupted = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        except RunStoppedError as exc:
+            report.stopped = exc
         finally:
             if bar is not None:
                 bar.close()
             if use_ray and executor is not None:
                 executor.close()
+            report.stopped = _flush(committer, report.stopped)
             report.wall_seconds = time.perf_counter() - start
-            # A setup failure before any decode leaves no summary behind in a fresh folder.
-            if report.interrupted is not None or bar is not None or layout.records_dir.is_dir():
-                report.summary = write_summary(layout, RunInfo(
-                    settings=settings.output.to_dict(), experiment=str(settings.experiment.root),
-                    output_dir=str(settings.output_dir), model=model_info, wall_seconds=report.wall_seconds,
-                    interrupted=report.interrupted is not None,
-                ))
+            run_info.wall_seconds = report.wall_seconds
+            run_info.interrupted = report.interrupted is not None
+            run_info.stopped = str(report.stopped) if report.stopped is not None else None
+            report.summary = _finish(journal, layout, run_info, run_id)
     return report
+
+
+def _flush(committer: GroupCommit | None, stopped: RunStoppedError | None) -> RunStoppedError | None:
+    """Commit what is still waiting; a full disk here stops the run like anywhere else."""
+    try:
+        if committer is not None:
+            committer.flush()
+    except RunStoppedError as exc:
+        return stopped or exc
+    return stopped
+
+
+def _finish(journal: Journal, layout: OutputLayout, run_info: RunInfo, run_id: int | None) -> dict[str, Any] | None:
+    """Close the run in the journal and write the summary: as much as the disk still allows."""
+    try:
+        if run_id is not None:
+            journal.end_run(run_id, run_info.to_dict())
+        summary = build_summary(journal, run_info)
+        write_summary(layout, summary)
+        return summary
+    except (OSError, RunStoppedError) as exc:
+        log.warning("could not write %s: %s", layout.summary_path, exc)
+        return None
+    finally:
+        journal.close()
+
+
+def _update_without_decoding(layout: OutputLayout, settings: RunSettings, plan: Plan, run_info: RunInfo,
+                             report: RunReport) -> None:
+    """Nothing to decode: bring the journal and summary up to date if they are behind, else write nothing."""
+    if not plan.journal_behind:
+        with Journal.open(layout, write=False) as journal:
+            summary = build_summary(journal, run_info)
+        report.summary = summary
+        if not figures_differ(read_summary(layout), summary):
+            return
+    if not os.access(settings.output_dir, os.W_OK):
+        log.info("%s is read-only: nothing decoded, nothing written", settings.output_dir)
+        return
+    with OutputLock(settings.output_dir):
+        remove_stale_temps(settings.output_dir)
+        with Journal.open(layout, write=True, migration=_migration(settings)) as journal:
+            journal.sync(plan.present, plan.stored, plan.refreshed)
+            report.summary = build_summary(journal, run_info)
+        write_summary(layout, report.summary)
+
+
+def check_output_dir(path: Path) -> None:
+    """A setup error, before anything is created, for an output folder that cannot be one."""
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                what = "is a file" if parent == path else f"lies under {parent}, which is a file"
+                raise OutputDirError(f"output folder {path} {what}")
+            if not os.access(parent, os.W_OK | os.X_OK) and parent != path:
+                raise OutputDirError(f"output folder {path} cannot be created: {parent} is not writable")
+            return

@@ -51,21 +51,20 @@ class OutputSettings:
         return asdict(self)
 
     def fingerprint(self) -> dict[str, Any]:
-        """The settings that shape this format's bytes (fps and CRF do not touch PNG frames).
-
-        The video geometry describes the experiment's input, like the latent files themselves, so it
-        is left out; optional model fields left unset are omitted, so records written before they
-        existed still match.
-        """
-        data = {k: v for k, v in self.to_dict().items()
-                if k not in GEOMETRY_FIELDS and (v is not None or k not in OPTIONAL_FIELDS)}
+        """The settings that shape this format's bytes (fps and CRF do not touch PNG frames), including
+        the video geometry that packed (LTX) and padded (CogVideoX 1.5) latents are decoded with.
+        Optional model fields left unset are omitted."""
+        data = {k: v for k, v in self.to_dict().items() if v is not None or k not in OPTIONAL_FIELDS}
         if self.format == "png":
             del data["fps"], data["crf"]
         return data
 
+    @property
+    def geometry(self) -> dict[str, int | None]:
+        return {"frames": self.frames, "height": self.height, "width": self.width}
+
 
 OPTIONAL_FIELDS = ("vae_subfolder", "vae_config")
-GEOMETRY_FIELDS = ("frames", "height", "width")
 
 
 @dataclass(frozen=True)
@@ -78,6 +77,8 @@ class ExecutorSettings:
     actors_per_gpu: int = 1
     workers: int | None = None  # CPU actors
     io: str = "driver"  # "driver": workers get bytes, the driver writes; "shared": workers use the path
+    start_timeout: float = 60.0  # seconds to wait for the first Ray worker; unplaced ones are then given up
+    item_timeout: float = 300.0  # least seconds an item may run on a Ray worker before it counts as hung
 
     def decided(self, gpu_count: Callable[[], int] | None = None) -> "ExecutorSettings":
         """Settle ``auto``: Ray when this machine shows more than one GPU. Deferred to run time
@@ -123,6 +124,8 @@ class CliOptions:
     actors_per_gpu: int | None = None
     workers: int | None = None
     io: str = "driver"
+    start_timeout: float | None = None
+    item_timeout: float | None = None
 
 
 def visible_gpus() -> int:
@@ -147,6 +150,9 @@ def resolve_executor(opts: CliOptions) -> ExecutorSettings:
     for flag, value in (("--gpus", opts.gpus), ("--actors-per-gpu", opts.actors_per_gpu), ("--workers", opts.workers)):
         if value is not None and value < 1:
             raise SetupError(f"{flag} must be at least 1, got {value}")
+    for flag, seconds in (("--start-timeout", opts.start_timeout), ("--item-timeout", opts.item_timeout)):
+        if seconds is not None and not seconds > 0:
+            raise SetupError(f"{flag} must be a positive number of seconds, got {seconds}")
     kind = opts.executor
     if kind == "auto":
         kind = "ray" if given else "auto" if opts.device == "auto" else "inline"
@@ -154,8 +160,10 @@ def resolve_executor(opts: CliOptions) -> ExecutorSettings:
         raise SetupError(f"{', '.join(given)} need the Ray executor (--executor ray or auto)")
     if kind == "ray" and opts.device not in ("auto", "cpu", "cuda"):
         raise SetupError(f"--device {opts.device}: with Ray use auto, cpu or cuda, and --gpus to choose how many")
+    timeouts = {k: v for k, v in (("start_timeout", opts.start_timeout), ("item_timeout", opts.item_timeout))
+                if v is not None}
     return ExecutorSettings(kind=kind, address=opts.address, gpus=opts.gpus, actors_per_gpu=opts.actors_per_gpu or 1,
-                            workers=opts.workers, io=opts.io)
+                            workers=opts.workers, io=opts.io, **timeouts)
 
 
 def resolve_settings(experiment: Experiment, opts: CliOptions) -> RunSettings:

@@ -1,7 +1,9 @@
-"""``decode_summary.json``: rebuilt from every per-item record on disk, written atomically.
+"""``decode_summary.json``: the experiment's figures, aggregated from the journal.
 
-Because it is rebuilt from records rather than from what one run remembers, the summary of
-a resumed (or filtered, or repeated) run covers every item ever decoded into the folder.
+It describes the experiment as it is now: every item of the latents folder, as last scanned, counted
+as successful, failed or pending (never decoded, changed input, other settings, outputs gone).
+Per-step detail lives in the journal (``latent-decoder status``), so the file stays small (a
+capped list of failures, no per-step records) and is only rewritten when its figures change.
 """
 from __future__ import annotations
 
@@ -9,42 +11,38 @@ import json
 import platform
 import sys
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
-from .plan import OutputLayout, StepRecord, read_record
+from .journal import FAILURES_IN_SUMMARY, Journal
+from .layout import OutputLayout
 from .video import write_file_atomic
 
-SUMMARY_SCHEMA = 1
+SUMMARY_SCHEMA = 2
+PENDING_STATES = ("pending", "changed", "stale")
 
 
-def _counters(records: list[StepRecord]) -> dict[str, Any]:
-    ok = [r for r in records if r.ok]
-    total_time = sum(r.decode_seconds for r in ok)
+def _counters(states: dict[str, int], decode_time: float, encode_time: float) -> dict[str, Any]:
+    total = sum(states.values())
+    ok = states.get("done", 0)
     return {
-        "total_steps": len(records),
-        "successful_steps": len(ok),
-        "failed_steps": len(records) - len(ok),
-        "success_rate": len(ok) / len(records) if records else 0.0,
-        "total_decode_time": round(total_time, 4),
-        "avg_decode_time": round(total_time / len(ok), 4) if ok else 0.0,
-        "total_encode_time": round(sum(r.encode_seconds for r in ok), 4),
+        "total_steps": total,
+        "successful_steps": ok,
+        "failed_steps": states.get("failed", 0),
+        "pending_steps": sum(states.get(s, 0) for s in PENDING_STATES),
+        "success_rate": ok / total if total else 0.0,
+        "total_decode_time": round(decode_time, 4),
+        "avg_decode_time": round(decode_time / ok, 4) if ok else 0.0,
+        "total_encode_time": round(encode_time, 4),
+        "pending": {s: states[s] for s in PENDING_STATES if states.get(s)},
     }
-
-
-def load_records(layout: OutputLayout) -> list[StepRecord]:
-    """Every readable record under the output folder, ordered by item."""
-    if not layout.records_dir.is_dir():
-        return []
-    records = [read_record(p) for p in layout.records_dir.rglob("*.json")]
-    return sorted((r for r in records if r is not None), key=lambda r: (r.prompt, r.video, r.step_index))
 
 
 def versions() -> dict[str, str]:
     from . import __version__
 
     found = {"latent_decoder": __version__, "python": platform.python_version()}
-    for name in ("torch", "diffusers", "numpy", "imageio_ffmpeg"):
+    for name in ("torch", "diffusers", "numpy", "imageio_ffmpeg", "ray"):
         module = sys.modules.get(name)
         if module is not None:
             found[name] = getattr(module, "__version__", "?")
@@ -53,7 +51,7 @@ def versions() -> dict[str, str]:
 
 @dataclass
 class RunInfo:
-    """What this run adds to the summary beyond the records."""
+    """What a run adds to the summary beyond the journal's figures."""
 
     settings: dict[str, Any]
     experiment: str
@@ -61,33 +59,70 @@ class RunInfo:
     model: dict[str, Any] | None = None
     wall_seconds: float | None = None
     interrupted: bool = False
+    stopped: str | None = None  # why the run stopped early (disk full, broken device)
+    duplicates: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__, duplicates=list(self.duplicates))
 
 
-def build_summary(records: list[StepRecord], run: RunInfo) -> dict[str, Any]:
-    by_video: dict[str, list[StepRecord]] = {}
-    for record in records:
-        by_video.setdefault(f"{record.prompt}/{record.video}", []).append(record)
+def build_summary(journal: Journal, run: RunInfo) -> dict[str, Any]:
+    """Figures from the journal (one aggregate query, no per-item work in Python beyond the failures)."""
+    videos: dict[str, dict[str, Any]] = {}
+    total_states: dict[str, int] = {}
+    total_decode = total_encode = 0.0
+    for prompt, video, state, count, decode_s, encode_s in journal.counts():
+        v = videos.setdefault(f"{prompt}/{video}", {"prompt": prompt, "video": video, "states": {}, "decode": 0.0,
+                                                    "encode": 0.0})
+        v["states"][state] = v["states"].get(state, 0) + count
+        total_states[state] = total_states.get(state, 0) + count
+        if state == "done":
+            v["decode"] += decode_s
+            v["encode"] += encode_s
+            total_decode += decode_s
+            total_encode += encode_s
+    failures = [{"item": r.item, "error": r.error, "error_type": r.error_type}
+                for r in journal.records(state="failed", limit=FAILURES_IN_SUMMARY)]
+    counters = _counters(total_states, total_decode, total_encode)
     return {
-        **_counters(records),
-        "video_summaries": {key: {"prompt": rs[0].prompt, "video": rs[0].video, **_counters(rs)}
-                            for key, rs in by_video.items()},
-        "failures": [{"item": r.item, "error": r.error} for r in records if not r.ok],
+        **counters,
+        "video_summaries": {key: {"prompt": v["prompt"], "video": v["video"],
+                                  **_counters(v["states"], v["decode"], v["encode"])}
+                            for key, v in videos.items()},
+        "failures": failures,
+        "failures_not_listed": max(0, counters["failed_steps"] - len(failures)),
         "settings": run.settings,
         "model": run.model,
         "experiment": run.experiment,
         "output_dir": run.output_dir,
+        "duplicates": list(run.duplicates),
         "last_run": {
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "finished_at": datetime.now().astimezone().isoformat(timespec="seconds"),
             "wall_seconds": round(run.wall_seconds, 3) if run.wall_seconds is not None else None,
             "interrupted": run.interrupted,
+            "stopped": run.stopped,
         },
         "versions": versions(),
+        "details": "per-step records: latent-decoder status EXP [--json]",
         "schema": SUMMARY_SCHEMA,
-        "steps": [r.to_dict() for r in records],
     }
 
 
-def write_summary(layout: OutputLayout, run: RunInfo) -> dict[str, Any]:
-    summary = build_summary(load_records(layout), run)
+def write_summary(layout: OutputLayout, summary: dict[str, Any]) -> None:
     write_file_atomic(layout.summary_path, json.dumps(summary, indent=2).encode())
-    return summary
+
+
+def read_summary(layout: OutputLayout) -> dict[str, Any] | None:
+    try:
+        return json.loads(layout.summary_path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+FIGURES = ("total_steps", "successful_steps", "failed_steps", "pending_steps", "video_summaries", "failures",
+           "duplicates")
+
+
+def figures_differ(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    """Whether a summary on disk says something other than ``new`` about the items (run info aside)."""
+    return old is None or any(old.get(k) != new.get(k) for k in FIGURES)

@@ -1,43 +1,55 @@
-"""DecodeWorker: one VAE on one device, and the one body every executor runs per item.
+"""DecodeWorker: one VAE on one device; the compute stage of the item lifecycle (``lifecycle.py``).
 
-The body is split into stages so an executor can overlap them (read the next latent and
-encode the previous video on CPU threads while the device decodes), but each stage exists
-once, here:
+``compute`` = ``decode_stage`` (device) then ``encode_stage`` (CPU); an executor may run the two on
+different threads so the device never waits for the encoder. One instance decodes one latent at a
+time: Wan's VAE keeps its causal cache on the module, so concurrent decodes would corrupt it.
 
-    begin (skip-if-done, read, validate) -> decode (device) -> encode (CPU) -> commit (disk)
-
-``run(step)`` chains them for the simplest caller. ``process(step, data)`` runs the middle
-stages on bytes a driver read, for a worker that does not see the output folder; the driver
-then writes the result with ``commit_item``, the same function ``commit`` uses. Item failures
-never escape a stage: they travel with the item and end in a "failed" record naming the file.
+Device trouble is told apart from bad items: a CUDA out-of-memory is retried once with the VAE's
+tiling, then fails the item; a sticky CUDA error (device-side assert, illegal address) poisons the
+device for good, so it raises ``DeviceFailure`` and stops whoever holds the device.
 """
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 import socket
 import time
 import warnings
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import DecodeError, DeviceError, ItemError, describe_error
-from .experiment import LatentStep
-from .latents import parse_latent, read_latent_bytes, validate_latent
+from .errors import DecodeError, DeviceError, DeviceFailure, ItemError, describe_error, first_line
+from .latents import parse_latent, validate_latent
+from .layout import OutputLayout
+from .lifecycle import ItemWork, WorkerIdentity, prepare, write_outputs
 from .models import ResolvedModel, load_vae, resolve_model
-from .plan import ItemState, OutputLayout, StepRecord, item_state, output_size, write_record
+from .journal import StepRecord
 from .settings import OutputSettings
-from .video import encode_jpeg, encode_mp4, encode_png, png_frame_name, write_dir_atomic, write_file_atomic
+from .video import encode_jpeg, encode_mp4, encode_png, png_frame_name
 
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
+
+# Messages of CUDA errors after which the CUDA context is unusable (every later call fails too).
+STICKY_CUDA_ERRORS = ("device-side assert", "illegal memory access", "illegal address", "illegal instruction",
+                      "unspecified launch failure", "misaligned address", "uncorrectable ecc",
+                      "cudaerrorlaunchfailure", "an illegal", "hardware stack error")
+
+
+def is_sticky_device_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return ("cuda" in text or "acceleratorerror" in type(exc).__name__.lower()) and any(
+        marker in text for marker in STICKY_CUDA_ERRORS)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
 def resolve_device(spec: str) -> "torch.device":
@@ -69,83 +81,8 @@ def torch_dtype(name: str) -> "torch.dtype":
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-@dataclass(frozen=True)
-class WorkerIdentity:
-    """Who decoded an item; copied into its record."""
-
-    host: str
-    device: str
-    worker: str
-    pid: int
-
-
-@dataclass
-class ItemWork:
-    """One item travelling through the stages; ``error`` set means it is on its way to a failed record.
-
-    Plain data (picklable) so it can travel between a Ray actor and the driver.
-    """
-
-    step: LatentStep
-    latent: np.ndarray | None = None
-    frames: np.ndarray | None = None
-    files: dict[str, bytes] = field(default_factory=dict)  # png frame name -> bytes (png format)
-    video: bytes | None = None  # mp4 bytes (mp4 format)
-    thumbnail: bytes | None = None
-    error: ItemError | None = None
-    load_seconds: float = 0.0
-    decode_seconds: float = 0.0
-    encode_seconds: float = 0.0
-    latent_shape: list[int] | None = None
-    latent_dtype: str | None = None
-    frames_shape: list[int] | None = None
-    identity: WorkerIdentity | None = None
-
-
-def commit_item(layout: OutputLayout, output: OutputSettings, work: ItemWork) -> StepRecord:
-    """Write an item's outputs atomically, then its record (last, so it marks completion).
-
-    Needs no VAE: a driver commits what remote workers return with it.
-    """
-    step = work.step
-    who = work.identity
-    video_path = layout.video_path(step, output.format)
-    thumb_path = layout.thumbnail_path(step)
-    record = StepRecord(
-        item=step.key, prompt=step.prompt, video=step.video, step=step.step, step_index=step.step_index,
-        status="failed", latent_path=str(step.path), settings=output.fingerprint(),
-        load_seconds=round(work.load_seconds, 4), decode_seconds=round(work.decode_seconds, 4),
-        encode_seconds=round(work.encode_seconds, 4), latent_shape=work.latent_shape,
-        latent_dtype=work.latent_dtype, device=who.device if who else None, host=who.host if who else None,
-        worker=who.worker if who else None, pid=who.pid if who else None, metadata=step.read_metadata(),
-    )
-    if work.error is None:
-        if output.format == "mp4":
-            write_file_atomic(video_path, work.video)
-        else:
-            write_dir_atomic(video_path, work.files)
-        write_file_atomic(thumb_path, work.thumbnail)
-        record.status = "ok"
-        record.frames_shape = work.frames_shape
-        record.outputs = {"video": layout.rel(video_path), "thumbnail": layout.rel(thumb_path)}
-        record.output_sizes = {k: output_size(layout.root / v) for k, v in record.outputs.items()}
-    else:
-        # Outputs of an earlier decode no longer match this item's record: remove them.
-        for path in (layout.video_path(step, "mp4"), layout.video_path(step, "png"), thumb_path):
-            if path.is_file():
-                path.unlink()
-            elif path.is_dir():
-                shutil.rmtree(path)
-        record.error = str(work.error)
-        record.error_type = type(work.error).__name__
-    record.finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    write_record(layout, step, record)
-    return record
-
-
 class DecodeWorker:
-    """Holds one VAE on one device. One instance decodes one latent at a time: Wan's VAE keeps
-    its causal cache on the module, so concurrent decodes on one instance would corrupt it."""
+    """Holds one VAE on one device and computes items; knows nothing of the journal."""
 
     def __init__(
         self,
@@ -153,14 +90,12 @@ class DecodeWorker:
         output_dir: Path | None = None,
         device: str = "auto",
         model: ResolvedModel | None = None,
-        force: bool = False,
         name: str = "inline",
     ) -> None:
         import torch
 
         self.output = output
         self.layout = OutputLayout(Path(output_dir)) if output_dir is not None else None
-        self.force = force
         self.device = resolve_device(device)
         self.dtype = torch_dtype(output.dtype)
         if self.device.type == "cpu" and output.dtype == "float16":
@@ -179,7 +114,9 @@ class DecodeWorker:
 
     def decode(self, latent: np.ndarray, source: str = "<array>") -> np.ndarray:
         """Decode one model-space latent, in its family's layout with or without the batch axis (Wan:
-        ``[1,C,T,H,W]``, CogVideoX: ``[1,T,C,H,W]``, LTX-Video: ``[1,S,C]``), to ``[F,H,W,3]`` uint8."""
+        ``[1,C,T,H,W]``, CogVideoX: ``[1,T,C,H,W]``, LTX-Video: ``[1,S,C]``), to ``[F,H,W,3]`` uint8.
+
+        Non-finite output (fp16 overflow) is an error, never a black or white video."""
         import torch
         import torch.nn.functional as F
 
@@ -190,6 +127,10 @@ class DecodeWorker:
             z = torch.from_numpy(np.ascontiguousarray(latent)).to(self.device, torch.float32)
             z = self.rule.to_decoder_input(z, self.vae, video_settings).to(self.dtype)
             video = self.rule.decode(self.vae, z)  # [1, 3, F, H, W] in [-1, 1]
+            if not bool(torch.isfinite(video).all()):
+                others = " or ".join(d for d in ("bfloat16", "float32") if d != self.output.dtype)
+                raise DecodeError(f"{source}: the VAE's output holds NaN/Inf values in {self.output.dtype} "
+                                  f"(overflow?); decode with --dtype {others}")
             video = video[0].permute(1, 0, 2, 3).float()  # [F, 3, H, W]
             if self.output.scale != 1.0:
                 video = F.interpolate(video, scale_factor=self.output.scale, mode="bilinear",
@@ -197,58 +138,71 @@ class DecodeWorker:
             frames = ((video + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
             return frames.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
-    # ------------------------------------------------------------------ the item body, in stages
-
-    def _layout(self) -> OutputLayout:
-        if self.layout is None:
-            raise RuntimeError("this DecodeWorker was built without an output folder")
-        return self.layout
-
-    def begin(self, step: LatentStep) -> ItemWork | None:
-        """Skip-if-done, then read and validate the latent (CPU). None means already done."""
-        state = item_state(self._layout(), step, self.output, self.force)
-        if state is ItemState.DONE:
-            return None
-        return self.load(step)
-
-    def load(self, step: LatentStep, data: bytes | None = None) -> ItemWork:
-        """Read (unless given the file's bytes) and validate the latent; no output folder needed."""
-        work = ItemWork(step, identity=self.identity)
-        start = time.perf_counter()
+    def _decode_with_fallback(self, latent: np.ndarray, source: str) -> np.ndarray:
+        """``decode``; on out-of-memory once more with the VAE's tiling (slower, far less memory)."""
         try:
-            work.latent = parse_latent(read_latent_bytes(step.path) if data is None else data, step.path,
-                                       self.rule.layout)
-            work.latent_shape = list(work.latent.shape)
-            work.latent_dtype = str(work.latent.dtype)
-        except ItemError as exc:
-            work.error = exc
-        work.load_seconds = time.perf_counter() - start
-        return work
+            return self.decode(latent, source)
+        except Exception as exc:
+            if not is_out_of_memory(exc) or not hasattr(self.vae, "enable_tiling"):
+                raise
+            first = first_line(exc)
+        self._free_device_memory()
+        log.warning("%s: out of memory (%s); trying again with tiling", source, first)
+        self.vae.enable_tiling()
+        try:
+            return self.decode(latent, source)
+        finally:
+            self.vae.disable_tiling()
+
+    def _free_device_memory(self) -> None:
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------------ the compute stage
 
     def decode_stage(self, work: ItemWork) -> ItemWork:
-        """Run the VAE (device)."""
+        """Parse the bytes, run the VAE (device). Raises only ``DeviceFailure``."""
+        work.identity = self.identity
         if work.error is not None:
             return work
         start = time.perf_counter()
         try:
-            work.frames = self.decode(work.latent, str(work.step.path))
+            if work.latent is None:
+                work.latent = parse_latent(work.data, work.step.path, self.rule.layout)
+                work.data = None
+                work.latent_shape = list(work.latent.shape)
+                work.latent_dtype = str(work.latent.dtype)
+            work.frames = self._decode_with_fallback(work.latent, str(work.step.path))
             work.frames_shape = list(work.frames.shape)
         except ItemError as exc:
             work.error = exc
         except Exception as exc:  # a torch/diffusers failure on this latent: record it, go on
+            if is_sticky_device_error(exc):
+                raise DeviceFailure(f"{self.device_name}: {first_line(exc)} while decoding {work.step.path}; "
+                                    "the device cannot be used any more") from exc
+            if is_out_of_memory(exc):
+                self._free_device_memory()
             work.error = DecodeError(f"{work.step.path}: decode failed: {describe_error(exc)}")
             log.debug("decode of %s failed", work.step.key, exc_info=True)
         finally:
             if self.device.type == "cuda":
                 import torch
 
-                torch.cuda.synchronize(self.device)
+                try:
+                    torch.cuda.synchronize(self.device)
+                except RuntimeError as exc:
+                    if is_sticky_device_error(exc):
+                        raise DeviceFailure(f"{self.device_name}: {first_line(exc)}") from exc
+                    raise
         work.decode_seconds = time.perf_counter() - start
         work.latent = None
+        work.data = None
         return work
 
     def encode_stage(self, work: ItemWork) -> ItemWork:
-        """Frames -> encoded bytes (CPU)."""
+        """Frames -> encoded bytes (CPU); the frames are dropped after."""
         if work.error is not None:
             return work
         start = time.perf_counter()
@@ -261,33 +215,25 @@ class DecodeWorker:
             work.thumbnail = encode_jpeg(frames[0])
         except Exception as exc:
             work.error = DecodeError(f"{work.step.path}: encoding {self.output.format} failed: {describe_error(exc)}")
+        work.frames = None
         work.encode_seconds = time.perf_counter() - start
         return work
 
-    def commit(self, work: ItemWork) -> StepRecord:
-        """Write outputs atomically, then the record (last, so it marks completion)."""
-        return commit_item(self._layout(), self.output, work)
+    def compute(self, work: ItemWork) -> ItemWork:
+        """The whole compute stage: prepared bytes in, encoded files out."""
+        return self.encode_stage(self.decode_stage(work))
 
-    def process(self, step: LatentStep, data: bytes) -> ItemWork:
-        """Everything but the disk: bytes a driver read in, encoded files out (frames dropped)."""
-        work = self.encode_stage(self.decode_stage(self.load(step, data)))
-        work.frames = None
-        return work
-
-    def run(self, step: LatentStep) -> StepRecord | None:
-        """The whole body for one item; None if it was already done."""
-        work = self.begin(step)
-        if work is None:
-            return None
-        return self.commit(self.encode_stage(self.decode_stage(work)))
+    def run_item(self, step: Any) -> StepRecord:
+        """prepare, compute and write outputs here (a worker that sees the output folder); the caller
+        appends the returned record to the journal."""
+        if self.layout is None:
+            raise RuntimeError("this DecodeWorker was built without an output folder")
+        return write_outputs(self.layout, self.output, self.compute(prepare(step)))
 
     def close(self) -> None:
         """Free the VAE and its device memory."""
-        import torch
-
         self.vae = None
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        self._free_device_memory()
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.model.source, "model_folder": str(self.model.folder), "vae_class": self.model.class_name,

@@ -71,3 +71,12 @@ def slow_worker_cls(seconds: float):
             return super().decode(latent, source)
 
     return SlowWorker
+
+
+def journal_records(out: Path) -> dict[str, dict]:
+    """Item key -> the journal's latest attempt (as a dict) for every attempted item of an output folder."""
+    from latent_decoder.journal import Journal
+    from latent_decoder.layout import OutputLayout
+
+    with Journal.open(OutputLayout(Path(out)), write=False) as journal:
+        return {r.item: r.to_dict() for r in journal.records() if r.status is not None}

@@ -119,19 +119,22 @@ def test_decode_experiment_results_files_and_summary(exp, tmp_path, load_count):
         assert result.output_path == out / Path(video_dir).relative_to(exp / "latents") / "step_002.mp4"
         assert mp4_info(result.output_path)[1:] == ((WIDTH, HEIGHT), FRAMES)
     summary = json.loads((out / "decode_summary.json").read_text())
-    assert summary["total_steps"] == 2 and summary["successful_steps"] == 2 and summary["failed_steps"] == 0
-    assert summary["success_rate"] == 1.0
+    # The summary covers the whole experiment: the other 4 steps are pending.
+    assert (summary["total_steps"], summary["successful_steps"], summary["failed_steps"]) == (6, 2, 0)
+    assert summary["pending_steps"] == 4
+    assert summary["success_rate"] == pytest.approx(2 / 6)
     assert summary["total_decode_time"] > 0
     assert summary["avg_decode_time"] == pytest.approx(summary["total_decode_time"] / 2, abs=1e-3)
     assert sorted(summary["video_summaries"]) == ["prompt_000/vid_001", "prompt_001/vid_001"]
-    assert all(v["total_steps"] == 1 for v in summary["video_summaries"].values())
+    assert all((v["total_steps"], v["successful_steps"]) == (3, 1) for v in summary["video_summaries"].values())
 
     # Filters narrow the results; the summary still covers everything in the folder.
     narrow = decoder.decode_experiment(output_dir=out, prompt_filter="prompt_001", video_filter="vid_001",
                                        step_filter="step_000")
     assert {k: list(v) for k, v in narrow.items()} == {dirs[1]: ["step_000"]}
     summary = json.loads((out / "decode_summary.json").read_text())
-    assert summary["total_steps"] == 3 and summary["video_summaries"]["prompt_001/vid_001"]["total_steps"] == 2
+    assert (summary["total_steps"], summary["successful_steps"]) == (6, 3)
+    assert summary["video_summaries"]["prompt_001/vid_001"]["successful_steps"] == 2
 
     # A repeated call skips done items (nothing rewritten) but still reports them.
     stamp = results[dirs[0]]["step_002"].output_path.stat().st_mtime_ns
@@ -155,8 +158,8 @@ def test_decode_experiment_default_output_and_a_failed_step(exp):
     assert str(bad) in failed.error_message and "gzip" in failed.error_message
     assert steps["step_000"].success and steps["step_002"].success
     summary = json.loads((exp / "latents_videos" / "decode_summary.json").read_text())
-    assert (summary["total_steps"], summary["failed_steps"]) == (3, 1)
-    assert summary["success_rate"] == pytest.approx(2 / 3)
+    assert (summary["total_steps"], summary["failed_steps"], summary["pending_steps"]) == (6, 1, 3)
+    assert summary["success_rate"] == pytest.approx(2 / 6)  # of all steps: 3 were not in this run
 
 
 def test_png_format_and_in_memory_decode_agree(exp, tiny_model_dir):
@@ -192,7 +195,7 @@ def test_compat_script_tiny_preset(exp, tmp_path):
     summary = json.loads((out / "decode_summary.json").read_text())
     assert summary["settings"]["scale"] == 0.5
     assert summary["settings"]["crf"] == 48  # quality 0.5 on imageio's 0-10 scale
-    assert summary["total_steps"] == 2 and summary["successful_steps"] == 2
+    assert summary["total_steps"] == 6 and summary["successful_steps"] == 2
 
 
 def _load_script():

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from latent_decoder.cli import cli
 from latent_decoder.demo import save_npy_gz
 
-from conftest import run_cli
+from conftest import journal_records, run_cli
 
 
 def invoke(*args: str):
@@ -56,7 +56,7 @@ def test_broken_latents_fail_their_item_and_the_rest_decode(make_experiment):
     summary = json.loads((exp / "latents_videos" / "decode_summary.json").read_text())
     assert summary["total_steps"] == 9
     assert summary["failed_steps"] == 7 and summary["successful_steps"] == 2
-    steps = {s["step"]: s for s in summary["steps"]}
+    steps = {s["step"]: s for s in journal_records(exp / "latents_videos").values()}
     for step, word in expected.items():
         rec = steps[step]
         assert rec["status"] == "failed"

@@ -99,14 +99,16 @@ def test_png_fingerprint_ignores_fps_and_crf():
     assert OutputSettings(model="m", fps=8).fingerprint() != OutputSettings(model="m", fps=30).fingerprint()
 
 
-def test_fingerprint_keeps_old_records_valid_and_tracks_the_vae_choice():
+def test_fingerprint_counts_the_geometry_and_tracks_the_vae_choice():
     from latent_decoder.settings import OutputSettings
 
     plain = OutputSettings(model="m")
-    # Records written before the optional fields existed hold exactly these keys: they still match.
-    assert set(plain.fingerprint()) == {"model", "dtype", "fps", "format", "crf", "scale"}
-    # The experiment's video geometry is input, not an output setting.
-    assert OutputSettings(model="m", frames=61, height=480, width=848).fingerprint() == plain.fingerprint()
+    # Unset optional model fields are left out, so fingerprints of older runs (migrated) still match.
+    assert set(plain.fingerprint()) == {"model", "dtype", "fps", "format", "crf", "scale", "frames", "height", "width"}
+    # The decode depends on the video geometry (LTX unpacking, CogVideoX 1.5 frame dropping).
+    assert OutputSettings(model="m", frames=61, height=480, width=848).fingerprint() != plain.fingerprint()
+    assert (OutputSettings(model="m", frames=61, height=480, width=848).fingerprint()
+            != OutputSettings(model="m", frames=49, height=480, width=848).fingerprint())
     # Another VAE subfolder or single-file config is another VAE: its items are decoded again.
     assert OutputSettings(model="m", vae_subfolder="vae_2").fingerprint() != plain.fingerprint()
     assert OutputSettings(model="m", vae_config="cfg").fingerprint() != plain.fingerprint()

@@ -25,6 +25,8 @@ from latent_decoder import models
 from latent_decoder.cli import cli
 from latent_decoder.demo import build_tiny_wan_vae, write_config
 
+from conftest import journal_records
+
 HEIGHT, WIDTH, NUM_FRAMES, STEPS, FPS = 32, 32, 9, 3, 6.0
 PARITY_DB = 40.0
 MP4_DB = 25.0
@@ -190,7 +192,7 @@ def test_float16_stored_latents_match_the_pipeline(parity):
     frames = _png_frames(out / "prompt_000" / "vid_001" / f"step_{STEPS - 1:03d}")
     assert frames.shape == (NUM_FRAMES, HEIGHT, WIDTH, 3)
     assert psnr(frames, parity.frames) >= PARITY_DB
-    record = json.loads((out / ".records" / "prompt_000" / "vid_001" / f"step_{STEPS - 1:03d}.json").read_text())
+    record = journal_records(out)[f"prompt_000/vid_001/step_{STEPS - 1:03d}"]
     assert record["status"] == "ok" and record["latent_dtype"] == "float16"
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind every Ray node to 127.0.0.1
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # test runtimes only
 
 ray = pytest.importorskip("ray")
 
@@ -23,7 +24,7 @@ from latent_decoder.runner import run_decode  # noqa: E402
 from latent_decoder.settings import CliOptions, RunSettings, resolve_settings  # noqa: E402
 from latent_decoder.worker import DecodeWorker  # noqa: E402
 
-from conftest import slow_worker_cls  # noqa: E402
+from conftest import journal_records, slow_worker_cls  # noqa: E402
 
 # Every run here gets it (fake GPUs); the first test checks it is given once.
 pytestmark = pytest.mark.filterwarnings("ignore:Ray assigned GPUs but torch sees no CUDA:UserWarning")
@@ -57,10 +58,13 @@ def summary_of(settings: RunSettings) -> dict:
     return json.loads((settings.output_dir / "decode_summary.json").read_text())
 
 
-def assert_each_once(summary: dict, settings: RunSettings) -> None:
+def assert_each_once(summary: dict, settings: RunSettings) -> dict[str, dict]:
+    """Every item of the experiment has exactly one journal entry; returns them (item key -> record)."""
     items = [s.key for s in settings.experiment.discover(settings.filters)]
-    assert sorted(step["item"] for step in summary["steps"]) == sorted(items)
+    records = journal_records(settings.output_dir)
+    assert sorted(records) == sorted(items)
     assert summary["total_steps"] == len(items)
+    return records
 
 
 def test_two_fake_gpus_two_actors_decode_everything(make_experiment, tmp_path):
@@ -73,9 +77,8 @@ def test_two_fake_gpus_two_actors_decode_everything(make_experiment, tmp_path):
     assert sum("torch sees no CUDA" in str(w.message) for w in caught) == 1
     assert report.exit_code == 0 and report.succeeded == 12
     summary = summary_of(settings)
-    assert_each_once(summary, settings)
+    steps = list(assert_each_once(summary, settings).values())
     assert summary["successful_steps"] == 12
-    steps = summary["steps"]
     assert {s["worker"] for s in steps} == {"ray-0", "ray-1"}
     assert len({s["pid"] for s in steps}) == 2 and os.getpid() not in {s["pid"] for s in steps}
     assert {s["device"] for s in steps} == {"cpu"} and all(s["host"] for s in steps)
@@ -95,8 +98,8 @@ def test_shared_io_workers_write_outputs_and_resume_skips(make_experiment):
     settings = ray_settings(exp, io="shared", gpus=1)
     report = run_decode(settings, progress=False)
     assert report.exit_code == 0 and report.succeeded == 3
-    steps = summary_of(settings)["steps"]
-    assert {s["worker"] for s in steps} == {"ray-0"}
+    steps = list(journal_records(settings.output_dir).values())
+    assert len(steps) == 3 and {s["worker"] for s in steps} == {"ray-0"}
     assert all((settings.output_dir / s["outputs"]["video"]).is_file() for s in steps)
     again = run_decode(settings, progress=False)
     assert again.records == {} and again.skipped == 3
@@ -111,7 +114,7 @@ def test_killed_actor_items_are_requeued_and_decoded_once(make_experiment):
 
     def on_result(step, record):
         calls[step.key] += 1
-        if not killed and record is not None:
+        if not killed:
             killed.append(record.pid)
             os.kill(record.pid, signal.SIGKILL)  # it has more items in flight
 
@@ -119,9 +122,9 @@ def test_killed_actor_items_are_requeued_and_decoded_once(make_experiment):
     assert report.exit_code == 0
     assert set(calls.values()) == {1} and len(calls) == 8
     summary = summary_of(settings)
-    assert_each_once(summary, settings)
+    records = assert_each_once(summary, settings)
     assert summary["successful_steps"] == 8
-    pids = {s["pid"] for s in summary["steps"]}
+    pids = {s["pid"] for s in records.values()}
     assert killed[0] in pids and len(pids) == 2  # the killed actor was restarted under a new pid
 
 
@@ -135,9 +138,9 @@ def test_poison_item_recorded_failed_after_three_tries(make_experiment):
     assert report.exit_code == 1
     assert set(calls.values()) == {1} and len(calls) == 6
     summary = summary_of(settings)
-    assert_each_once(summary, settings)
+    records = assert_each_once(summary, settings)
     assert summary["successful_steps"] == 5
-    [failed] = [s for s in summary["steps"] if s["status"] != "ok"]
+    [failed] = [s for s in records.values() if s["status"] != "ok"]
     assert failed["item"] == "prompt_001/vid_001/step_001"
     assert failed["error_type"] == "PoisonItemError"
     assert "killed its worker 3 times" in failed["error"] and poison in failed["error"]
@@ -150,7 +153,8 @@ def test_worker_that_cannot_load_the_model_is_a_one_line_setup_error(make_experi
     settings = ray_settings(exp, workers=1, model="Org/NotCached")
     with pytest.raises(ClusterError, match=r"failed to start: ModelNotFoundError: model 'Org/NotCached' not found"):
         run_decode(settings, progress=False)
-    assert not settings.output_dir.exists() or not (settings.output_dir / "decode_summary.json").exists()
+    # The runner opens the journal before the pool starts: no item may have been attempted.
+    assert not settings.output_dir.exists() or journal_records(settings.output_dir) == {}
 
 
 def test_cli_with_cpu_workers_starts_its_own_ray(make_experiment):
@@ -162,7 +166,8 @@ def test_cli_with_cpu_workers_starts_its_own_ray(make_experiment):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((exp / "latents_videos" / "decode_summary.json").read_text())
     assert summary["successful_steps"] == 2
-    assert {s["worker"] for s in summary["steps"]} == {"ray-0"} and summary["model"]["workers"] == ["cpu"]
+    records = journal_records(exp / "latents_videos")
+    assert {s["worker"] for s in records.values()} == {"ray-0"} and summary["model"]["workers"] == ["cpu"]
 
 
 def test_interrupted_driver_keeps_committed_items_and_resume_decodes_the_rest(make_experiment):
@@ -177,8 +182,9 @@ def test_interrupted_driver_keeps_committed_items_and_resume_decodes_the_rest(ma
 
     first = run_decode(settings, progress=False, on_result=stop_after_two)
     assert first.interrupted is not None and first.exit_code == 130
-    kept = summary_of(settings)["steps"]
+    kept = list(journal_records(settings.output_dir).values())
     assert 2 <= len(kept) < 6 and all(s["status"] == "ok" for s in kept)
+    assert summary_of(settings)["last_run"]["interrupted"] is True
     second = run_decode(settings, progress=False)
     assert second.exit_code == 0 and second.skipped == len(kept)
     assert len(second.records) == 6 - len(kept)

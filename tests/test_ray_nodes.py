@@ -1,43 +1,91 @@
-"""The Ray executor on a real several-node cluster (``ray.cluster_utils.Cluster``, loopback only)."""
+"""The Ray executor on a real several-node cluster (``ray.cluster_utils.Cluster``, loopback only):
+nodes lost mid-run, with room elsewhere (the actor comes back), with none (the pool shrinks, or the
+run stops with a ``ClusterError`` once no worker is left)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
+import signal
+import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind every Ray node to 127.0.0.1
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # test clusters only
 
 ray = pytest.importorskip("ray")
 
 from ray.cluster_utils import Cluster  # noqa: E402
 
+from latent_decoder.errors import ClusterError  # noqa: E402
+from latent_decoder.executors import ray as ray_executor  # noqa: E402
 from latent_decoder.experiment import Experiment  # noqa: E402
 from latent_decoder.runner import run_decode  # noqa: E402
 from latent_decoder.settings import CliOptions, resolve_settings  # noqa: E402
 
-from conftest import slow_worker_cls  # noqa: E402
+from conftest import journal_records, slow_worker_cls  # noqa: E402
 
-NODE = {"num_cpus": 2, "object_store_memory": 80 * 2**20}
+NODE = {"num_cpus": 1, "object_store_memory": 80 * 2**20}  # room for exactly one CPU worker
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A head that runs no workers (only the driver) and two worker nodes of 2 CPUs each."""
+    """A head that runs no workers (only the driver); each test brings the worker nodes it needs."""
     fast_node_death = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
                        "health_check_failure_threshold": 3}
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": 80 * 2**20,
                                                             "include_dashboard": False,
                                                             "_system_config": fast_node_death})
-    for _ in range(2):
-        cluster.add_node(**NODE)
     ray.init(address=cluster.address, log_to_driver=False)
-    cluster.wait_for_nodes()
     yield cluster
     ray.shutdown()
     cluster.shutdown()
+
+
+def with_worker_nodes(cluster: Cluster, count: int) -> None:
+    """Exactly ``count`` fresh worker nodes of 1 CPU each (earlier tests removed some)."""
+    for node in list(cluster.worker_nodes):
+        cluster.remove_node(node)
+    for _ in range(count):
+        cluster.add_node(**NODE)
+    cluster.wait_for_nodes()
+    deadline = time.monotonic() + 60
+    while ray.cluster_resources().get("CPU", 0) != count or ray.available_resources().get("CPU", 0) != count:
+        assert time.monotonic() < deadline, ray.available_resources()
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def restart_wait(monkeypatch):
+    """Runs give lost actors ``seconds`` to come back instead of minutes."""
+    def set_wait(seconds: float) -> None:
+        class QuickExecutor(ray_executor.RayExecutor):
+            def __init__(self, settings, worker_cls=ray_executor.DecodeWorker):
+                super().__init__(settings, worker_cls=worker_cls, restart_wait_s=seconds)
+
+        monkeypatch.setattr(ray_executor, "RayExecutor", QuickExecutor)
+
+    return set_wait
+
+
+@contextmanager
+def hang_guard(seconds: int) -> Iterator[None]:
+    """Fail (TimeoutError) instead of hanging when the block runs longer than ``seconds``."""
+    def fail(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s: the run hangs")
+
+    previous = signal.signal(signal.SIGALRM, fail)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def ancestors(pid: int) -> set[int]:
@@ -61,6 +109,7 @@ def node_of(cluster: Cluster, pid: int):
 
 def test_node_removed_mid_run_every_item_decoded_once(cluster, make_experiment):
     """One worker, so the run can only finish if Ray brings it back on the other node."""
+    with_worker_nodes(cluster, 2)
     exp = make_experiment(prompts=2, videos=1, steps=4)
     settings = resolve_settings(Experiment.load(exp), CliOptions(workers=1))
     assert settings.executor.kind == "ray"
@@ -69,7 +118,7 @@ def test_node_removed_mid_run_every_item_decoded_once(cluster, make_experiment):
 
     def on_result(step, record):
         calls[step.key] += 1
-        if not removed and record is not None:
+        if not removed:
             removed.append(record.pid)
             cluster.remove_node(node_of(cluster, record.pid), allow_graceful=False)
 
@@ -77,9 +126,66 @@ def test_node_removed_mid_run_every_item_decoded_once(cluster, make_experiment):
     assert report.exit_code == 0
     assert set(calls.values()) == {1} and len(calls) == 8
     summary = json.loads((settings.output_dir / "decode_summary.json").read_text())
-    assert sorted(s["item"] for s in summary["steps"]) == sorted(calls)
+    records = journal_records(settings.output_dir)
+    assert sorted(records) == sorted(calls)
     assert summary["successful_steps"] == 8
     assert len(cluster.worker_nodes) == 1
-    assert {s["worker"] for s in summary["steps"]} == {"ray-0"}
-    pids = {s["pid"] for s in summary["steps"]}
+    assert {s["worker"] for s in records.values()} == {"ray-0"}
+    pids = {s["pid"] for s in records.values()}
     assert removed[0] in pids and len(pids) == 2  # the lost worker came back on the other node
+
+
+def test_last_worker_node_removed_is_a_cluster_error_not_a_hang(cluster, make_experiment, restart_wait):
+    """The only node with room is gone and nothing can host the actor again: after the restart window
+    the run stops with a one-line ClusterError; what was decoded before is in the journal."""
+    with_worker_nodes(cluster, 1)
+    restart_wait(3)
+    exp = make_experiment(prompts=1, videos=1, steps=4)
+    settings = resolve_settings(Experiment.load(exp), CliOptions(workers=1))
+    committed: list[str] = []
+    removed_at: list[tuple[float, float]] = []
+
+    def on_result(step, record):
+        committed.append(step.key)
+        if not removed_at:
+            cluster.remove_node(node_of(cluster, record.pid), allow_graceful=False)
+            removed_at.append((time.monotonic(), time.process_time()))
+
+    with pytest.raises(ClusterError, match=r"every Ray worker is gone \(ray-0: .*not back within 3 s\)") as info, \
+            hang_guard(180):
+        run_decode(settings, progress=False, on_result=on_result, worker_cls=slow_worker_cls(0.5))
+    wall, cpu = time.monotonic() - removed_at[0][0], time.process_time() - removed_at[0][1]
+    assert "\n" not in str(info.value) and "item(s) not decoded" in str(info.value)
+    assert wall < 90
+    assert cpu < 0.5 * wall, f"the driver used {cpu:.1f} s of CPU in {wall:.1f} s while waiting: busy loop"
+    records = journal_records(settings.output_dir)
+    assert sorted(records) == sorted(committed) and 1 <= len(records) < 4
+    assert all(r["status"] == "ok" for r in records.values())
+
+
+def test_lost_worker_that_cannot_come_back_is_dropped_and_the_run_finishes(cluster, make_experiment, restart_wait,
+                                                                           caplog):
+    """Two workers on two nodes; one node goes and nothing else has room for its actor: the pool
+    shrinks to one worker, which decodes everything left."""
+    with_worker_nodes(cluster, 2)
+    restart_wait(2)
+    exp = make_experiment(prompts=2, videos=1, steps=5)
+    settings = resolve_settings(Experiment.load(exp), CliOptions(workers=2))
+    calls: Counter[str] = Counter()
+    removed: list[int] = []
+
+    def on_result(step, record):
+        calls[step.key] += 1
+        if not removed:
+            removed.append(record.pid)
+            cluster.remove_node(node_of(cluster, record.pid), allow_graceful=False)
+
+    with caplog.at_level(logging.WARNING, logger="latent_decoder"), hang_guard(180):
+        report = run_decode(settings, progress=False, on_result=on_result, worker_cls=slow_worker_cls(1.0))
+    assert report.exit_code == 0 and report.succeeded == 10
+    assert len(calls) == 10 and set(calls.values()) == {1}
+    records = journal_records(settings.output_dir)
+    assert all(r["status"] == "ok" for r in records.values())
+    survivors = {r["pid"] for r in records.values()} - {removed[0]}
+    assert len(survivors) == 1  # everything else was decoded by the one worker left
+    assert any("given up" in r.getMessage() and "1 worker(s) left" in r.getMessage() for r in caplog.records)

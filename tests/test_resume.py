@@ -24,7 +24,7 @@ from typing import Callable
 import imageio_ffmpeg
 import pytest
 
-from conftest import REPO_ROOT, run_cli
+from conftest import REPO_ROOT, journal_records, run_cli
 
 TEMP_MARK = ".ld-tmp-"
 LOCK_NAME = ".latent-decoder.lock"
@@ -113,33 +113,34 @@ def decode(exp: Path, *args: str) -> subprocess.CompletedProcess:
     return run_cli("decode", str(exp), *DEVICE, *args, env=SUB_ENV)
 
 
-def record_files(out: Path) -> dict[str, Path]:
-    """Item key -> record path, for every (complete) record on disk."""
-    root = out / ".records"
-    if not root.is_dir():
-        return {}
-    return {p.relative_to(root).with_suffix("").as_posix(): p for p in root.rglob("*.json")
-            if TEMP_MARK not in p.name}
+def read_records(out: Path) -> dict[str, dict]:
+    """Item key -> the journal's latest successful attempt."""
+    return {key: rec for key, rec in journal_records(out).items() if rec["status"] == "ok"}
+
+
+def record_files(out: Path) -> list[str]:
+    return sorted(read_records(out))
 
 
 def record_count(out: Path) -> int:
-    return len(record_files(out))
-
-
-def read_records(out: Path) -> dict[str, dict]:
-    return {key: json.loads(p.read_text()) for key, p in record_files(out).items()}
+    return len(read_records(out))
 
 
 def fingerprints(out: Path) -> dict[str, tuple]:
-    """Per item: the record's and the video's inode + mtime, and ``finished_at``. A re-decode
-    replaces the files (os.replace), so any of these changing means the item was decoded again."""
+    """Per item: its journal attempt, the video's inode + mtime, and ``finished_at``. A re-decode adds
+    an attempt and replaces the files (os.replace), so any of these changing means it was decoded again."""
     result = {}
-    for key, path in record_files(out).items():
-        rec = json.loads(path.read_text())
-        video = out / rec["outputs"]["video"]
-        rs, vs = path.stat(), video.stat()
-        result[key] = (rs.st_ino, rs.st_mtime_ns, vs.st_ino, vs.st_mtime_ns, rec["finished_at"])
+    for key, rec in read_records(out).items():
+        vs = (out / rec["outputs"]["video"]).stat()
+        result[key] = (rec["attempt"], vs.st_ino, vs.st_mtime_ns, rec["finished_at"])
     return result
+
+
+def journal_intact(out: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(out / ".latent-decoder.db") as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
 def tree_snapshot(root: Path) -> dict[str, tuple]:
@@ -175,17 +176,17 @@ def report_counts(stderr: str) -> tuple[int, int, int]:
 
 
 def check_consistent(exp: Path, *, complete: bool, width: int, height: int) -> dict:
-    """The output folder agrees with itself: summary == records == files on disk, every video
+    """The output folder agrees with itself: summary == journal == files on disk, every video
     whole, no temp files. Returns the summary."""
     out = exp / "latents_videos"
     summary = json.loads((out / "decode_summary.json").read_text())
+    journal_intact(out)
     records = read_records(out)
-    items = [s["item"] for s in summary["steps"]]
-    assert len(items) == len(set(items)), f"summary lists an item twice: {sorted(items)}"
-    assert set(items) == set(records), "summary items differ from the records on disk"
-    assert summary["total_steps"] == len(records)
+    assert "steps" not in summary, "per-step records belong in the journal, not the summary"
+    assert summary["total_steps"] == len(expected_keys(exp)), "the summary counts every step of the experiment"
+    assert summary["successful_steps"] == len(records)
     assert summary["failed_steps"] == 0, summary["failures"]
-    assert summary["successful_steps"] == summary["total_steps"]
+    assert summary["pending_steps"] == summary["total_steps"] - len(records)
     assert sum(v["total_steps"] for v in summary["video_summaries"].values()) == summary["total_steps"]
     assert temp_leftovers(out) == []
     mp4s = sorted(out.rglob("*.mp4"))
@@ -240,8 +241,6 @@ def test_sigkill_at_any_moment_then_resume(make_experiment, runs) -> None:
     video_dir = out / "prompt_001" / "vid_001"
     video_dir.mkdir(parents=True, exist_ok=True)
     (video_dir / f".step_007.mp4{TEMP_MARK}999999-deadbeef").write_bytes(b"\x00\x00\x00\x18ftypisom half")
-    (out / ".records" / "prompt_001" / "vid_001").mkdir(parents=True, exist_ok=True)
-    (out / ".records" / "prompt_001" / "vid_001" / f".step_007.json{TEMP_MARK}999999-cafef00d").write_text('{"st')
     (video_dir / f".step_006{TEMP_MARK}999999-0badf00d").mkdir()
     (video_dir / f".step_006{TEMP_MARK}999999-0badf00d" / "frame_0000.png").write_bytes(b"\x89PNG")
 
@@ -304,7 +303,7 @@ def test_resume_without_kills(make_experiment) -> None:
     before_all = tree_snapshot(out)
     dry = decode(exp, "--dry-run")
     assert "prompt_000/vid_001: 3 steps, 2 done, 1 to decode" in dry.stdout, dry.stdout
-    assert "dry run: 3 items (1 decode, 2 done)" in dry.stdout, dry.stdout
+    assert "dry run: 3 items (2 done, 1 decode again (outputs missing))" in dry.stdout, dry.stdout
     assert tree_snapshot(out) == before_all
     redo = decode(exp)
     assert redo.returncode == 0, redo.stderr
@@ -339,7 +338,7 @@ def test_resume_without_kills(make_experiment) -> None:
     assert r.returncode == 0, r.stderr
     assert report_counts(r.stderr) == (3, 0, 0), r.stderr
     after = fingerprints(out)
-    assert all(after[k][:4] != before[k][:4] for k in before)
+    assert all(after[k][:3] != before[k][:3] for k in before)
     check_consistent(exp, complete=True, width=48, height=32)
 
 
@@ -378,8 +377,9 @@ def test_second_run_is_refused_while_one_holds_the_lock(make_experiment, runs) -
     # It held the lock, so it cleaned up after the killed run; its summary covers every record.
     assert temp_leftovers(out) == []
     summary = json.loads((out / "decode_summary.json").read_text())
-    assert sorted(s["item"] for s in summary["steps"]) == sorted(record_files(out))
-    assert summary["total_steps"] == summary["successful_steps"] == record_count(out)
+    assert summary["successful_steps"] == record_count(out)
+    assert summary["total_steps"] == len(expected_keys(exp)), "the summary counts the steps never decoded too"
+    assert summary["pending_steps"] == summary["total_steps"] - record_count(out) > 0
 
 
 def test_ctrl_c_and_sigterm_keep_finished_items(make_experiment, runs) -> None:

@@ -10,8 +10,12 @@ Ray stays at the edge: it is imported here only, and the worker class is wrapped
   killed driver loses only the items in flight;
 * an actor that dies is restarted by Ray (``max_restarts``) or replaced; the item it was
   running is charged one try, the items queued behind it go back unharmed; an item that
-  killed ``poison_after`` workers is recorded failed as poison;
+  killed ``poison_after`` workers (or hung them past the item deadline) is recorded failed as poison;
 * an error inside an item is recorded by the worker's own stages and never retried here.
+
+Every wait has a deadline (``ray_pool.py``): actors that cannot be placed, items that hang,
+actors that never come back. Decoding starts with the first live actor; the others join as the
+cluster places them, and with ``--gpus N`` on a cluster we joined, the autoscaler is asked for N GPUs.
 
 With ``io="driver"`` (default) the driver reads the latent bytes and writes every output, so
 workers need no shared storage; with ``io="shared"`` workers read and write the experiment
@@ -21,51 +25,52 @@ from __future__ import annotations
 
 import logging
 import os
-import re
+import signal
+import threading
 import time
 import warnings
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..errors import (ClusterError, DecodeError, LatentDecoderError, LatentFileError, PoisonItemError, describe_error,
-                      first_line)
+from ..errors import ClusterError, DecodeError, DeviceFailure, LatentDecoderError, PoisonItemError, describe_error, first_line
 from ..experiment import LatentStep
-from ..latents import read_latent_bytes
+from ..layout import OutputLayout
+from ..lifecycle import ItemWork, prepare, write_outputs
 from ..models import ResolvedModel, resolve_model
-from ..plan import ItemState, OutputLayout, item_state
 from ..settings import RunSettings
-from ..worker import DecodeWorker, ItemWork, WorkerIdentity, commit_item
+from ..worker import DecodeWorker
 from .inline import ResultCallback
+from .ray_pool import ActorPool, Slot, actor_error, resources_text
 
 log = logging.getLogger(__name__)
 
-RESTART_WAIT_S = 300.0  # how long a restarting actor may stay unavailable before it is replaced
-PING_EVERY_S = 0.5
+RESTART_WAIT_S = 300.0  # how long a lost actor may take to come back before its slot is dropped
 REPLACEMENTS_PER_WORKER = 3  # new actors for slots whose restarts are spent, before the pool gives up
 GPU_ACTOR_CPUS = 0.25  # a GPU actor mostly waits on its card; a whole CPU each would starve small nodes
 CPU_ACTOR_CPUS = 1.0
 
 
 @dataclass
-class _Slot:
-    """One actor position in the pool; the handle is replaced when its actor is gone for good."""
-
-    index: int
-    actor: Any
-    identity: WorkerIdentity | None = None
-    live: bool = False  # answered a ping since it last died
-    lost_at: float = 0.0  # monotonic time it was last found dead
-    ping_at: float | None = None  # when to ask again whether a restarting actor is back
-    outstanding: list[Any] = field(default_factory=list)  # item refs, in submission order
-
-
-@dataclass
 class _Call:
-    slot: _Slot
-    step: LatentStep | None  # None: a health ping
-    tries: int = 0  # workers this item has killed so far
+    slot: Slot
+    step: LatentStep
+    tries: int = 0  # workers this item has killed (or hung) so far
+
+
+@dataclass(frozen=True)
+class _Ask:
+    """The pool asked of the cluster."""
+
+    count: int
+    gpus: float  # each
+    cpus: float  # each
+    device: str
+
+    def __str__(self) -> str:
+        each = f"{self.gpus:g} GPU" if self.gpus else f"{self.cpus:g} CPU"
+        return f"asked for {self.count} worker{'s' if self.count != 1 else ''} with {each} each"
 
 
 class RayExecutor:
@@ -78,6 +83,7 @@ class RayExecutor:
         in_flight: int = 2,
         max_restarts: int = 3,
         poison_after: int = 3,
+        restart_wait_s: float = RESTART_WAIT_S,
     ) -> None:
         self.settings = settings
         self.options = settings.executor
@@ -85,16 +91,20 @@ class RayExecutor:
         self.in_flight = max(1, in_flight)
         self.max_restarts = max_restarts
         self.poison_after = poison_after
+        self.restart_wait_s = restart_wait_s
         self.layout = OutputLayout(settings.output_dir)
-        self.slots: list[_Slot] = []
-        self.replacements_left = 0
-        self._started_ray = False
+        self.pool: ActorPool | None = None
+        self.info: dict[str, Any] = {}
+        self._ask: _Ask | None = None
+        self._started_ray = False  # this executor called ray.init (so it calls ray.shutdown)
+        self._own_runtime = False  # ... and started a private local runtime, which never grows
+        self._requested = False  # asked the autoscaler for capacity (cleared once placed, and at close)
+        self._warned_no_cuda = False
         self._ray: Any = None
-        self._remote_cls: Any = None
-        self._actor_options: dict[str, Any] = {}
-        self._actor_args: tuple[Any, ...] = ()
+        self._sigterm: Any = None  # the SIGTERM handler ray.init replaced, when we put it back
+        self._signalled: BaseException | None = None  # what that handler raised
 
-    # ------------------------------------------------------------------ pool
+    # ------------------------------------------------------------------ starting
 
     def _init_ray(self) -> Any:
         try:
@@ -105,26 +115,64 @@ class RayExecutor:
             # No address: a private local runtime, never some cluster that happens to run here
             # (plain ray.init() would join one); RAY_ADDRESS, as set inside a Ray job, still counts.
             address = self.options.address or os.environ.get("RAY_ADDRESS") or "local"
+            main = threading.current_thread() is threading.main_thread()
+            sigterm = signal.getsignal(signal.SIGTERM) if main else None
             try:
                 ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
             except (ConnectionError, ValueError, RuntimeError) as exc:
                 where = "a new local runtime" if address == "local" else address
                 raise ClusterError(f"cannot start Ray on {where}: {first_line(exc)}") from exc
+            finally:
+                if sigterm is not None:
+                    self._restore_sigterm(sigterm)
             self._started_ray = True
+            self._own_runtime = address == "local"
         return ray
 
-    def _plan_actors(self, ray: Any) -> tuple[int, float, float, str]:
-        """(actors, GPUs each, CPUs each, device) from the cluster's resources and the options."""
-        opts = self.options
+    def _restore_sigterm(self, previous: Any) -> None:
+        """ray.init makes SIGTERM exit at once (status 15, stack dump): put back the handler installed
+        before (the runner's stops the run cleanly). Ray turns an exception raised by a handler inside
+        its own calls into a plain KeyboardInterrupt, so remember what the handler raised."""
+        if not callable(previous):
+            signal.signal(signal.SIGTERM, previous)
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            try:
+                previous(signum, frame)
+            except BaseException as exc:
+                self._signalled = exc
+                raise
+
+        self._sigterm = previous
+        signal.signal(signal.SIGTERM, handler)
+
+    def _interrupt(self, exc: KeyboardInterrupt) -> BaseException:
+        """The exception the signal handler raised, even when Ray replaced it on the way up."""
+        return self._signalled if self._signalled is not None else exc
+
+    def _plan_actors(self, ray: Any) -> _Ask:
+        """What to ask for, from the options and the cluster's resources. A local runtime of our own
+        never grows, so asking it for more GPUs than it has fails at once; a cluster we joined may
+        be autoscaling, so there unplaced actors wait for the start deadline instead."""
+        opts, device = self.options, self.settings.device
         total_gpus = int(ray.cluster_resources().get("GPU", 0))
-        if opts.workers is not None or self.settings.device == "cpu" or total_gpus == 0:
-            if opts.gpus or self.settings.device == "cuda":
-                raise ClusterError(f"{'--gpus' if opts.gpus else '--device cuda'}: the Ray cluster has no GPU")
-            return opts.workers or 1, 0.0, CPU_ACTOR_CPUS, "cpu"
+        fixed = self._own_runtime
+        if opts.gpus and device == "cpu":
+            raise ClusterError("--gpus asks for GPU workers; drop --device cpu (or use --workers)")
+        if opts.workers is not None or device == "cpu" or (total_gpus == 0 and not opts.gpus):
+            if device == "cuda":
+                hint = "" if fixed else "; on an autoscaling cluster pass --gpus N to ask for GPU workers"
+                raise ClusterError(f"--device cuda: the Ray cluster has no GPU{hint}")
+            if not fixed and opts.workers is None and device == "auto":
+                log.info("Ray: the cluster has no GPU now: decoding on one CPU worker "
+                         "(pass --gpus N to ask an autoscaling cluster for GPU workers)")
+            return _Ask(opts.workers or 1, 0.0, CPU_ACTOR_CPUS, "cpu")
         gpus = opts.gpus or total_gpus
-        if gpus > total_gpus:
-            raise ClusterError(f"--gpus {gpus}: the Ray cluster has only {total_gpus} GPU(s)")
-        return gpus * opts.actors_per_gpu, 1.0 / opts.actors_per_gpu, GPU_ACTOR_CPUS, "auto"
+        if fixed and gpus > total_gpus:
+            have = f"only {total_gpus} GPU(s)" if total_gpus else "no GPU"
+            raise ClusterError(f"--gpus {gpus}: the Ray cluster has {have}")
+        return _Ask(gpus * opts.actors_per_gpu, 1.0 / opts.actors_per_gpu, GPU_ACTOR_CPUS, "auto")
 
     def _model_for_actors(self) -> ResolvedModel | None:
         """A local model folder travels as an absolute path; a repo id is resolved on each node."""
@@ -134,76 +182,175 @@ class RayExecutor:
         model = resolve_model(source, self.settings.output.vae_subfolder, self.settings.output.vae_config)
         return replace(model, folder=model.folder.resolve())
 
-    def _new_actor(self, index: int) -> Any:
-        return self._remote_cls.options(**self._actor_options).remote(*self._actor_args, name=f"ray-{index}")
+    def _request_capacity(self, ask: _Ask) -> None:
+        """On a cluster we joined that lacks room for the pool now, ask its autoscaler for it (pending
+        actors are demand too, but this scales up at once). Cleared once the pool is placed."""
+        ray = self._ray
+        free = ray.available_resources()
+        if self._own_runtime or (free.get("GPU", 0) >= ask.gpus * ask.count and free.get("CPU", 0) >= ask.cpus * ask.count):
+            return
+        gpus = round(ask.gpus * ask.count)
+        bundles = [{"GPU": 1}] * gpus if ask.gpus else [{"CPU": ask.cpus}] * ask.count
+        try:
+            from ray.autoscaler.sdk import request_resources
+
+            request_resources(bundles=bundles)
+            self._requested = True
+            log.info("Ray: asked the autoscaler for %d x %s", len(bundles), bundles[0])
+        except Exception as exc:  # no autoscaler API here (Ray Client, ...): pending actors are demand anyway
+            log.debug("request_resources failed: %s", exc)
+
+    def _release_capacity(self) -> None:
+        if self._requested:
+            self._requested = False
+            try:
+                from ray.autoscaler.sdk import request_resources
+
+                request_resources(bundles=[])
+            except Exception as exc:
+                log.debug("clearing request_resources failed: %s", exc)
 
     def start(self) -> dict[str, Any]:
-        """Start (or join) Ray and the actors; fail with a one-line error if a worker cannot load."""
+        """Start (or join) Ray and the actors; return once one is live, which describes the model.
+
+        Raises a one-line ``ClusterError`` if no actor starts within the start deadline (what was
+        asked and what the cluster has), or if the actors cannot load the model. ``info["workers"]``
+        lists the live workers' devices and grows as more join."""
         ray = self._ray = self._init_ray()
-        count, gpus, cpus, device = self._plan_actors(ray)
+        ask = self._ask = self._plan_actors(ray)
         output_dir = self.settings.output_dir.resolve() if self.options.io == "shared" else None
-        self._remote_cls = ray.remote(self.worker_cls)
-        self._actor_options = {"num_gpus": gpus, "num_cpus": cpus, "max_restarts": self.max_restarts,
-                               "max_task_retries": 0}
-        self._actor_args = (self.settings.output, output_dir, device, self._model_for_actors(), self.settings.force)
-        self.slots = [_Slot(i, self._new_actor(i)) for i in range(count)]
-        self.replacements_left = count * REPLACEMENTS_PER_WORKER
-        log.info("Ray: %d worker(s) (%s each), io=%s", count,
-                 f"{gpus:g} GPU" if gpus else f"{cpus:g} CPU", self.options.io)
-        described: list[dict[str, Any]] = []
-        for slot in self.slots:
-            try:
-                described.append(ray.get(slot.actor.describe.remote()))
-                slot.identity = _identity(described[-1])
-            except ray.exceptions.RayActorError as exc:
-                raise ClusterError(f"Ray worker {slot.index} failed to start: {_actor_error(exc)}") from exc
-            slot.live = True
-        if gpus and any(d["device"] == "cpu" for d in described):
+        remote_cls = ray.remote(actor_class(self.worker_cls))
+        actor_options = {"num_gpus": ask.gpus, "num_cpus": ask.cpus, "max_restarts": self.max_restarts,
+                         "max_task_retries": 0}
+        args = (self.settings.output, output_dir, ask.device, self._model_for_actors())
+        self._request_capacity(ask)
+        started = time.monotonic()
+        deadline = started + self.options.start_timeout
+        self.pool = ActorPool(
+            ray, lambda i: remote_cls.options(**actor_options).remote(*args, name=f"ray-{i}"), ask.count, deadline,
+            self.restart_wait_s, ask.count * REPLACEMENTS_PER_WORKER, self.options.item_timeout)
+        log.info("Ray: %d worker(s) (%s each), io=%s", ask.count,
+                 f"{ask.gpus:g} GPU" if ask.gpus else f"{ask.cpus:g} CPU", self.options.io)
+        every = min(10.0, max(1.0, self.options.start_timeout / 10))
+        report_at = started + every
+        try:
+            while not self.pool.live:
+                now = time.monotonic()
+                if now >= deadline or not self.pool.hopeful():
+                    self._no_worker_started()
+                if now >= report_at:
+                    log.info("waiting for Ray workers: 0 of %d started after %.0f s (--start-timeout %g s); "
+                             "the cluster has %s", ask.count, now - started, self.options.start_timeout,
+                             resources_text(ray, bool(ask.gpus)))
+                    report_at = now + every
+                self._wait_pings(min(deadline, report_at, self.pool.next_event(now)))
+        except KeyboardInterrupt as exc:
+            raise self._interrupt(exc) from None
+        return self.info
+
+    def _no_worker_started(self) -> None:
+        pool = self.pool
+        if pool.init_errors:
+            raise ClusterError(pool.init_errors[0])
+        has = resources_text(self._ray, bool(self._ask.gpus))
+        raise ClusterError(f"{self._ask}; the cluster has {has}: no worker started within "
+                           f"{self.options.start_timeout:g} s (--start-timeout)")
+
+    def _wait_pings(self, until: float) -> None:
+        """Wait (at most until ``until``) for pings only: used while no item runs."""
+        self.pool.tick(time.monotonic())
+        refs = self.pool.ping_refs()
+        timeout = max(0.01, until - time.monotonic())
+        if not refs:
+            time.sleep(timeout)
+            return
+        ready, _ = self._ray.wait(refs, num_returns=1, timeout=timeout)
+        for ref in ready:
+            self._pinged(ref)
+
+    def _pinged(self, ref: Any) -> None:
+        slot, described = self.pool.pinged(ref)
+        if slot.state == "dropped" and self.info:
+            log.warning("Ray worker %d given up (%s); %d worker(s) left", slot.index, slot.failure,
+                        len(self.pool.live))
+        if described is None:
+            return
+        if slot.joined:
+            log.info("Ray worker %d is back (pid %d)", slot.index, slot.identity.pid)
+            return
+        slot.joined = True
+        if not self.info:
+            self.info.update(described, workers=[])
+        else:
+            log.info("Ray worker %d joined (%s on %s)", slot.index, described["device"], described["host"])
+        self.info["workers"].append(described["device"])
+        if self._ask.gpus and described["device"] == "cpu" and not self._warned_no_cuda:
+            self._warned_no_cuda = True
             warnings.warn("Ray assigned GPUs but torch sees no CUDA in the workers: decoding on CPU", stacklevel=2)
-        info = dict(described[0])
-        info["workers"] = [d["device"] for d in described]
-        return info
+        if not self.pool.pending:
+            self._release_capacity()
+
+    def _tick(self) -> None:
+        """Deadlines of the pool: warn about the slots it gives up."""
+        dropped = self.pool.tick(time.monotonic())
+        unplaced = [s for s in dropped if not s.joined]
+        if unplaced:
+            self._warn_unplaced(len(unplaced), "not started within "
+                                f"{self.options.start_timeout:g} s (--start-timeout)")
+        for slot in dropped:
+            if slot.joined:
+                log.warning("Ray worker %d given up (%s); %d worker(s) left", slot.index, slot.failure,
+                            len(self.pool.live))
+        if dropped and not self.pool.pending:
+            self._release_capacity()
+
+    def _warn_unplaced(self, count: int, what: str) -> None:
+        has = resources_text(self._ray, bool(self._ask.gpus))
+        log.warning("%s; the cluster has %s: %d of them %s; going on with %d", self._ask, has, count, what,
+                    len(self.pool.live))
 
     def close(self) -> None:
         """Stop the actors, and Ray itself if this executor started it."""
         if self._ray is None:
             return
-        for slot in self.slots:
-            self._ray.kill(slot.actor, no_restart=True)
-        self.slots = []
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+        self._release_capacity()
         if self._started_ray:
             self._ray.shutdown()
             self._started_ray = False
+        if self._sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._sigterm)
+            self._sigterm = None
 
     # ------------------------------------------------------------------ scheduling
 
-    def _submit(self, slot: _Slot, step: LatentStep, tries: int, calls: dict[Any, _Call],
+    def _submit(self, slot: Slot, step: LatentStep, tries: int, calls: dict[Any, _Call],
                 on_result: ResultCallback) -> None:
         if self.options.io == "shared":
-            ref = slot.actor.run.remote(replace(step, path=step.path.resolve()))
+            ref = slot.actor.run_item.remote(step)
         else:
-            if item_state(self.layout, step, self.settings.output, self.settings.force) is ItemState.DONE:
-                on_result(step, None)
+            work = prepare(step)
+            if work.error is not None:
+                work.identity = slot.identity
+                on_result(step, self._commit(work))
                 return
-            try:
-                data = read_latent_bytes(step.path)
-            except LatentFileError as exc:
-                on_result(step, self._commit(ItemWork(step, error=exc, identity=slot.identity)))
-                return
-            ref = slot.actor.process.remote(step, data)
+            ref = slot.actor.compute.remote(work)
         calls[ref] = _Call(slot, step, tries)
         slot.outstanding.append(ref)
+        self.pool.started(slot, time.monotonic())
 
     def _commit(self, work: ItemWork) -> Any:
-        return commit_item(self.layout, self.settings.output, work)
+        return write_outputs(self.layout, self.settings.output, work)
 
     def _finish(self, call: _Call, value: Any, on_result: ResultCallback) -> None:
         """A result came back: commit it here (driver io) or report the worker's record (shared io)."""
         on_result(call.step, self._commit(value) if self.options.io == "driver" else value)
 
-    def _lose(self, slot: _Slot, calls: dict[Any, _Call], queue: deque, on_result: ResultCallback,
-              reason: str) -> None:
-        """The slot's actor died: keep finished results, charge the running item, re-queue the rest."""
+    def _lose(self, slot: Slot, calls: dict[Any, _Call], queue: deque, on_result: ResultCallback,
+              reason: str, hung: bool = False) -> None:
+        """The slot's actor died (or hung): keep finished results, charge the running item, re-queue the rest."""
         ray = self._ray
         failed: list[_Call] = []
         for ref in slot.outstanding:
@@ -219,19 +366,17 @@ class RayExecutor:
                     self._failed_in_worker(call, exc, on_result)
                     continue
             failed.append(call)
-        slot.outstanding = []
-        slot.live = False
-        slot.lost_at = time.monotonic()
+        self.pool.lose(slot, reason)
         for position, call in reversed(list(enumerate(failed))):
             tries = call.tries + (1 if position == 0 else 0)  # calls run in order: the first was running
             if tries >= self.poison_after:
-                error = PoisonItemError(f"{call.step.path}: killed its worker {tries} times (poison item); "
+                what = "hung" if hung else "killed"
+                error = PoisonItemError(f"{call.step.path}: {what} its worker {tries} times (poison item); "
                                         f"last: {reason}")
                 on_result(call.step, self._commit(ItemWork(call.step, error=error, identity=slot.identity)))
             else:
                 queue.appendleft((call.step, tries))
         log.warning("Ray worker %d lost (%s); %d item(s) back in the queue", slot.index, reason, len(failed))
-        slot.ping_at = time.monotonic()
 
     def _failed_in_worker(self, call: _Call, exc: Exception, on_result: ResultCallback) -> None:
         """An error the worker's stages did not record (a bug, or a disk error with shared io): record it."""
@@ -239,79 +384,73 @@ class RayExecutor:
         error = DecodeError(f"{call.step.path}: worker raised {describe_error(cause)}")
         on_result(call.step, self._commit(ItemWork(call.step, error=error, identity=call.slot.identity)))
 
-    def _revive(self, slot: _Slot) -> None:
-        """A ping to a dead slot failed: its restarts are spent, so put a new actor in its place."""
-        if self.replacements_left <= 0:
-            return
-        self.replacements_left -= 1
-        self._ray.kill(slot.actor, no_restart=True)
-        slot.actor = self._new_actor(slot.index)
-        slot.lost_at = slot.ping_at = time.monotonic()
+    def _hung(self, calls: dict[Any, _Call], queue: deque, on_result: ResultCallback) -> None:
+        """Items past their deadline: kill their actor (Ray restarts it) and charge them one try."""
+        pool = self.pool
+        for slot, seconds in pool.hung(time.monotonic()):
+            reason = f"timed out: no result after {seconds:.0f} s (item timeout {pool.item_timeout:.0f} s)"
+            pool.kill_hung(slot)
+            self._lose(slot, calls, queue, on_result, reason, hung=True)
 
-    def _pinged(self, call: _Call, ref: Any) -> None:
-        """A lost slot answered: live again, still restarting (ask later), or gone (replace it)."""
-        ray, slot = self._ray, call.slot
-        try:
-            slot.identity = _identity(ray.get(ref))
-            slot.live = True
-            log.info("Ray worker %d is back (pid %d)", slot.index, slot.identity.pid)
-        except ray.exceptions.ActorUnavailableError:
-            if time.monotonic() - slot.lost_at < RESTART_WAIT_S:
-                slot.ping_at = time.monotonic() + PING_EVERY_S
-            else:
-                self._revive(slot)
-        except ray.exceptions.RayActorError:
-            self._revive(slot)
+    def _gone(self, queue: deque, calls: dict[Any, _Call]) -> ClusterError:
+        lost = [f"{s.name}: {s.failure}" for s in self.pool.slots if s.failure]
+        left = len(queue) + len(calls)
+        return ClusterError(f"every Ray worker is gone ({'; '.join(lost[:3]) or 'none started'}); "
+                            f"{left} item(s) not decoded: run again to resume")
 
     def run(self, steps: Iterable[LatentStep], on_result: ResultCallback) -> None:
         """Decode every step on the pool; ``on_result(step, record)`` is called once per item."""
-        ray = self._ray
+        ray, pool = self._ray, self.pool
         queue: deque[tuple[LatentStep, int]] = deque((step, 0) for step in steps)
         calls: dict[Any, _Call] = {}
         try:
-            while queue or any(call.step is not None for call in calls.values()):  # pings alone: done
-                now = time.monotonic()
-                for slot in self.slots:
-                    if slot.ping_at is not None and slot.ping_at <= now:
-                        slot.ping_at = None
-                        calls[slot.actor.describe.remote()] = _Call(slot, None)
-                    while slot.live and queue and len(slot.outstanding) < self.in_flight:
+            while queue or calls:
+                self._tick()
+                self._hung(calls, queue, on_result)
+                for slot in pool.live:
+                    while queue and len(slot.outstanding) < self.in_flight:
                         step, tries = queue.popleft()
                         self._submit(slot, step, tries, calls, on_result)
-                waiting = any(slot.ping_at is not None for slot in self.slots)
-                if not calls and not waiting:
-                    if queue:
-                        raise ClusterError("every Ray worker is gone and could not be replaced")
-                    break
-                ready, _ = ray.wait(list(calls), num_returns=1, timeout=PING_EVERY_S if waiting else None)
-                if not ready:
+                if not pool.hopeful():
+                    raise self._gone(queue, calls)
+                refs = list(calls) + pool.ping_refs()
+                timeout = max(0.01, pool.next_event(time.monotonic()) - time.monotonic())
+                if not refs:  # only waiting (for a restart, a placement): sleep, never spin
+                    time.sleep(timeout)
                     continue
-                ref = ready[0]
-                call = calls.pop(ref)
-                if call.step is None:
-                    self._pinged(call, ref)
-                    continue
-                try:
-                    value = ray.get(ref)
-                except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as exc:
-                    calls[ref] = call
-                    self._lose(call.slot, calls, queue, on_result, _actor_error(exc))
-                    continue
-                except ray.exceptions.RayTaskError as exc:
-                    value = exc
-                call.slot.outstanding.remove(ref)
-                if isinstance(value, Exception):
-                    self._failed_in_worker(call, value, on_result)
-                else:
-                    self._finish(call, value, on_result)
-        except KeyboardInterrupt:
+                ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
+                for ref in ready:
+                    if pool.is_ping(ref):
+                        self._pinged(ref)
+                    elif ref in calls:
+                        self._result(ref, calls, queue, on_result)
+            if pool.pending:
+                self._warn_unplaced(len(pool.pending), "never started (the run ended first)")
+        except KeyboardInterrupt as exc:
             self._drain(calls, on_result)
-            raise
+            raise self._interrupt(exc) from None
+
+    def _result(self, ref: Any, calls: dict[Any, _Call], queue: deque, on_result: ResultCallback) -> None:
+        ray = self._ray
+        call = calls[ref]
+        try:
+            value = ray.get(ref)
+        except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as exc:
+            self._lose(call.slot, calls, queue, on_result, actor_error(exc))
+            return
+        except ray.exceptions.RayTaskError as exc:
+            value = exc
+        del calls[ref]
+        self.pool.finished(call.slot, ref, time.monotonic())
+        if isinstance(value, Exception):
+            self._failed_in_worker(call, value, on_result)
+        else:
+            self._finish(call, value, on_result)
 
     def _drain(self, calls: dict[Any, _Call], on_result: ResultCallback) -> None:
         """Stopping: commit the results already back; items still running are redone next time."""
         ray = self._ray
-        items = [ref for ref, call in calls.items() if call.step is not None]
+        items = list(calls)
         ready, _ = ray.wait(items, num_returns=len(items), timeout=0) if items else ([], [])
         for ref in ready:
             try:
@@ -323,14 +462,27 @@ class RayExecutor:
                         len(items) - len(ready))
 
 
-def _identity(described: dict[str, Any]) -> WorkerIdentity:
-    return WorkerIdentity(described["host"], described["device"], described["worker"], described["pid"])
+def actor_class(worker_cls: type[DecodeWorker]) -> type[DecodeWorker]:
+    """``worker_cls`` as an actor: a sticky device error ends the actor's process, so that Ray
+    restarts it on a fresh CUDA context and the item is charged one try, as for a crash."""
+
+    class RayDecodeWorker(worker_cls):  # type: ignore[valid-type, misc]
+        def compute(self, work: ItemWork) -> ItemWork:
+            try:
+                return super().compute(work)
+            except DeviceFailure as exc:
+                _exit_for(exc)
+
+        def run_item(self, step: LatentStep) -> Any:
+            try:
+                return super().run_item(step)
+            except DeviceFailure as exc:
+                _exit_for(exc)
+
+    RayDecodeWorker.__name__ = RayDecodeWorker.__qualname__ = worker_cls.__name__
+    return RayDecodeWorker
 
 
-def _actor_error(exc: BaseException) -> str:
-    """One line about why an actor is gone; for a failed constructor, the error it raised."""
-    if getattr(exc, "actor_init_failed", False):
-        lines = [line.strip() for line in str(getattr(exc, "error_msg", "")).splitlines() if line.strip()]
-        if lines:
-            return re.sub(r"^(?:\w+\.)+(\w+): ", r"\1: ", lines[-1])  # latent_decoder.errors.X: -> X:
-    return first_line(exc)
+def _exit_for(exc: DeviceFailure) -> None:
+    log.error("%s; this worker exits so that Ray restarts it", exc)
+    os._exit(70)
