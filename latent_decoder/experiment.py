@@ -57,7 +57,7 @@ class LatentStep:
     def path(self) -> Path:
         return Path(self.file)
 
-    @property
+    @cached_property
     def key(self) -> str:
         """Stable identity of the item, also its path relative to latents/ without suffix."""
         return f"{self.prompt}/{self.video}/{self.step}"

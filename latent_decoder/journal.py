@@ -46,11 +46,28 @@ CREATE TABLE IF NOT EXISTS items(
     item TEXT PRIMARY KEY, prompt TEXT NOT NULL, video TEXT NOT NULL, step TEXT NOT NULL,
     step_index INTEGER NOT NULL, state TEXT, last INTEGER, good INTEGER);
 """
-_DETAIL_FIELDS = ("latent_shape", "latent_dtype", "frames_shape", "device", "host", "worker", "pid")
+_DETAIL_FIELDS = ("latent_shape", "latent_dtype", "latent_stats", "frames_shape", "device", "host", "worker", "pid")
 
 
 def fingerprint_text(settings: dict[str, Any]) -> str:
     return json.dumps(settings, sort_keys=True, separators=(",", ":"))
+
+
+# The outputs column: one "kind<TAB>relative path<TAB>size" line per output. Plain text, not JSON: a
+# resume of 100,000 items parses it for every item, and str.split is several times faster.
+def _outputs_text(outputs: dict[str, str], sizes: dict[str, int | None]) -> str:
+    return "\n".join(f"{kind}\t{rel}\t{sizes.get(kind, '')}" for kind, rel in outputs.items())
+
+
+def _outputs_parse(text: str | None) -> tuple[tuple[str, str, int | None], ...]:
+    """(kind, relative path, size) per output."""
+    if not text:
+        return ()
+    found = []
+    for line in text.split("\n"):
+        kind, rel, size = line.split("\t")
+        found.append((kind, rel, int(size) if size else None))
+    return tuple(found)
 
 
 @dataclass
@@ -75,6 +92,7 @@ class StepRecord:
     load_seconds: float = 0.0
     latent_shape: list[int] | None = None
     latent_dtype: str | None = None
+    latent_stats: dict[str, Any] | None = None  # mean, std, channel_norms of the stored latent
     frames_shape: list[int] | None = None
     device: str | None = None
     host: str | None = None
@@ -106,7 +124,7 @@ class ItemEntry:
     status: str | None  # of the latest attempt; None: never attempted
     input: InputId | None
     settings: str | None  # fingerprint text of the latest attempt
-    outputs: dict[str, list[Any]]  # kind -> [relative path, size], of the latest attempt
+    outputs: tuple[tuple[str, str, int | None], ...]  # (kind, relative path, size) of the latest attempt
 
 
 @dataclass(frozen=True)
@@ -236,19 +254,18 @@ class Journal:
         replaced = []
         for r in records:
             inp = r.input
-            outputs = {k: [v, r.output_sizes.get(k)] for k, v in r.outputs.items()}
             detail = {k: getattr(r, k) for k in _DETAIL_FIELDS if getattr(r, k) is not None}
             attempt = self.conn.execute(
                 "INSERT INTO attempts(item, run, status, latent, size, mtime_ns, digest, settings, outputs, error,"
                 " error_type, load_s, decode_s, encode_s, detail, finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (r.item, run, r.status, inp.path if inp else r.latent_path, inp.size if inp else None,
                  inp.mtime_ns if inp else None, inp.digest if inp else None,
-                 self._settings_id(fingerprint_text(r.settings)), json.dumps(outputs), r.error, r.error_type,
+                 self._settings_id(fingerprint_text(r.settings)), _outputs_text(r.outputs, r.output_sizes), r.error, r.error_type,
                  r.load_seconds, r.decode_seconds, r.encode_seconds, json.dumps(detail), r.finished_at or _now()),
             ).lastrowid
             old = self.conn.execute("SELECT a.outputs FROM items i JOIN attempts a ON a.id = i.good WHERE i.item=?",
                                     (r.item,)).fetchone()
-            replaced.append({k: v[0] for k, v in json.loads(old[0]).items()} if old and r.ok else {})
+            replaced.append({kind: rel for kind, rel, _ in _outputs_parse(old[0])} if old and r.ok else {})
             self.conn.execute(
                 "INSERT INTO items(item, prompt, video, step, step_index, state, last, good) VALUES (?,?,?,?,?,?,?,?)"
                 " ON CONFLICT(item) DO UPDATE SET state=excluded.state, last=excluded.last,"
@@ -296,8 +313,7 @@ class Journal:
         found = {}
         for key, prompt, video, step, state, status, latent, size, mtime, dig, fp, outputs in rows:
             inp = InputId(latent, size, mtime, dig) if status is not None and size is not None else None
-            found[key] = ItemEntry(key, prompt, video, step, state, status, inp, fp,
-                                   json.loads(outputs) if outputs else {})
+            found[key] = ItemEntry(key, prompt, video, step, state, status, inp, fp, _outputs_parse(outputs))
         return found
 
     def counts(self) -> list[tuple[str, str, str, int, float, float]]:
@@ -372,11 +388,11 @@ def _legacy_record(data: dict[str, Any], migration: Migration) -> StepRecord:
 def _record(row: tuple[Any, ...]) -> StepRecord:
     (item, prompt, video, step, index, state, status, latent, size, mtime, dig, fp, outputs, error, error_type,
      load_s, decode_s, encode_s, detail, finished, attempt) = row
-    outs = json.loads(outputs) if outputs else {}
+    outs = _outputs_parse(outputs)
     return StepRecord(
         item=item, prompt=prompt, video=video, step=step, step_index=index, status=status, latent_path=latent,
         settings=json.loads(fp) if fp else {}, input=InputId(latent, size, mtime, dig) if status else None,
-        outputs={k: v[0] for k, v in outs.items()}, output_sizes={k: v[1] for k, v in outs.items()},
+        outputs={kind: rel for kind, rel, _ in outs}, output_sizes={kind: size for kind, _, size in outs},
         error=error, error_type=error_type, load_seconds=load_s or 0.0, decode_seconds=decode_s or 0.0,
         encode_seconds=encode_s or 0.0, finished_at=finished, state=state, attempt=attempt,
         **(json.loads(detail) if detail else {}))

@@ -351,3 +351,14 @@ def load_latent(path: str | Path, layout: Layout = BCTHW) -> np.ndarray:
     """Read, decompress, parse and validate one stored latent file."""
     path = Path(path)
     return parse_latent(read_latent_bytes(path), path, layout)
+
+
+def latent_stats(array: np.ndarray, layout: Layout = BCTHW) -> dict[str, object]:
+    """Mean, standard deviation and per-channel L2 norms of a stored (batched) latent: they cost no
+    model and show how the noise leaves across steps."""
+    x = np.asarray(array, dtype=np.float32)
+    channel = layout.axes.index("C")
+    others = tuple(i for i in range(x.ndim) if i != channel)
+    norms = np.sqrt(np.square(x, dtype=np.float64).sum(axis=others))
+    return {"mean": round(float(x.mean(dtype=np.float64)), 6), "std": round(float(x.std(dtype=np.float64)), 6),
+            "channel_norms": [round(float(n), 4) for n in norms]}

@@ -64,6 +64,7 @@ class ItemWork:
     encode_seconds: float = 0.0
     latent_shape: list[int] | None = None
     latent_dtype: str | None = None
+    latent_stats: dict[str, object] | None = None  # mean, std, channel norms of the stored latent
     frames_shape: list[int] | None = None
     identity: WorkerIdentity | None = None
 
@@ -91,8 +92,8 @@ def write_outputs(layout: OutputLayout, output: OutputSettings, work: ItemWork) 
         status="failed", latent_path=step.file, settings=output.fingerprint(), input=work.input,
         load_seconds=round(work.load_seconds, 4), decode_seconds=round(work.decode_seconds, 4),
         encode_seconds=round(work.encode_seconds, 4), latent_shape=work.latent_shape,
-        latent_dtype=work.latent_dtype, device=who.device if who else None, host=who.host if who else None,
-        worker=who.worker if who else None, pid=who.pid if who else None,
+        latent_dtype=work.latent_dtype, latent_stats=work.latent_stats, device=who.device if who else None,
+        host=who.host if who else None, worker=who.worker if who else None, pid=who.pid if who else None,
     )
     if work.error is None:
         video_path = layout.video_path(step, output.format)

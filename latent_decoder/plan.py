@@ -31,8 +31,11 @@ class ItemState(str, Enum):
     @property
     def stored(self) -> str:
         """The state the journal and the summary keep: done, failed, changed, stale or pending."""
-        return {"done": "done", "forced": "done", "failed": "failed", "changed": "changed",
-                "stale": "stale"}.get(self.value, "pending")
+        return _STORED[self]
+
+
+_STORED = {ItemState.DONE: "done", ItemState.FORCED: "done", ItemState.FAILED: "failed", ItemState.CHANGED: "changed",
+           ItemState.STALE: "stale", ItemState.TODO: "pending", ItemState.MISSING: "pending"}
 
 
 def output_size(path: Path | str) -> int | None:
@@ -55,21 +58,20 @@ class OutputCheck:
         self.listings: dict[str, frozenset[str]] = {}
 
     def _names(self, folder: str) -> frozenset[str]:
-        names = self.listings.get(folder)
-        if names is None:
-            try:
-                names = frozenset(os.listdir(os.path.join(self.root, folder)))
-            except OSError:
-                names = frozenset()
-            self.listings[folder] = names
+        try:
+            names = frozenset(os.listdir(f"{self.root}/{folder}"))
+        except OSError:
+            names = frozenset()
+        self.listings[folder] = names
         return names
 
-    def intact(self, outputs: dict[str, list]) -> bool:
-        for kind, (rel, size) in outputs.items():
+    def intact(self, outputs: tuple[tuple[str, str, int | None], ...]) -> bool:
+        for kind, rel, size in outputs:
             folder, _, name = rel.rpartition("/")
-            if name not in self._names(folder):
+            names = self.listings.get(folder)
+            if name not in (names if names is not None else self._names(folder)):
                 return False
-            if kind == "video" and output_size(os.path.join(self.root, rel)) != size:
+            if kind == "video" and output_size(f"{self.root}/{rel}") != size:
                 return False
         return True
 
@@ -127,15 +129,17 @@ def make_plan(settings: RunSettings, journal: Journal) -> Plan:
     plan = Plan([], {}, found.steps, entries=entries,
                 duplicates=[m for prompt, video, step, m in found.duplicates if covers(prompt, video, step)],
                 all_duplicates=[m for *_, m in found.duplicates])
+    everything = not (settings.filters.prompts or settings.filters.videos or settings.filters.steps)
     for step in found.steps:
-        entry = entries.get(step.key)
-        if not covers(step.prompt, step.video, step.step):
-            plan.stored[step.key] = entry.state if entry is not None and entry.state else "pending"
+        key = step.key
+        entry = entries.get(key)
+        if not everything and not covers(step.prompt, step.video, step.step):
+            plan.stored[key] = entry.state if entry is not None and entry.state else "pending"
             continue
         state, refreshed = item_state(entry, step, fingerprint, outputs, settings.force)
         plan.items.append(step)
-        plan.states[step.key] = state
-        plan.stored[step.key] = state.stored
+        plan.states[key] = state
+        plan.stored[key] = state.stored
         if refreshed is not None:
-            plan.refreshed[step.key] = refreshed
+            plan.refreshed[key] = refreshed
     return plan

@@ -40,21 +40,44 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Let ``kill PID`` (SIGTERM) stop a run as cleanly as Ctrl-C does."""
-    def handler(signum: int, _frame: Any) -> None:
-        raise Interrupted(signum)
+class StopSignals:
+    """Ctrl-C (SIGINT) and ``kill PID`` (SIGTERM) stop a run as ``Interrupted``, but never inside a
+    ``critical()`` section (committing one result and counting it): there the signal waits until
+    the section ends, so the report and the journal always agree. Only the main thread gets signals."""
 
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def __init__(self) -> None:
+        self.depth = 0
+        self.pending: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, _frame: Any) -> None:
+        if self.depth:
+            self.pending = signum
+        else:
+            raise Interrupted(signum)
+
+    @contextmanager
+    def critical(self) -> Iterator[None]:
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+            if not self.depth and self.pending is not None:
+                signum, self.pending = self.pending, None
+                raise Interrupted(signum)
+
+    def __enter__(self) -> "StopSignals":
+        try:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self._handler)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
 
 
 SUMMARY_EVERY_S = 60.0  # a long run refreshes decode_summary.json this often
@@ -174,7 +197,7 @@ def run_decode(
         # Fail fast on a bad device or model, before touching the output folder.
         resolve_device(settings.device)
         model = resolve_model(settings.output.model, settings.output.vae_subfolder, settings.output.vae_config)
-    with OutputLock(settings.output_dir), sigterm_as_interrupt():
+    with OutputLock(settings.output_dir), StopSignals() as signals:
         removed = remove_stale_temps(settings.output_dir)
         if removed:
             log.info("removed %d temp file(s) left by an interrupted run", removed)
@@ -185,7 +208,7 @@ def run_decode(
         committer: GroupCommit | None = None
         last_summary = time.monotonic()
         try:
-            journal.sync(plan.present, plan.stored, plan.refreshed)
+            journal.sync(plan.present, plan.stored, plan.refreshed, plan.entries)
             run_id = journal.begin_run(run_info.to_dict())
             committer = GroupCommit(journal, layout, run_id)
             if use_ray:
@@ -204,8 +227,9 @@ def run_decode(
 
             def record(step: LatentStep, rec: StepRecord) -> None:
                 nonlocal last_summary
-                committer.add(rec)
-                report.records[step.key] = rec
+                with signals.critical():
+                    committer.add(rec)
+                    report.records[step.key] = rec
                 bar.update(step, rec)
                 if on_result is not None:
                     on_result(step, rec)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import DecodeError, DeviceError, DeviceFailure, ItemError, describe_error, first_line
-from .latents import parse_latent, validate_latent
+from .latents import latent_stats, parse_latent, validate_latent
 from .layout import OutputLayout
 from .lifecycle import ItemWork, WorkerIdentity, prepare, write_outputs
 from .models import ResolvedModel, load_vae, resolve_model
@@ -174,6 +174,7 @@ class DecodeWorker:
                 work.data = None
                 work.latent_shape = list(work.latent.shape)
                 work.latent_dtype = str(work.latent.dtype)
+                work.latent_stats = latent_stats(work.latent, self.rule.layout)
             work.frames = self._decode_with_fallback(work.latent, str(work.step.path))
             work.frames_shape = list(work.frames.shape)
         except ItemError as exc:

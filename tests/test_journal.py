@@ -151,6 +151,17 @@ def test_status_lists_per_video_failed_steps_and_exports_jsonl(make_experiment):
     assert [(r["item"], r["status"]) for r in records] == [
         ("prompt_001/vid_001/step_000", "ok"), ("prompt_001/vid_001/step_001", "failed")]
     assert records[0]["outputs"]["video"] == "prompt_001/vid_001/step_000.mp4" and records[0]["input"]["digest"]
+    # Latent statistics of each decoded step, from the stored latent itself.
+    import gzip
+    import io
+
+    import numpy as np
+
+    latent = np.load(io.BytesIO(gzip.decompress(
+        (exp / "latents" / "prompt_001" / "vid_001" / "step_000.npy.gz").read_bytes()))).astype(np.float64)
+    stats = records[0]["latent_stats"]
+    assert stats["mean"] == pytest.approx(latent.mean(), abs=1e-5) and stats["std"] == pytest.approx(latent.std(), rel=1e-4)
+    assert stats["channel_norms"] == pytest.approx(np.sqrt((latent ** 2).sum(axis=(0, 2, 3, 4))), rel=1e-4)
     missing = invoke("status", str(exp), "--output-dir", str(exp / "elsewhere"))
     assert missing.exit_code == 2 and "nothing was decoded there yet" in missing.output
 
