@@ -23,7 +23,7 @@ LATENTS_DIRNAME = "latents"
 DEFAULT_FPS = 12.0
 
 PROMPT_DIR_RE = re.compile(r"^(prompt_.+|p\d+_b\d+_s\d+)$")
-STEP_FILE_RE = re.compile(r"^step_(\d+)\.npy(\.gz)?$")
+STEP_FILE_RE = re.compile(r"^step_(\d+)\.(npy|pt)(\.gz)?$")  # np.save or torch.save, gzip'd or not
 
 
 @dataclass(frozen=True)
@@ -221,10 +221,11 @@ def _subdirs(folder: Path) -> list[str]:
         return sorted(e.name for e in entries if e.is_dir())
 
 
-def _preference(candidate: tuple[os.DirEntry, str]) -> tuple[bool, int, str]:
-    """Which of several files of one step is decoded: gzip'd over plain, zero-padded over short."""
+def _preference(candidate: tuple[os.DirEntry, str]) -> tuple[bool, bool, int, str]:
+    """Which of several files of one step is decoded: .npy over .pt, gzip'd over plain, zero-padded
+    over short."""
     entry, digits = candidate
-    return entry.name.endswith(".gz"), len(digits), entry.name
+    return ".npy" in entry.name, entry.name.endswith(".gz"), len(digits), entry.name
 
 
 def _scan_video(prompt: str, video: str, video_dir: Path, step_filter: NameFilter, found: Discovery) -> None:

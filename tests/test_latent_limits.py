@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import latent_decoder.latents as latents
+import latent_decoder.npyfile as npyfile
 from latent_decoder.errors import LatentFileError
 from latent_decoder.latents import load_latent, parse_latent, read_latent_header
 
@@ -190,7 +190,7 @@ def test_normal_files_still_load_bit_exactly(tmp_path: Path, case: str):
 def test_the_limit_is_the_module_constant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     path = write(tmp_path / "step_000.npy.gz", npy_bytes(small_latent()))
     assert load_latent(path).shape == (1, 16, 3, 4, 6)
-    monkeypatch.setattr(latents, "MAX_LATENT_BYTES", 1000)
+    monkeypatch.setattr(npyfile, "MAX_LATENT_BYTES", 1000)
     with pytest.raises(LatentFileError, match=r"2304 bytes .* over the 1000 B limit"):
         load_latent(path)
     with pytest.raises(LatentFileError, match="declares"):
