@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -32,7 +33,7 @@ from latent_decoder.runner import run_decode  # noqa: E402
 from latent_decoder.settings import CliOptions, resolve_settings  # noqa: E402
 from latent_decoder.worker import DecodeWorker  # noqa: E402
 
-from conftest import journal_records  # noqa: E402
+from conftest import journal_records, hang_guard  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Ray assigned GPUs but torch sees no CUDA:UserWarning")
 
@@ -82,9 +83,9 @@ def session_pids(sid: int) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def autoscaling_head(tmp_path_factory) -> Iterator[str]:
+def autoscaling_head() -> Iterator[str]:
     """The head's GCS address."""
-    root = tmp_path_factory.mktemp("autoscale")
+    root = Path(tempfile.mkdtemp(prefix="ld-as-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     port = free_port()
     gcs = f"127.0.0.1:{port}"
     config = root / "cluster.json"
@@ -114,21 +115,7 @@ def autoscaling_head(tmp_path_factory) -> Iterator[str]:
                 pass
         proc.wait(timeout=30)
         log.close()
-
-
-@contextmanager
-def hang_guard(seconds: int) -> Iterator[None]:
-    """Fail (TimeoutError) instead of hanging when the block runs longer than ``seconds``."""
-    def fail(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s: the run hangs")
-
-    previous = signal.signal(signal.SIGALRM, fail)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def growing_worker_cls(markers: Path, patience: float = 120.0) -> type[DecodeWorker]:
@@ -171,10 +158,10 @@ def growing_worker_cls(markers: Path, patience: float = 120.0) -> type[DecodeWor
 def test_gpus_on_an_autoscaling_cluster_without_gpu_nodes_grow_the_pool(autoscaling_head, make_experiment, tmp_path,
                                                                         caplog):
     exp = make_experiment(prompts=1, videos=1, steps=6)
-    settings = resolve_settings(Experiment.load(exp), CliOptions(address=autoscaling_head, gpus=2, start_timeout=240))
+    settings = resolve_settings(Experiment.load(exp), CliOptions(address=autoscaling_head, gpus=2, start_timeout=150))
     markers = tmp_path / "markers"
     markers.mkdir()
-    with caplog.at_level(logging.INFO, logger="latent_decoder"), hang_guard(420):
+    with caplog.at_level(logging.INFO, logger="latent_decoder"), hang_guard(360):
         report = run_decode(settings, progress=False, worker_cls=growing_worker_cls(markers))
     assert report.exit_code == 0 and report.succeeded == 6
     records = journal_records(settings.output_dir)

@@ -9,7 +9,6 @@ import os
 import signal
 import time
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -28,7 +27,7 @@ from latent_decoder.experiment import Experiment  # noqa: E402
 from latent_decoder.runner import run_decode  # noqa: E402
 from latent_decoder.settings import CliOptions, resolve_settings  # noqa: E402
 
-from conftest import journal_records, slow_worker_cls  # noqa: E402
+from conftest import journal_records, slow_worker_cls, hang_guard  # noqa: E402
 
 NODE = {"num_cpus": 1, "object_store_memory": 80 * 2**20}  # room for exactly one CPU worker
 
@@ -71,21 +70,6 @@ def restart_wait(monkeypatch):
         monkeypatch.setattr(ray_executor, "RayExecutor", QuickExecutor)
 
     return set_wait
-
-
-@contextmanager
-def hang_guard(seconds: int) -> Iterator[None]:
-    """Fail (TimeoutError) instead of hanging when the block runs longer than ``seconds``."""
-    def fail(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s: the run hangs")
-
-    previous = signal.signal(signal.SIGALRM, fail)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def ancestors(pid: int) -> set[int]:

@@ -14,10 +14,8 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -28,13 +26,12 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # test runtimes only
 
 ray = pytest.importorskip("ray")
 
-from latent_decoder.errors import ClusterError  # noqa: E402
 from latent_decoder.experiment import Experiment  # noqa: E402
 from latent_decoder.runner import run_decode  # noqa: E402
 from latent_decoder.settings import CliOptions, RunSettings, resolve_settings  # noqa: E402
 from latent_decoder.worker import DecodeWorker  # noqa: E402
 
-from conftest import REPO_ROOT, journal_records, run_cli, slow_worker_cls  # noqa: E402
+from conftest import REPO_ROOT, journal_records, run_cli, hang_guard  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Ray assigned GPUs but torch sees no CUDA:UserWarning")
 
@@ -47,21 +44,6 @@ def ray_runtime():
              log_to_driver=False)
     yield
     ray.shutdown()
-
-
-@contextmanager
-def hang_guard(seconds: int) -> Iterator[None]:
-    """Fail (TimeoutError) instead of hanging when the block runs longer than ``seconds``."""
-    def fail(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s: the run hangs")
-
-    previous = signal.signal(signal.SIGALRM, fail)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def wait_for_free(resource: str, amount: float, seconds: float = 60) -> None:
@@ -94,19 +76,50 @@ def hanging_worker_cls(item_key: str, marker_dir: Path | None) -> type[DecodeWor
 
 # ---------------------------------------------------------------------- actors that cannot be placed
 
-def test_workers_that_cannot_all_be_placed_run_on_those_that_started(make_experiment, caplog):
-    """--workers 2 on 1 CPU: one CPU worker fits; the run goes on with it and says what it lacks."""
+class TouchOnLog(logging.Handler):
+    """Touches ``path`` when a log message contains ``text``: lets a worker wait for the driver."""
+
+    def __init__(self, text: str, path: Path) -> None:
+        super().__init__()
+        self.text, self.path = text, path
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.path.touch()
+
+
+def gated_worker_cls(gate: Path) -> type[DecodeWorker]:
+    """A worker whose items wait until ``gate`` exists (at most two minutes)."""
+    class GatedWorker(DecodeWorker):
+        def compute(self, work):
+            deadline = time.monotonic() + 120
+            while not gate.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            return super().compute(work)
+
+    return GatedWorker
+
+
+def test_workers_that_cannot_all_be_placed_run_on_those_that_started(make_experiment, tmp_path, caplog):
+    """--workers 2 on 1 CPU: one CPU worker fits. Decoding starts with it; at the start deadline the
+    run says what it asked for and what the cluster has, and goes on (items wait for that warning)."""
     wait_for_free("CPU", 1)
-    exp = make_experiment(prompts=1, videos=1, steps=3)
-    settings = ray_settings(exp, workers=2, start_timeout=30)
-    with caplog.at_level(logging.INFO, logger="latent_decoder"), hang_guard(180):
-        report = run_decode(settings, progress=False)
-    assert report.exit_code == 0 and report.succeeded == 3
+    exp = make_experiment(prompts=1, videos=1, steps=2)
+    settings = ray_settings(exp, workers=2, start_timeout=20)
+    gate = tmp_path / "deadline-passed"
+    touch = TouchOnLog("not started within 20 s (--start-timeout)", gate)
+    logging.getLogger("latent_decoder").addHandler(touch)
+    try:
+        with caplog.at_level(logging.INFO, logger="latent_decoder"), hang_guard(180):
+            report = run_decode(settings, progress=False, worker_cls=gated_worker_cls(gate))
+    finally:
+        logging.getLogger("latent_decoder").removeHandler(touch)
+    assert report.exit_code == 0 and report.succeeded == 2
     records = journal_records(settings.output_dir)
-    assert len(records) == 3 and {r["worker"] for r in records.values()} == {"ray-0"}
+    assert len(records) == 2 and len({r["worker"] for r in records.values()}) == 1
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("asked for 2 workers with 1 CPU each; the cluster has 1 CPU (0 free): 1 of them" in m
-               for m in warned), warned
+    assert ("asked for 2 workers with 1 CPU each; the cluster has 1 CPU (0 free): 1 of them not started "
+            "within 20 s (--start-timeout); going on with 1") in warned, warned
 
 
 def test_no_worker_placed_is_a_one_line_cluster_error_with_progress(make_experiment):
@@ -169,7 +182,7 @@ def test_item_that_always_hangs_is_recorded_as_poison_and_the_run_ends(make_expe
     assert failed["status"] == "failed" and failed["error_type"] == "PoisonItemError"
     assert "hung its worker 3 times (poison item)" in failed["error"] and "timed out" in failed["error"]
     assert all(r["status"] == "ok" for r in records.values())
-    assert sum("timed out" in r.getMessage() for r in caplog.records) == 3
+    assert sum("lost (timed out: no result after" in r.getMessage() for r in caplog.records) >= 3
 
 
 # ---------------------------------------------------------------------- SIGTERM
@@ -215,3 +228,21 @@ def test_sigterm_stops_a_ray_run_cleanly(make_experiment, tmp_path):
     summary = json.loads((out / "decode_summary.json").read_text())
     assert summary["last_run"]["interrupted"] is True
     assert summary["successful_steps"] == len(records)
+
+
+# ---------------------------------------------------------------------- options
+
+def test_timeouts_are_carried_over_and_checked():
+    from click.testing import CliRunner
+
+    from latent_decoder.cli import cli
+    from latent_decoder.errors import SetupError
+    from latent_decoder.settings import ExecutorSettings, resolve_executor
+
+    got = resolve_executor(CliOptions(workers=2, start_timeout=5, item_timeout=30))
+    assert (got.start_timeout, got.item_timeout) == (5, 30)
+    assert (ExecutorSettings().start_timeout, ExecutorSettings().item_timeout) == (60, 300)
+    with pytest.raises(SetupError, match="--item-timeout must be a positive number of seconds"):
+        resolve_executor(CliOptions(workers=2, item_timeout=0))
+    help_text = CliRunner().invoke(cli, ["decode", "--help"]).output
+    assert "--start-timeout SECONDS" in help_text and "--item-timeout SECONDS" in help_text

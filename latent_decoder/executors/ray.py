@@ -34,7 +34,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..errors import ClusterError, DecodeError, DeviceFailure, LatentDecoderError, PoisonItemError, describe_error, first_line
+from ..errors import (ClusterError, DecodeError, DeviceFailure, LatentDecoderError, PoisonItemError, describe_error,
+                      first_line)
 from ..experiment import LatentStep
 from ..layout import OutputLayout
 from ..lifecycle import ItemWork, prepare, write_outputs
@@ -42,14 +43,15 @@ from ..models import ResolvedModel, resolve_model
 from ..settings import RunSettings
 from ..worker import DecodeWorker
 from .inline import ResultCallback
-from .ray_pool import ActorPool, Slot, actor_error, resources_text
+from .ray_pool import (CPU_ACTOR_CPUS, GPU_ACTOR_CPUS, ActorPool, Ask, Capacity, Slot, actor_error, plan_actors,
+                       resources_text)
+
+__all__ = ["RayExecutor", "actor_class", "CPU_ACTOR_CPUS", "GPU_ACTOR_CPUS", "RESTART_WAIT_S"]
 
 log = logging.getLogger(__name__)
 
 RESTART_WAIT_S = 300.0  # how long a lost actor may take to come back before its slot is dropped
 REPLACEMENTS_PER_WORKER = 3  # new actors for slots whose restarts are spent, before the pool gives up
-GPU_ACTOR_CPUS = 0.25  # a GPU actor mostly waits on its card; a whole CPU each would starve small nodes
-CPU_ACTOR_CPUS = 1.0
 
 
 @dataclass
@@ -57,20 +59,6 @@ class _Call:
     slot: Slot
     step: LatentStep
     tries: int = 0  # workers this item has killed (or hung) so far
-
-
-@dataclass(frozen=True)
-class _Ask:
-    """The pool asked of the cluster."""
-
-    count: int
-    gpus: float  # each
-    cpus: float  # each
-    device: str
-
-    def __str__(self) -> str:
-        each = f"{self.gpus:g} GPU" if self.gpus else f"{self.cpus:g} CPU"
-        return f"asked for {self.count} worker{'s' if self.count != 1 else ''} with {each} each"
 
 
 class RayExecutor:
@@ -95,11 +83,12 @@ class RayExecutor:
         self.layout = OutputLayout(settings.output_dir)
         self.pool: ActorPool | None = None
         self.info: dict[str, Any] = {}
-        self._ask: _Ask | None = None
+        self._ask: Ask | None = None
+        self._capacity: Capacity | None = None  # what was asked of the autoscaler
         self._started_ray = False  # this executor called ray.init (so it calls ray.shutdown)
         self._own_runtime = False  # ... and started a private local runtime, which never grows
-        self._requested = False  # asked the autoscaler for capacity (cleared once placed, and at close)
         self._warned_no_cuda = False
+        self._told_pending = False
         self._ray: Any = None
         self._sigterm: Any = None  # the SIGTERM handler ray.init replaced, when we put it back
         self._signalled: BaseException | None = None  # what that handler raised
@@ -151,29 +140,6 @@ class RayExecutor:
         """The exception the signal handler raised, even when Ray replaced it on the way up."""
         return self._signalled if self._signalled is not None else exc
 
-    def _plan_actors(self, ray: Any) -> _Ask:
-        """What to ask for, from the options and the cluster's resources. A local runtime of our own
-        never grows, so asking it for more GPUs than it has fails at once; a cluster we joined may
-        be autoscaling, so there unplaced actors wait for the start deadline instead."""
-        opts, device = self.options, self.settings.device
-        total_gpus = int(ray.cluster_resources().get("GPU", 0))
-        fixed = self._own_runtime
-        if opts.gpus and device == "cpu":
-            raise ClusterError("--gpus asks for GPU workers; drop --device cpu (or use --workers)")
-        if opts.workers is not None or device == "cpu" or (total_gpus == 0 and not opts.gpus):
-            if device == "cuda":
-                hint = "" if fixed else "; on an autoscaling cluster pass --gpus N to ask for GPU workers"
-                raise ClusterError(f"--device cuda: the Ray cluster has no GPU{hint}")
-            if not fixed and opts.workers is None and device == "auto":
-                log.info("Ray: the cluster has no GPU now: decoding on one CPU worker "
-                         "(pass --gpus N to ask an autoscaling cluster for GPU workers)")
-            return _Ask(opts.workers or 1, 0.0, CPU_ACTOR_CPUS, "cpu")
-        gpus = opts.gpus or total_gpus
-        if fixed and gpus > total_gpus:
-            have = f"only {total_gpus} GPU(s)" if total_gpus else "no GPU"
-            raise ClusterError(f"--gpus {gpus}: the Ray cluster has {have}")
-        return _Ask(gpus * opts.actors_per_gpu, 1.0 / opts.actors_per_gpu, GPU_ACTOR_CPUS, "auto")
-
     def _model_for_actors(self) -> ResolvedModel | None:
         """A local model folder travels as an absolute path; a repo id is resolved on each node."""
         source = self.settings.output.model
@@ -182,34 +148,6 @@ class RayExecutor:
         model = resolve_model(source, self.settings.output.vae_subfolder, self.settings.output.vae_config)
         return replace(model, folder=model.folder.resolve())
 
-    def _request_capacity(self, ask: _Ask) -> None:
-        """On a cluster we joined that lacks room for the pool now, ask its autoscaler for it (pending
-        actors are demand too, but this scales up at once). Cleared once the pool is placed."""
-        ray = self._ray
-        free = ray.available_resources()
-        if self._own_runtime or (free.get("GPU", 0) >= ask.gpus * ask.count and free.get("CPU", 0) >= ask.cpus * ask.count):
-            return
-        gpus = round(ask.gpus * ask.count)
-        bundles = [{"GPU": 1}] * gpus if ask.gpus else [{"CPU": ask.cpus}] * ask.count
-        try:
-            from ray.autoscaler.sdk import request_resources
-
-            request_resources(bundles=bundles)
-            self._requested = True
-            log.info("Ray: asked the autoscaler for %d x %s", len(bundles), bundles[0])
-        except Exception as exc:  # no autoscaler API here (Ray Client, ...): pending actors are demand anyway
-            log.debug("request_resources failed: %s", exc)
-
-    def _release_capacity(self) -> None:
-        if self._requested:
-            self._requested = False
-            try:
-                from ray.autoscaler.sdk import request_resources
-
-                request_resources(bundles=[])
-            except Exception as exc:
-                log.debug("clearing request_resources failed: %s", exc)
-
     def start(self) -> dict[str, Any]:
         """Start (or join) Ray and the actors; return once one is live, which describes the model.
 
@@ -217,13 +155,15 @@ class RayExecutor:
         asked and what the cluster has), or if the actors cannot load the model. ``info["workers"]``
         lists the live workers' devices and grows as more join."""
         ray = self._ray = self._init_ray()
-        ask = self._ask = self._plan_actors(ray)
+        ask = self._ask = plan_actors(ray, self.options, self.settings.device, fixed=self._own_runtime)
         output_dir = self.settings.output_dir.resolve() if self.options.io == "shared" else None
         remote_cls = ray.remote(actor_class(self.worker_cls))
         actor_options = {"num_gpus": ask.gpus, "num_cpus": ask.cpus, "max_restarts": self.max_restarts,
                          "max_task_retries": 0}
         args = (self.settings.output, output_dir, ask.device, self._model_for_actors())
-        self._request_capacity(ask)
+        self._capacity = Capacity(ray)
+        if not self._own_runtime:  # a cluster we joined may autoscale
+            self._capacity.request(ask)
         started = time.monotonic()
         deadline = started + self.options.start_timeout
         self.pool = ActorPool(
@@ -269,8 +209,10 @@ class RayExecutor:
             self._pinged(ref)
 
     def _pinged(self, ref: Any) -> None:
+        """A slot answered a ping: the first live one describes the run's model, later ones join
+        (the pool grows) or come back from a restart."""
         slot, described = self.pool.pinged(ref)
-        if slot.state == "dropped" and self.info:
+        if slot.state == "dropped" and self.pool.hopeful():
             log.warning("Ray worker %d given up (%s); %d worker(s) left", slot.index, slot.failure,
                         len(self.pool.live))
         if described is None:
@@ -288,7 +230,7 @@ class RayExecutor:
             self._warned_no_cuda = True
             warnings.warn("Ray assigned GPUs but torch sees no CUDA in the workers: decoding on CPU", stacklevel=2)
         if not self.pool.pending:
-            self._release_capacity()
+            self._capacity.release()
 
     def _tick(self) -> None:
         """Deadlines of the pool: warn about the slots it gives up."""
@@ -302,7 +244,7 @@ class RayExecutor:
                 log.warning("Ray worker %d given up (%s); %d worker(s) left", slot.index, slot.failure,
                             len(self.pool.live))
         if dropped and not self.pool.pending:
-            self._release_capacity()
+            self._capacity.release()
 
     def _warn_unplaced(self, count: int, what: str) -> None:
         has = resources_text(self._ray, bool(self._ask.gpus))
@@ -316,7 +258,8 @@ class RayExecutor:
         if self.pool is not None:
             self.pool.close()
             self.pool = None
-        self._release_capacity()
+        if self._capacity is not None:
+            self._capacity.release()
         if self._started_ray:
             self._ray.shutdown()
             self._started_ray = False
@@ -424,8 +367,9 @@ class RayExecutor:
                         self._pinged(ref)
                     elif ref in calls:
                         self._result(ref, calls, queue, on_result)
-            if pool.pending:
-                self._warn_unplaced(len(pool.pending), "never started (the run ended first)")
+            if pool.pending and not self._told_pending:  # said once, also when run() is called per batch
+                self._told_pending = True
+                self._warn_unplaced(len(pool.pending), "not started before the items ran out")
         except KeyboardInterrupt as exc:
             self._drain(calls, on_result)
             raise self._interrupt(exc) from None

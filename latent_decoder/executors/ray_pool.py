@@ -17,22 +17,103 @@ until Ray has restarted it, and *dropped* once given up. No wait is unbounded, s
 from __future__ import annotations
 
 import logging
+import re
 import statistics
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..errors import first_line
+from ..errors import ClusterError, first_line
 from ..lifecycle import WorkerIdentity
+from ..settings import ExecutorSettings
 
 log = logging.getLogger(__name__)
 
+GPU_ACTOR_CPUS = 0.25  # a GPU actor mostly waits on its card; a whole CPU each would starve small nodes
+CPU_ACTOR_CPUS = 1.0
 PING_EVERY_S = 0.5  # how often to ask a restarting actor whether it is back
 MAX_WAIT_S = 5.0  # the longest the driver blocks without looking at its deadlines
 ITEM_TIME_FACTOR = 10.0  # an item may take this many times the median item time (or the floor)
 ITEM_TIMES_KEPT = 1001  # the median is over the most recent completed items
 
+
+# ---------------------------------------------------------------------- placement
+
+@dataclass(frozen=True)
+class Ask:
+    """What the pool asks of the cluster."""
+
+    count: int
+    gpus: float  # each
+    cpus: float  # each
+    device: str  # what the workers are told: "auto" (GPU workers) or "cpu"
+
+    def __str__(self) -> str:
+        each = f"{self.gpus:g} GPU" if self.gpus else f"{self.cpus:g} CPU"
+        return f"asked for {self.count} worker{'s' if self.count != 1 else ''} with {each} each"
+
+
+def plan_actors(ray: Any, opts: ExecutorSettings, device: str, fixed: bool) -> Ask:
+    """What to ask for, from the options and the cluster's resources now. A ``fixed`` cluster (a
+    local runtime of our own) never grows, so asking it for more GPUs than it has fails at once; a
+    cluster we joined may be autoscaling, so there unplaced actors wait for the start deadline."""
+    total_gpus = int(ray.cluster_resources().get("GPU", 0))
+    if opts.gpus and device == "cpu":
+        raise ClusterError("--gpus asks for GPU workers; drop --device cpu (or use --workers)")
+    if opts.workers is not None or device == "cpu" or (total_gpus == 0 and not opts.gpus):
+        if device == "cuda":
+            hint = "" if fixed else "; on an autoscaling cluster pass --gpus N to ask for GPU workers"
+            raise ClusterError(f"--device cuda: the Ray cluster has no GPU{hint}")
+        if not fixed and opts.workers is None and device == "auto":
+            log.info("Ray: the cluster has no GPU now: decoding on one CPU worker "
+                     "(pass --gpus N to ask an autoscaling cluster for GPU workers)")
+        return Ask(opts.workers or 1, 0.0, CPU_ACTOR_CPUS, "cpu")
+    gpus = opts.gpus or total_gpus
+    if fixed and gpus > total_gpus:
+        have = f"only {total_gpus} GPU(s)" if total_gpus else "no GPU"
+        raise ClusterError(f"--gpus {gpus}: the Ray cluster has {have}")
+    return Ask(gpus * opts.actors_per_gpu, 1.0 / opts.actors_per_gpu, GPU_ACTOR_CPUS, "auto")
+
+
+class Capacity:
+    """Asks an autoscaler for the pool's resources (pending actors are demand too, but this scales up
+    at once). The request outlives this process, so it is made only when the cluster lacks the room,
+    and withdrawn as soon as the pool is placed (or given up) and at close."""
+
+    def __init__(self, ray: Any) -> None:
+        self.ray = ray
+        self.requested = False
+
+    def request(self, ask: Ask) -> None:
+        free = self.ray.available_resources()
+        if free.get("GPU", 0) >= ask.gpus * ask.count and free.get("CPU", 0) >= ask.cpus * ask.count:
+            return
+        gpus = round(ask.gpus * ask.count)
+        bundles = [{"GPU": 1}] * gpus if ask.gpus else [{"CPU": ask.cpus}] * ask.count
+        try:
+            from ray.autoscaler.sdk import request_resources
+
+            request_resources(bundles=bundles)
+        except Exception as exc:  # no autoscaler API here (Ray Client, ...): pending actors are demand anyway
+            log.debug("request_resources failed: %s", exc)
+            return
+        self.requested = True
+        log.info("Ray: asked the autoscaler for %d x %s", len(bundles), bundles[0])
+
+    def release(self) -> None:
+        if not self.requested:
+            return
+        self.requested = False
+        try:
+            from ray.autoscaler.sdk import request_resources
+
+            request_resources(bundles=[])
+        except Exception as exc:
+            log.debug("withdrawing request_resources failed: %s", exc)
+
+
+# ---------------------------------------------------------------------- the pool
 
 @dataclass
 class Slot:
@@ -65,7 +146,6 @@ class ActorPool:
         self.restart_wait_s = restart_wait_s
         self.replacements_left = replacements
         self.item_floor_s = item_timeout_s
-        self.start_deadline = start_deadline
         self.slots = [Slot(i, new_actor(i), deadline=start_deadline) for i in range(count)]
         self._item_times: deque[float] = deque(maxlen=ITEM_TIMES_KEPT)
         self._item_timeout = item_timeout_s
@@ -146,6 +226,9 @@ class ActorPool:
             else:
                 self._replace(slot, actor_error(exc))
             return slot, None
+        except ray.exceptions.RayError as exc:  # describe() itself failed: a broken worker class
+            self.drop(slot, f"cannot describe itself: {first_line(exc)}")
+            return slot, None
         slot.identity = WorkerIdentity(described["host"], described["device"], described["worker"], described["pid"])
         slot.state, slot.failure = "live", None
         return slot, described
@@ -166,7 +249,7 @@ class ActorPool:
             self.drop(slot, f"{reason}; no replacement left")
             return
         self.replacements_left -= 1
-        self.ray.kill(slot.actor, no_restart=True)
+        self._kill(slot, no_restart=True)
         slot.actor = self.new_actor(slot.index)
         slot.state, slot.failure = "pending" if not slot.joined else "lost", reason
         slot.deadline = time.monotonic() + self.restart_wait_s
@@ -182,7 +265,13 @@ class ActorPool:
 
     def kill_hung(self, slot: Slot) -> None:
         """End the actor's process so that Ray restarts it (an item hung in it)."""
-        self.ray.kill(slot.actor, no_restart=False)
+        self._kill(slot, no_restart=False)
+
+    def _kill(self, slot: Slot, no_restart: bool) -> None:
+        try:
+            self.ray.kill(slot.actor, no_restart=no_restart)
+        except Exception as exc:  # already gone
+            log.debug("ray.kill(%s): %s", slot.name, exc)
 
     def drop(self, slot: Slot, reason: str) -> None:
         """Give the slot up: the pool shrinks by one."""
@@ -191,10 +280,7 @@ class ActorPool:
         if slot.ping is not None:
             self._pings.pop(slot.ping, None)
             slot.ping = None
-        try:
-            self.ray.kill(slot.actor, no_restart=True)
-        except Exception:  # already gone
-            pass
+        self._kill(slot, no_restart=True)
 
     def close(self) -> None:
         for slot in self.slots:
@@ -229,8 +315,6 @@ class ActorPool:
 
 def actor_error(exc: BaseException) -> str:
     """One line about why an actor is gone; for a failed constructor, the error it raised."""
-    import re
-
     if getattr(exc, "actor_init_failed", False):
         lines = [line.strip() for line in str(getattr(exc, "error_msg", "")).splitlines() if line.strip()]
         if lines:
