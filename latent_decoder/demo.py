@@ -1,8 +1,10 @@
-"""A built-in demo experiment: a small Wan-family VAE (random weights) saved the way diffusers
-saves real ones, and per-step latents that move from noise to a smooth moving pattern the
-way a flow-matching sampler's x_t does. ``make demo`` builds it and decodes it.
+"""Test-suite experiments: a small Wan-family VAE with random weights, saved the way diffusers saves
+real ones, and per-step latents that move from noise to a smooth moving pattern the way a
+flow-matching sampler's x_t does. The suite builds real files and real ``from_pretrained`` loads
+with them; their decoded videos are noise, by design.
 
-The same builders give the test suite real files and real ``from_pretrained`` loads.
+The demo users see (``latent-decoder demo``, ``make demo``) is in ``demo_clips.py``: a VAE trained
+on its own clips, so that they emerge from the noise.
 """
 from __future__ import annotations
 
@@ -97,13 +99,16 @@ def build_demo_experiment(root: str | Path, prompts: int = 2, videos: int = 1, s
 
 
 def main() -> None:
+    """``python -m latent_decoder.demo [ROOT]``: write the trained demo experiment without decoding it."""
     import click
+
+    from .demo_clips import build_trained_demo
 
     @click.command()
     @click.argument("root", type=click.Path(path_type=Path), default=Path("demo_experiment"))
     def build(root: Path) -> None:
-        """Write the demo experiment to ROOT (default: ./demo_experiment)."""
-        path = build_demo_experiment(root)
+        """Write the demo experiment to ROOT (default: ./demo_experiment); `latent-decoder demo` also decodes it."""
+        path = build_trained_demo(root)
         click.echo(f"demo experiment written to {path}")
 
     build()

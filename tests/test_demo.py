@@ -1,0 +1,196 @@
+"""The demo (`latent-decoder demo`): a trained tiny Wan VAE and stored steps on Wan's flow-matching
+schedule, decoded through the real CLI and runner, must show the source clips emerging from noise."""
+from __future__ import annotations
+
+import configparser
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from latent_decoder.demo_clips import (
+    CLIP_FRAMES, CLIP_HEIGHT, CLIP_WIDTH, DEMO_MODEL_DIR, DEMO_PROMPTS, build_trained_demo, demo_clip, psnr,
+    run_demo, to_uint8,
+)
+from latent_decoder.latents import load_latent
+
+from conftest import REPO_ROOT, run_cli
+
+STEPS = 8
+CLIPS = len(DEMO_PROMPTS)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory):
+    """``latent-decoder demo DIR --steps 8 --format png`` run once, as a user would (lossless frames,
+    so the pixel checks measure the VAE and not x264)."""
+    root = tmp_path_factory.mktemp("demo") / "demo_experiment"
+    result = run_cli("demo", str(root), "--steps", str(STEPS), "--format", "png", "--device", "cpu")
+    return root, result
+
+
+def frames(root: Path, clip: int, step: int) -> np.ndarray:
+    """The decoded PNG frames of one step: uint8 ``[T, H, W, 3]``."""
+    folder = root / "latents_videos" / f"prompt_{clip:03d}" / "vid_001" / f"step_{step:03d}"
+    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.glob("frame_*.png"))])
+
+
+def stored(root: Path, clip: int, step: int) -> np.ndarray:
+    return load_latent(root / "latents" / f"prompt_{clip:03d}" / "vid_001" / f"step_{step:03d}.npy.gz").astype(np.float64)
+
+
+def test_demo_command_exits_0_and_prints_where_to_look(demo_run) -> None:
+    root, result = demo_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert str(root / "latents_videos") in result.stdout
+    assert f"{STEPS} ok" in result.stderr or f"{CLIPS * STEPS} ok" in result.stderr
+    assert (root / "model" / "vae" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_last_step_decodes_to_the_source_clip(demo_run) -> None:
+    root, _ = demo_run
+    for c in range(CLIPS):
+        decoded = frames(root, c, STEPS - 1)
+        source = to_uint8(demo_clip(c))
+        assert decoded.shape == (CLIP_FRAMES, CLIP_HEIGHT, CLIP_WIDTH, 3)
+        assert psnr(decoded, source) >= 22.0, f"clip {c}: {psnr(decoded, source):.1f} dB"
+
+
+def test_first_step_is_noise_and_the_clip_emerges(demo_run) -> None:
+    """Step 0 shares almost nothing with the clip and churns from frame to frame; step by step the
+    decode comes closer to the clip."""
+    root, _ = demo_run
+    for c in range(CLIPS):
+        source = to_uint8(demo_clip(c)).astype(np.float64)
+        decoded = [frames(root, c, i).astype(np.float64) for i in range(STEPS)]
+        noisy, clean = decoded[0], decoded[-1]
+        assert psnr(noisy, source) < 12.0, f"clip {c}: step 0 at {psnr(noisy, source):.1f} dB"
+        likeness = [np.corrcoef(d.ravel(), source.ravel())[0, 1] for d in decoded]
+        assert likeness[0] < 0.4 and likeness[-1] > 0.95, f"clip {c}: correlation with the clip {likeness}"
+        assert all(b > a - 0.02 for a, b in zip(likeness, likeness[1:])), f"clip {c}: {likeness}"
+        # the noise's blobs change more from frame to frame than the clip's moving shapes
+        assert np.abs(np.diff(noisy, axis=0)).mean() > np.abs(np.diff(clean, axis=0)).mean(), f"clip {c}"
+        assert noisy.std() > 30, f"clip {c}: step 0 is nearly flat (std {noisy.std():.1f})"
+
+
+def test_metadata_is_what_a_wan_pipeline_callback_stores(demo_run) -> None:
+    from diffusers import UniPCMultistepScheduler
+
+    root, _ = demo_run
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    scheduler.set_timesteps(STEPS)
+    for c in range(CLIPS):
+        video = root / "latents" / f"prompt_{c:03d}" / "vid_001"
+        metas = [json.loads((video / f"step_{i:03d}_metadata.json").read_text()) for i in range(STEPS)]
+        timesteps = [m["timestep"] for m in metas]
+        assert timesteps == scheduler.timesteps.tolist()
+        assert all(a > b for a, b in zip(timesteps, timesteps[1:]))
+        for i, m in enumerate(metas):
+            assert m["step"] == i and m["total_steps"] == STEPS and m["video_id"] == "vid_001"
+            assert m["prompt"] == DEMO_PROMPTS[c] and m["dtype"] == "float16"
+            assert m["shape"] == [1, 16, (CLIP_FRAMES - 1) // 4 + 1, CLIP_HEIGHT // 8, CLIP_WIDTH // 8]
+        assert sorted(p.name for p in video.glob("step_*.npy.gz")) == [f"step_{i:03d}.npy.gz" for i in range(STEPS)]
+
+
+def test_stored_steps_follow_the_flow_matching_path(demo_run) -> None:
+    """Step i holds x at sigma_{i+1}, so x0 recovered from two consecutive steps (DESIGN.md, "x0 from
+    stored steps") is the last, clean step."""
+    from latent_decoder.demo_clips import wan_scheduler
+
+    root, _ = demo_run
+    sigmas = wan_scheduler(STEPS).sigmas.double().numpy()
+    for c in range(CLIPS):
+        video = root / "latents" / f"prompt_{c:03d}" / "vid_001"
+        # the stored starting noise is x at sigma_0 = 1
+        xs = [load_latent(video / "noise.npy.gz").astype(np.float64)] + [stored(root, c, i) for i in range(STEPS)]
+        x0 = xs[-1]
+        for i in range(STEPS - 1):
+            s_a, s_b = sigmas[i], sigmas[i + 1]
+            x0_hat = (s_b * xs[i] - s_a * xs[i + 1]) / (s_b - s_a)
+            assert np.abs(x0_hat - x0).mean() < 0.05, f"clip {c} step {i}"
+
+
+def test_clean_latents_are_normalised_like_a_real_model(demo_run) -> None:
+    root, _ = demo_run
+    clean = np.concatenate([stored(root, c, STEPS - 1) for c in range(CLIPS)])  # [clips, 16, T, H, W]
+    per_channel = clean.transpose(1, 0, 2, 3, 4).reshape(16, -1)
+    assert np.all((per_channel.std(1) > 0.5) & (per_channel.std(1) < 2.0)), per_channel.std(1)
+    assert np.all(np.abs(per_channel.mean(1)) < 0.25), per_channel.mean(1)
+    noise_level = stored(root, 0, 0)
+    assert 0.7 < noise_level.std() < 1.3  # step 0 is almost pure unit noise
+
+
+def test_shipped_weights_load_through_model_resolution(demo_run) -> None:
+    import torch
+
+    from latent_decoder.experiment import Experiment
+    from latent_decoder.models import load_vae, resolve_model
+
+    root, _ = demo_run
+    packaged = resolve_model(str(DEMO_MODEL_DIR))
+    assert packaged.class_name == "AutoencoderKLWan" and packaged.folder == DEMO_MODEL_DIR / "vae"
+    model_id = Experiment.load(root).model_id
+    assert Path(model_id) == root / "model"
+    resolved = resolve_model(model_id)
+    assert resolved.folder == root / "model" / "vae" and resolved.origin == "local folder"
+    vae, _ = load_vae(resolved, torch.device("cpu"), torch.float32)
+    assert 400_000 < sum(p.numel() for p in vae.parameters()) < 600_000
+    assert len(vae.config.latents_std) == 16 and min(vae.config.latents_std) > 0
+    for name in ("config.json", "diffusion_pytorch_model.safetensors"):
+        assert (root / "model" / "vae" / name).read_bytes() == (DEMO_MODEL_DIR / "vae" / name).read_bytes()
+    weights = DEMO_MODEL_DIR / "vae" / "diffusion_pytorch_model.safetensors"
+    assert weights.stat().st_size < 5_000_000
+
+
+def test_setup_cfg_ships_the_demo_model() -> None:
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO_ROOT / "setup.cfg")
+    patterns = [p.strip() for p in cfg["options.package_data"]["latent_decoder"].split(",")]
+    package = REPO_ROOT / "latent_decoder"
+    shipped = {p for pattern in patterns for p in package.glob(pattern)}
+    for name in ("config.json", "diffusion_pytorch_model.safetensors"):
+        assert DEMO_MODEL_DIR / "vae" / name in shipped
+
+
+def test_demo_again_resumes_and_refuses_other_folders(demo_run, tmp_path: Path) -> None:
+    """Building again writes identical files, so a second run decodes nothing; a folder holding
+    something else is never overwritten."""
+    from latent_decoder.errors import SetupError
+    from latent_decoder.settings import CliOptions
+
+    root, _ = demo_run
+    _, report = run_demo(root, steps=STEPS, opts=CliOptions(device="cpu", format="png", executor="inline"),
+                         progress=False)
+    assert report.exit_code == 0 and not report.records and report.skipped == CLIPS * STEPS
+    other = tmp_path / "someone_elses"
+    (other / "latents").mkdir(parents=True)
+    with pytest.raises(SetupError, match="not a demo experiment"):
+        run_demo(other, steps=2)
+    assert build_trained_demo(tmp_path / "fewer", steps=2, clips=1) == tmp_path / "fewer"
+    assert sorted(p.name for p in (tmp_path / "fewer" / "latents").iterdir()) == ["prompt_000"]
+
+
+def test_calibrated_preview_follows_the_full_decode(demo_run, tmp_path: Path) -> None:
+    """`calibrate-preview` on the demo, then `decode --decoder preview`: at each clip's last step the
+    preview frames correlate with the full decode's at >= 0.9 (both on the latent grid a linear
+    preview resolves: 8x8-pixel means)."""
+    root, _ = demo_run
+    env = {"LATENT_DECODER_PREVIEW_DIR": str(tmp_path / "previews")}
+    calibrated = run_cli("calibrate-preview", str(root), "--device", "cpu", env=env)
+    assert calibrated.returncode == 0, calibrated.stderr[-3000:]
+    previewed = run_cli("decode", str(root), "--decoder", "preview", "--format", "png", "--device", "cpu", env=env)
+    assert previewed.returncode == 0, previewed.stderr[-3000:]
+
+    def grid(video: np.ndarray) -> np.ndarray:
+        t, h, w, _ = video.shape
+        return video.reshape(t, h // 8, 8, w // 8, 8, 3).mean(axis=(2, 4))
+
+    for c in range(CLIPS):
+        full = frames(root, c, STEPS - 1).astype(np.float64)
+        folder = root / "latents_previews" / f"prompt_{c:03d}" / "vid_001" / f"step_{STEPS - 1:03d}"
+        preview = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.glob("frame_*.png"))])
+        assert preview.shape == full.shape
+        corr = np.mean([np.corrcoef(grid(preview)[f].ravel(), grid(full)[f].ravel())[0, 1] for f in range(len(full))])
+        assert corr >= 0.9, f"clip {c}: preview vs full decode correlation {corr:.3f}"
