@@ -1,5 +1,5 @@
 # Set up a virtualenv in .venv, then run the demo or the tests.
-#   make demo   build the built-in demo experiment and decode it
+#   make demo   build the demo experiment (shapes emerging from noise) and decode it
 #   make test   run the test suite
 # TORCH selects the torch build: the default pin is the CPU wheel our CI uses; on a GPU
 # machine install your CUDA build, e.g. `make install TORCH="torch --index-url https://download.pytorch.org/whl/cu128"`.
@@ -10,7 +10,7 @@ TORCH  ?= torch==2.13.0
 PY     := $(VENV)/bin/python
 DEMO   ?= demo_experiment
 
-.PHONY: install demo test clean
+.PHONY: install demo test clean browser bench
 
 install: $(VENV)/.installed
 
@@ -21,11 +21,25 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 demo: install
-	@test -d $(DEMO)/latents || $(PY) -m latent_decoder.demo $(DEMO)
-	$(VENV)/bin/latent-decoder decode $(DEMO)
+	$(VENV)/bin/latent-decoder demo $(DEMO)
 
-test: install
+# tests/test_gallery.py opens the gallery in Debian's chromium (driven by Playwright; no browser
+# download): installed here when missing, as root with apt-get; otherwise that test skips, saying why.
+browser:
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) \
+		|| echo "chromium could not be installed: the browser test will be skipped"; fi
+
+test: install browser
 	$(PY) -m pytest
+
+# Benchmarks at CPU-friendly sizes; each prints its figures (see benchmarks/*.py for full-size options).
+bench: install
+	$(PY) -m pip install --quiet -e ".[bench]"
+	$(PY) benchmarks/preview_throughput.py
+	$(PY) benchmarks/decode_throughput.py
+	$(PY) benchmarks/state_scale.py --items 20000
+	$(PY) benchmarks/ray_scaling.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) *.egg-info .pytest_cache

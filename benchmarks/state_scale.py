@@ -78,8 +78,12 @@ def settings_for(root: Path, **opts):
 
 
 def bookkeeping(root: Path, first: int, prompts: int) -> tuple[int, float]:
-    """The real runner (inline executor, journal, atomic outputs) with the fake worker on a slice."""
+    """The real runner (inline executor, journal, atomic outputs) with the fake worker on a slice. The
+    gallery views (drawn from the videos, which are junk here) are not bookkeeping: left out."""
+    import latent_decoder.runner as runner
     from latent_decoder.runner import run_decode
+
+    runner.refresh_views = lambda *args, **kwargs: None
 
     names = ",".join(f"prompt_{p:04d}" for p in range(first, first + prompts))
     settings = settings_for(root, prompt_filter=names)

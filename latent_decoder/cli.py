@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -14,7 +15,9 @@ from .errors import LatentDecoderError, SetupError
 from .experiment import Experiment
 from .plan import ItemState, Plan
 from .runner import RunReport, plan_run, run_decode
-from .settings import DEFAULT_CRF, DTYPES, EXECUTORS, FORMATS, IO_MODES, CliOptions, RunSettings, resolve_settings
+from .settings import (DECODERS, DEFAULT_CRF, DEFAULT_PRESET, DTYPES, EXECUTORS, FORMATS, IO_MODES, PRESETS, VIEWS,
+                       CliOptions, RunSettings, resolve_settings, resolve_views)
+from .watch import WatchOptions
 
 log = logging.getLogger("latent_decoder")
 
@@ -65,7 +68,8 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("experiment", type=click.Path(path_type=Path))
-@click.option("--output-dir", type=click.Path(path_type=Path), help="Where videos go [default: EXP/latents_videos].")
+@click.option("--output-dir", type=click.Path(path_type=Path),
+              help="Where videos go [default: EXP/latents_videos; EXP/latents_previews with --decoder preview].")
 @click.option("--prompt-filter", metavar="NAMES", help="Only these prompt folders (comma list of exact names).")
 @click.option("--video-filter", metavar="NAMES", help="Only these video folders, e.g. vid_001,vid_002.")
 @click.option("--step-filter", metavar="NAMES", help="Only these steps, e.g. step_000,step_019 (or 0,19).")
@@ -76,9 +80,30 @@ def cli() -> None:
 @click.option("--fps", type=float, help="Frame rate [default: video_settings.fps from the config, else 12].")
 @click.option("--crf", type=click.IntRange(0, 51), help=f"x264 constant rate factor, lower is better [default: {DEFAULT_CRF}].")
 @click.option("--quality", type=click.FloatRange(0, 10), help="Quality 0-10 as in the original tool (instead of --crf).")
+@click.option("--preset", type=click.Choice(PRESETS), default=DEFAULT_PRESET, show_default=True,
+              help="x264 preset: slower presets spend more CPU per video for smaller files (veryfast: ~3.5x less "
+                   "CPU than medium on noisy steps, and smaller files there).")
 @click.option("--scale", type=click.FloatRange(0, 4, min_open=True), default=1.0, show_default=True,
               help="Resize frames by this factor (0.5 = half size).")
 @model_options
+@click.option("--decoder", type=click.Choice(DECODERS), default="vae", show_default=True,
+              help="vae: the model's own VAE. preview: no model, no weights, no device: every latent frame through "
+                   "a linear latent->RGB map (the family's published factors, or this model's calibrate-preview "
+                   "map), repeated to the full video's frames and size, into EXP/latents_previews.")
+@click.option("--family", metavar="NAME",
+              help="--decoder preview: the latent family when the model's config.json is not on this machine and "
+                   "the model id and latent channels do not tell (wan2.1, wan2.2, hunyuanvideo, hunyuanvideo1.5, "
+                   "mochi, ltx-video, cosmos1); uses its published factors.")
+@click.option("--view", type=click.Choice(VIEWS), default="xt", show_default=True,
+              help="xt: the stored latents. x0: the model's prediction of the clean video at each step, "
+                   "recovered from consecutive stored steps (flow-matching schedulers), into EXP/latents_videos_x0. "
+                   "both: the two trees.")
+@click.option("--watch", is_flag=True,
+              help="Decode the steps already there, then keep decoding new ones as the generation writes "
+                   "them (only complete files; torn ones wait). Stops after --idle-exit or Ctrl-C.")
+@click.option("--idle-exit", type=click.FloatRange(0, min_open=True), default=600, show_default=True,
+              metavar="SECONDS", help="--watch: stop after this long without a new complete step.")
+@click.option("--poll", is_flag=True, help="--watch: rescan every second instead of filesystem events (NFS).")
 @click.option("--force", is_flag=True, help="Decode again items that are already done.")
 @click.option("--dry-run", is_flag=True, help="Print what would be decoded and what is already done; decode nothing.")
 @click.option("--executor", type=click.Choice(EXECUTORS), default="auto", show_default=True,
@@ -101,51 +126,67 @@ def cli() -> None:
 @click.option("--verbose", "-v", is_flag=True, help="More logging; tracebacks on errors.")
 def decode(experiment: Path, output_dir: Path | None, prompt_filter: str | None, video_filter: str | None,
            step_filter: str | None, device: str, dtype: str, fmt: str, fps: float | None, crf: int | None,
-           quality: float | None, scale: float, model: str | None, vae_subfolder: str | None,
-           vae_config: str | None, force: bool, dry_run: bool, executor: str, gpus: int | None,
+           quality: float | None, preset: str, scale: float, model: str | None, vae_subfolder: str | None,
+           vae_config: str | None, view: str, watch: bool, idle_exit: float, poll: bool, force: bool, dry_run: bool, executor: str, gpus: int | None,
            actors_per_gpu: int | None, workers: int | None, address: str | None, io: str,
-           start_timeout: float | None, item_timeout: float | None, verbose: bool) -> None:
+           start_timeout: float | None, item_timeout: float | None, verbose: bool, decoder: str = "vae",
+           family: str | None = None) -> None:
     """Decode every stored step of EXPERIMENT into a video.
 
-    Resumes by default: steps already decoded with the same settings are skipped. Exit
-    status: 0 all decoded, 1 some steps failed (see decode_summary.json), 2 bad setup,
-    130 interrupted (finished steps are kept).
+    Resumes by default: a step is skipped only if it was decoded from this very latent file with
+    the same settings and its outputs are still there (the output folder's journal says so; see
+    `latent-decoder status`). Exit status: 0 all decoded, 1 some steps failed or the run had to
+    stop (disk full, broken GPU; finished steps kept), 2 bad setup or nothing to decode, 130/143
+    interrupted by Ctrl-C/SIGTERM (finished steps kept).
 
     With several GPUs (or --workers, or --address) steps are spread over Ray workers, one
-    per GPU; a worker that dies is restarted and its steps decoded again, and a step that
-    killed three workers is recorded as failed.
+    per GPU; a worker that dies or hangs is restarted and its steps decoded again, and a step
+    that killed three workers is recorded as failed.
     """
     _setup_logging(verbose)
     opts = CliOptions(output_dir=output_dir, prompt_filter=prompt_filter, video_filter=video_filter,
                       step_filter=step_filter, device=device, fps=fps, dtype=dtype, format=fmt, quality=quality,
+                      preset=preset,
                       crf=crf, scale=scale, model=model, vae_subfolder=vae_subfolder, vae_config=vae_config,
                       force=force, executor=executor, address=address, gpus=gpus, actors_per_gpu=actors_per_gpu,
-                      workers=workers, io=io, start_timeout=start_timeout, item_timeout=item_timeout)
+                      workers=workers, io=io, start_timeout=start_timeout, item_timeout=item_timeout, view=view,
+                      decoder=decoder, family=family)
+    reports: list[tuple[RunSettings, RunReport]] = []
+    watching = WatchOptions(idle_exit=idle_exit, poll=poll) if watch else None
     try:
-        settings = resolve_settings(Experiment.load(experiment), opts)
-        if dry_run:
-            print_plan(settings, plan_run(settings), verbose)
-            return
-        _describe(settings)
-        report = run_decode(settings)
+        if watching is not None and (dry_run or view == "both"):
+            raise SetupError("--watch decodes one view as it is written: not with --dry-run or --view both")
+        for settings in resolve_views(Experiment.load(experiment), opts):
+            settings = replace(settings, watch=watching)
+            if dry_run:
+                print_plan(settings, plan_run(settings), verbose)
+                continue
+            _describe(settings)
+            reports.append((settings, run_decode(settings)))
+            if reports[-1][1].interrupted is not None or reports[-1][1].stopped is not None:
+                break
     except LatentDecoderError as err:
         _fail(err, verbose)
         return
-    except KeyboardInterrupt:  # before the run started (planning, model loading): nothing to keep
+    except KeyboardInterrupt as exc:  # before the run started (planning, model loading): nothing to keep
         click.echo("interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(128 + getattr(exc, "signum", EXIT_INTERRUPTED - 128))
     except OSError as err:  # an OS error no stage anticipated: still one line naming the path
         _fail(SetupError(f"{err.filename or 'I/O'}: {err.strerror or err}"), verbose)
         return
-    print_report(settings, report)
-    sys.exit(report.exit_code)
+    for settings, report in reports:
+        print_report(settings, report)
+    sys.exit(max((report.exit_code for _, report in reports), default=0))
 
 
 def _describe(settings: RunSettings) -> None:
     o = settings.output
-    enc = f"crf {o.crf}, {o.fps:g} fps" if o.format == "mp4" else "lossless"
-    log.info("experiment %s\nmodel      %s\noutput     %s (%s, %s, %s%s)", settings.experiment.root, o.model,
-             settings.output_dir, o.format, enc, o.dtype, f", scale {o.scale:g}" if o.scale != 1 else "")
+    enc = f"crf {o.crf} {o.preset}, {o.fps:g} fps" if o.format == "mp4" else "lossless"
+    view = ", view x0" if o.view == "x0" else ""
+    log.info("experiment %s\nmodel      %s\noutput     %s (%s, %s, %s%s%s)", settings.experiment.root, o.model,
+             settings.output_dir, o.format, enc, o.dtype, f", scale {o.scale:g}" if o.scale != 1 else "", view)
+    if o.decoder == "preview":
+        log.info("decoder    preview (no model loaded): %s latents, %s map", o.family, o.preview_factors)
 
 
 STATE_WORDS = {
@@ -164,6 +205,12 @@ def _warn_duplicates(plan: Plan) -> None:
         click.echo(f"warning: {line}", err=True)
     if len(plan.duplicates) > 10:
         click.echo(f"warning: ... and {len(plan.duplicates) - 10} more steps with several files", err=True)
+    if plan.x0_label:
+        click.echo(f"x0 view: {plan.x0_label}", err=True)
+    for key, why in list(plan.unavailable.items())[:10]:
+        click.echo(f"not available: {key}: {why}", err=True)
+    if len(plan.unavailable) > 10:
+        click.echo(f"not available: ... and {len(plan.unavailable) - 10} more steps", err=True)
 
 
 def print_plan(settings: RunSettings, plan: Plan, verbose: bool) -> None:
@@ -180,6 +227,23 @@ def print_plan(settings: RunSettings, plan: Plan, verbose: bool) -> None:
                 click.echo(f"  {s.step}  {STATE_WORDS[plan.states[s.key]]}")
     counts = ", ".join(f"{plan.count(st)} {STATE_WORDS[st]}" for st in ItemState if plan.count(st))
     click.echo(f"dry run: {len(plan.items)} items ({counts or 'nothing matches the filters'}); nothing decoded")
+
+
+def _x0_state(settings: RunSettings) -> list[str]:
+    """``inspect``'s line on the x0 view: for how many steps it is available, and where sigma comes from."""
+    from .x0 import attach_x0, model_scheduler
+
+    o = settings.output
+    steps = settings.experiment.discover()
+    scheduler = model_scheduler(o.model, o.vae_subfolder, o.vae_config)
+    x0 = attach_x0(steps, scheduler)
+    lines = [f"x0 view     available for {len(x0.steps)} of {len(steps)} steps; sigma from "
+             f"{', '.join(sorted(x0.sigma_sources)) or '-'}; {scheduler.label()}"]
+    reasons: dict[str, int] = {}
+    for why in x0.unavailable.values():
+        reasons[why] = reasons.get(why, 0) + 1
+    lines += [f"  {n} without x0: {why}" for why, n in reasons.items()]
+    return lines
 
 
 def _output_state(settings: RunSettings) -> list[str]:
@@ -253,7 +317,7 @@ def inspect(experiment: Path, model: str | None, vae_subfolder: str | None, vae_
                                     CliOptions(model=model, vae_subfolder=vae_subfolder, vae_config=vae_config,
                                                dtype=dtype, output_dir=output_dir))
         info = inspect_experiment(settings.experiment, settings.output, max_files)
-        lines = render(info) + _output_state(settings)
+        lines = render(info) + _x0_state(settings) + _output_state(settings)
     except LatentDecoderError as err:
         _fail(err, verbose)
         return
@@ -327,6 +391,102 @@ def submit(experiment: str, decode_args: tuple[str, ...], address: str, runtime_
         return
     sys.exit(code)
 
+
+@cli.command()
+@click.argument("directory", type=click.Path(path_type=Path), default=Path("demo_experiment"))
+@click.option("--steps", type=click.IntRange(1, 1000), default=20, show_default=True,
+              help="Denoising steps stored per clip (Wan's UniPC flow schedule, flow_shift 3).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the starting noise.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True, help="VAE precision.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="mp4", show_default=True,
+              help="mp4: H.264 video per step; png: a folder of lossless frames per step.")
+@click.option("--verbose", "-v", is_flag=True, help="More logging; tracebacks on errors.")
+def demo(directory: Path, steps: int, seed: int, device: str, dtype: str, fmt: str, verbose: bool) -> None:
+    """Build a demo experiment in DIRECTORY (default ./demo_experiment) and decode it.
+
+    Four short clips of coloured shapes, each stored at every step of a flow-matching path from
+    noise to the clip's latent (as a Wan pipeline's callback stores them), with a tiny Wan VAE
+    trained on those clips (scripts/train_demo_vae.py). The decoded steps show the shapes emerging
+    from noise. Running it again resumes; a folder that is not a demo experiment is refused.
+    """
+    from .demo_clips import run_demo, where_to_look
+
+    _setup_logging(verbose)
+    opts = CliOptions(device=device, dtype=dtype, format=fmt, executor="inline")
+    try:
+        settings, report = run_demo(directory, steps=steps, seed=seed, opts=opts)
+    except LatentDecoderError as err:
+        _fail(err, verbose)
+        return
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    print_report(settings, report)
+    click.echo(f"demo experiment {settings.experiment.root}: {steps} steps from noise to each clip")
+    for label, path in where_to_look(settings.output_dir):
+        click.echo(f"{label + ':':20s}{path}")
+    sys.exit(report.exit_code)
+
+
+@cli.command("calibrate-preview")
+@click.argument("experiment", type=click.Path(path_type=Path))
+@model_options
+@click.option("--steps", type=click.IntRange(1), default=8, show_default=True,
+              help="Fit on the last (clean) step of up to this many videos.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N, for the full decodes.")
+@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True, help="VAE precision.")
+@click.option("--verbose", "-v", is_flag=True, help="More logging; tracebacks on errors.")
+def calibrate_preview(experiment: Path, model: str | None, vae_subfolder: str | None, vae_config: str | None,
+                      steps: int, device: str, dtype: str, verbose: bool) -> None:
+    """Fit the linear latent->RGB map that `decode --decoder preview` uses for EXPERIMENT's model.
+
+    Decodes the final step of a few videos with the full VAE, average-pools each video onto the
+    latent grid and fits factors and bias by least squares; prints the fit's R^2 (and that of the
+    family's published factors). The map is stored per model under
+    $LATENT_DECODER_PREVIEW_DIR (default ~/.cache/latent-decoder/previews) and from then on preferred
+    over the published factors; models without published factors (CogVideoX) need it.
+    """
+    from .previews.calibrate import calibrate_preview as calibrate
+
+    _setup_logging(verbose)
+    try:
+        settings = resolve_settings(Experiment.load(experiment), CliOptions(
+            model=model, vae_subfolder=vae_subfolder, vae_config=vae_config, dtype=dtype, device=device))
+        result = calibrate(settings.experiment, settings.output, device, steps)
+    except LatentDecoderError as err:
+        _fail(err, verbose)
+        return
+    click.echo(result.summary())
+
+
+
+@cli.command()
+@click.argument("experiment", type=click.Path(path_type=Path))
+@click.option("--output-dir", type=click.Path(path_type=Path), help="The decode's output folder [default: EXP/latents_videos].")
+@click.option("--force", is_flag=True, help="Rebuild every video's views, not only those that changed.")
+@click.option("--verbose", "-v", is_flag=True, help="Tracebacks on errors.")
+def gallery(experiment: Path, output_dir: Path | None, force: bool, verbose: bool) -> None:
+    """Bring the gallery of EXPERIMENT's output folder up to date and print the path of its index.html.
+
+    Per video: progression.png (one row per step), progression.mp4 (the steps in turn),
+    latent_stats.json and a page; index.html links them all and opens from disk. Every decode run
+    does this at its end; only videos whose steps changed are rebuilt. Exit status: 0 built,
+    1 some videos' views could not be built, 2 nothing decoded there yet or not writable.
+    """
+    from .views import build_views
+
+    _setup_logging(verbose)
+    try:
+        exp = Experiment.load(experiment)
+        result = build_views(output_dir or exp.default_output_dir, force=force)
+    except LatentDecoderError as err:
+        _fail(err, verbose)
+        return
+    for problem in result.problems:
+        click.echo(f"warning: could not build the views of {problem}", err=True)
+    click.echo(str(result.index))
+    sys.exit(1 if result.problems else 0)
 
 def main() -> None:
     cli(prog_name="latent-decoder")

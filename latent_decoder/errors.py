@@ -97,3 +97,7 @@ class DiskFullError(RunStoppedError):
 class DeviceFailure(RunStoppedError):
     """A sticky device error (CUDA device-side assert, illegal address): every later decode on this
     device would fail too, so the process holding it must stop (a Ray actor exits and is restarted)."""
+
+
+class GalleryError(SetupError):
+    """The gallery cannot be built: nothing decoded in the output folder yet, or it is not writable."""

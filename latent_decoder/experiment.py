@@ -37,6 +37,16 @@ class VideoSettings:
 
 
 @dataclass(frozen=True)
+class X0Inputs:
+    """What the model's x0 prediction at a step is recovered from (see ``x0.py``): the stored x at
+    sigma_i (the previous step's file, or the initial noise) beside this step's x at sigma_{i+1}."""
+
+    previous: str
+    sigma: float  # sigma_i
+    sigma_next: float  # sigma_{i+1}; 0 after the last step
+
+
+@dataclass(frozen=True)
 class LatentStep:
     """One stored latent: the (prompt, video, step) a work item decodes.
 
@@ -52,6 +62,7 @@ class LatentStep:
     file: str
     size: int = -1
     mtime_ns: int = -1
+    x0: X0Inputs | None = None  # set for the x0 view; size/mtime_ns then cover both files
 
     @cached_property
     def path(self) -> Path:

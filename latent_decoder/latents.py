@@ -60,13 +60,16 @@ def parse_latent(data: bytes, path: Path | str, layout: Layout = BCTHW) -> np.nd
     Sizes are checked before anything is allocated (size limit, bytes present); nothing is ever
     unpickled beyond tensors. A bfloat16 ``.pt`` latent comes back as float32 (exactly).
     """
+    return validate_latent(read_array(data, path), path, layout)
+
+
+def read_array(data: bytes, path: Path | str) -> np.ndarray:
+    """A stored latent's bytes as an array, by the file's suffix; not yet validated."""
     if is_torch_file(path):
         from .torchfile import parse_torch
 
-        array, _ = parse_torch(data, path)
-    else:
-        array = parse_npy_payload(data, path)
-    return validate_latent(array, path, layout)
+        return parse_torch(data, path)[0]
+    return parse_npy_payload(data, path)
 
 
 def validate_latent(array: np.ndarray, path: Path | str, layout: Layout = BCTHW) -> np.ndarray:

@@ -30,6 +30,7 @@ from .identity import InputId, read_identified
 from .journal import Journal, StepRecord
 from .layout import OutputLayout
 from .plan import output_size
+from .x0 import read_x0
 from .settings import OutputSettings
 from .video import write_dir_atomic, write_file_atomic
 
@@ -70,11 +71,16 @@ class ItemWork:
 
 
 def prepare(step: LatentStep) -> ItemWork:
-    """Read and identify the latent file (no VAE needed)."""
+    """Read and identify the latent file (no VAE needed); for the x0 view, also the previous step's,
+    and recover the x0 latent here (plain arithmetic on the stored arrays)."""
     work = ItemWork(step)
     start = time.perf_counter()
     try:
-        work.data, work.input = read_identified(step.path)
+        data, work.input = read_identified(step)
+        if step.x0 is None:
+            work.data = data[0]
+        else:
+            work.latent = read_x0(step, *data)
     except ItemError as exc:
         work.error = exc
     work.load_seconds = time.perf_counter() - start

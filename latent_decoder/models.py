@@ -348,18 +348,19 @@ def _single_file(path: Path, source: str, subfolder: str | None, config: str | N
     return ResolvedModel(source, configured.folder, configured.class_name, "single file", path.absolute())
 
 
-def resolve_model(source: str, subfolder: str | None = None, config: str | None = None) -> ResolvedModel:
+def resolve_model(source: str, subfolder: str | None = None, config: str | None = None,
+                  download: bool = True) -> ResolvedModel:
     """Find a VAE: a single ``.safetensors`` file (config from ``config``), a local folder (with or
     without ``vae/``, or its ``subfolder``), else an HF repo id in the cache, else (only when the
-    hub is not offline) a download of just the VAE files."""
+    hub is not offline and ``download``) a download of just the VAE files."""
     try:
-        return _resolve_model(source, subfolder, config)
+        return _resolve_model(source, subfolder, config, download)
     except OSError as exc:  # permission denied, I/O error... on the way to the model
         raise ModelNotFoundError(f"model '{source}': cannot read {exc.filename or source}: "
                                  f"{exc.strerror or exc}") from exc
 
 
-def _resolve_model(source: str, subfolder: str | None, config: str | None) -> ResolvedModel:
+def _resolve_model(source: str, subfolder: str | None, config: str | None, download: bool) -> ResolvedModel:
     path = Path(source).expanduser()
     wanted = f"{subfolder}/config.json" if subfolder else "neither vae/config.json nor config.json"
     looked: list[str] = []
@@ -379,8 +380,9 @@ def _resolve_model(source: str, subfolder: str | None, config: str | None) -> Re
     if folder is not None:
         return ResolvedModel(source, folder, _class_name(folder), "HF cache")
     looked.append(f"not in the HF cache {cache}" + (f" (looked for {subfolder}/config.json)" if subfolder else ""))
-    if hub_offline():
-        raise ModelNotFoundError(f"model '{source}' not found: {'; '.join(looked)}; HF_HUB_OFFLINE is set, no download tried")
+    if hub_offline() or not download:
+        why = "HF_HUB_OFFLINE is set" if hub_offline() else "looking locally only"
+        raise ModelNotFoundError(f"model '{source}' not found: {'; '.join(looked)}; {why}, no download tried")
     return _download(source, cache, looked, subfolder)
 
 

@@ -17,6 +17,7 @@ from .experiment import LatentStep
 from .identity import InputId, same_content, same_stat
 from .journal import ItemEntry, Journal, fingerprint_text
 from .settings import RunSettings
+from .x0 import attach_x0, model_scheduler
 
 
 class ItemState(str, Enum):
@@ -87,7 +88,7 @@ def item_state(entry: ItemEntry | None, step: LatentStep, fingerprint: str, outp
     refreshed = None
     stored = entry.input
     if stored is None or not same_stat(stored, step.file, step.size, step.mtime_ns):
-        if stored is None or not same_content(stored, step.path):
+        if stored is None or not same_content(stored, step):
             return ItemState.CHANGED, None
         refreshed = InputId(step.file, step.size, step.mtime_ns, stored.digest)
     if entry.settings != fingerprint:
@@ -107,6 +108,8 @@ class Plan:
     duplicates: list[str] = field(default_factory=list)  # of the filtered steps: what the run warns about
     all_duplicates: list[str] = field(default_factory=list)  # of the whole experiment: what the summary lists
     journal_behind: bool = False  # the journal's items differ from the experiment as scanned now
+    unavailable: dict[str, str] = field(default_factory=dict)  # x0 view: filtered steps without an x0, why
+    x0_label: str | None = None  # x0 view: exact or approximate, and where sigma came from
     entries: dict[str, ItemEntry] = field(default_factory=dict, repr=False)  # the journal's, when planned
 
     @property
@@ -122,15 +125,25 @@ def make_plan(settings: RunSettings, journal: Journal) -> Plan:
     so that the journal, and the summary made from it, count every step there is now; steps outside
     the filters keep the state the journal has for them (pending if none)."""
     found = settings.experiment.scan()
+    present = found.steps
+    unavailable: dict[str, str] = {}
+    x0_label = None
+    if settings.output.view == "x0":
+        o = settings.output
+        scheduler = model_scheduler(o.model, o.vae_subfolder, o.vae_config)
+        x0 = attach_x0(found.steps, scheduler)
+        present, unavailable = x0.steps, x0.unavailable
+        x0_label = f"{scheduler.label()}; sigma from {', '.join(sorted(x0.sigma_sources)) or '-'}"
     entries = journal.entries()
     fingerprint = fingerprint_text(settings.output.fingerprint())
     covers = settings.filters.covers
     outputs = OutputCheck(settings.output_dir)
-    plan = Plan([], {}, found.steps, entries=entries,
+    plan = Plan([], {}, present, entries=entries, x0_label=x0_label,
                 duplicates=[m for prompt, video, step, m in found.duplicates if covers(prompt, video, step)],
                 all_duplicates=[m for *_, m in found.duplicates])
     everything = not (settings.filters.prompts or settings.filters.videos or settings.filters.steps)
-    for step in found.steps:
+    plan.unavailable = {k: why for k, why in unavailable.items() if everything or covers(*k.split("/"))}
+    for step in present:
         key = step.key
         entry = entries.get(key)
         if not everything and not covers(step.prompt, step.video, step.step):

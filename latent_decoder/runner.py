@@ -27,6 +27,7 @@ from .plan import ItemState, Plan, make_plan
 from .settings import RunSettings
 from .summary import RunInfo, build_summary, figures_differ, read_summary, write_summary
 from .video import remove_stale_temps
+from .watch import rounds as watch_rounds
 from .worker import DecodeWorker, resolve_device
 
 log = logging.getLogger(__name__)
@@ -48,12 +49,17 @@ class StopSignals:
     def __init__(self) -> None:
         self.depth = 0
         self.pending: int | None = None
+        self.raised: int | None = None  # the last signal turned into Interrupted (Ray re-raises it plainly)
         self.previous: dict[int, Any] = {}
+        self.pid = os.getpid()
 
     def _handler(self, signum: int, _frame: Any) -> None:
+        if os.getpid() != self.pid:  # a child between fork and exec (an encoder starting): not ours to stop
+            return
         if self.depth:
             self.pending = signum
         else:
+            self.raised = signum
             raise Interrupted(signum)
 
     @contextmanager
@@ -65,6 +71,7 @@ class StopSignals:
             self.depth -= 1
             if not self.depth and self.pending is not None:
                 signum, self.pending = self.pending, None
+                self.raised = signum
                 raise Interrupted(signum)
 
     def __enter__(self) -> "StopSignals":
@@ -135,6 +142,12 @@ class Progress:
                     f" decode {record.decode_seconds:.2f}s encode {record.encode_seconds:.2f}s")
             log.info("[%d/%d] %s %s%s", self.done, self.total, step.key, record.status, took)
 
+    def grow(self, items: int) -> None:
+        """More items to do (``--watch`` finds them as the generation writes)."""
+        self.total += items
+        self.bar.total = self.total
+        self.bar.refresh()
+
     def close(self) -> None:
         self.bar.close()
 
@@ -146,8 +159,8 @@ def plan_run(settings: RunSettings) -> Plan:
     with Journal.open(layout, write=False, migration=_migration(settings)) as journal:
         plan = make_plan(settings, journal)
         plan.journal_behind = journal.sync(plan.present, plan.stored, plan.refreshed, plan.entries)
-    if not plan.items:
-        raise _nothing_to_decode(settings)
+    if not plan.items and settings.watch is None:  # watching, an empty start just waits for steps
+        raise _nothing_to_decode(settings, plan)
     return plan
 
 
@@ -155,9 +168,12 @@ def _migration(settings: RunSettings) -> Migration:
     return Migration(settings.experiment.latents_dir, settings.output.geometry)
 
 
-def _nothing_to_decode(settings: RunSettings) -> ExperimentError:
+def _nothing_to_decode(settings: RunSettings, plan: Plan) -> ExperimentError:
     latents = settings.experiment.latents_dir
     f = settings.filters
+    if plan.unavailable:
+        key, why = next(iter(plan.unavailable.items()))
+        return ExperimentError(f"no step has an x0 to decode ({len(plan.unavailable)} without): {key}: {why}")
     if f.prompts or f.videos or f.steps:
         return ExperimentError(f"no latent steps under {latents} match the filters")
     return ExperimentError(f"no latent steps under {latents} (expected <prompt>/<video>/step_NNN.npy.gz)")
@@ -186,74 +202,103 @@ def run_decode(
     layout = OutputLayout(settings.output_dir)
     todo = plan.todo
     run_info = RunInfo(settings=settings.output.to_dict(), experiment=str(settings.experiment.root),
-                       output_dir=str(settings.output_dir), duplicates=tuple(plan.all_duplicates))
-    if not todo:
-        _update_without_decoding(layout, settings, plan, run_info, report)
+                       output_dir=str(settings.output_dir), duplicates=tuple(plan.all_duplicates),
+                       view=settings.output.view, x0=plan.x0_label,
+                       unavailable=tuple(f"{k}: {why}" for k, why in plan.unavailable.items()))
+    if not todo and settings.watch is None:
+        if _update_without_decoding(layout, settings, plan, run_info, report):
+            refresh_views(layout, report)  # the gallery follows the journal; never fails the run
         report.wall_seconds = time.perf_counter() - start
         return report
     model = None
+    if worker is None and settings.output.decoder == "preview":
+        # A preview needs no model, no device and no Ray: in-process, and it fails fast here too.
+        from .previews.worker import PreviewWorker
+
+        worker = PreviewWorker(settings.output, settings.output_dir)
     use_ray = worker is None and settings.executor.decided().kind == "ray"
     if worker is None and not use_ray:
         # Fail fast on a bad device or model, before touching the output folder.
         resolve_device(settings.device)
         model = resolve_model(settings.output.model, settings.output.vae_subfolder, settings.output.vae_config)
-    with OutputLock(settings.output_dir), StopSignals() as signals:
-        removed = remove_stale_temps(settings.output_dir)
-        if removed:
-            log.info("removed %d temp file(s) left by an interrupted run", removed)
-        journal = Journal.open(layout, write=True, migration=_migration(settings))
-        bar: Progress | None = None
-        executor: InlineExecutor | Any = None
-        run_id: int | None = None
-        committer: GroupCommit | None = None
-        last_summary = time.monotonic()
+    executor: InlineExecutor | Any = None
+    with StopSignals() as signals:
         try:
-            journal.sync(plan.present, plan.stored, plan.refreshed, plan.entries)
-            run_id = journal.begin_run(run_info.to_dict())
-            committer = GroupCommit(journal, layout, run_id)
-            if use_ray:
+            if use_ray:  # workers that cannot start are a setup error: before anything is created
                 from .executors.ray import RayExecutor
 
                 executor = RayExecutor(settings, worker_cls=worker_cls)
                 run_info.model = executor.start()
-            else:
-                if worker is None:
-                    worker = worker_cls(settings.output, settings.output_dir, settings.device, model=model)
-                else:
-                    worker.layout = layout
-                run_info.model = worker.describe()
-                executor = InlineExecutor(worker, layout)
-            bar = Progress(len(todo), progress)
+            with OutputLock(settings.output_dir):
+                removed = remove_stale_temps(settings.output_dir)
+                if removed:
+                    log.info("removed %d temp file(s) left by an interrupted run", removed)
+                bar: Progress | None = None
+                run_id: int | None = None
+                committer: GroupCommit | None = None
+                last_summary = time.monotonic()
+                journal: Journal | None = None
+                try:
+                    journal = Journal.open(layout, write=True, migration=_migration(settings))
+                    journal.sync(plan.present, plan.stored, plan.refreshed, plan.entries)
+                    run_id = journal.begin_run(run_info.to_dict())
+                    committer = GroupCommit(journal, layout, run_id)
+                    if not use_ray:
+                        if worker is None:
+                            worker = worker_cls(settings.output, settings.output_dir, settings.device, model=model)
+                        else:
+                            worker.layout = layout
+                        run_info.model = worker.describe()
+                        executor = InlineExecutor(worker, layout)
+                    bar = Progress(len(todo) if settings.watch is None else 0, progress)
 
-            def record(step: LatentStep, rec: StepRecord) -> None:
-                nonlocal last_summary
-                with signals.critical():
-                    committer.add(rec)
-                    report.records[step.key] = rec
-                bar.update(step, rec)
-                if on_result is not None:
-                    on_result(step, rec)
-                if time.monotonic() - last_summary > SUMMARY_EVERY_S:
-                    committer.flush()
-                    write_summary(layout, build_summary(journal, run_info))
-                    last_summary = time.monotonic()
+                    def record(step: LatentStep, rec: StepRecord) -> None:
+                        nonlocal last_summary
+                        with signals.critical():
+                            committer.add(rec)
+                            report.records[step.key] = rec
+                        bar.update(step, rec)
+                        if on_result is not None:
+                            on_result(step, rec)
+                        if time.monotonic() - last_summary > SUMMARY_EVERY_S:
+                            committer.flush()
+                            write_summary(layout, build_summary(journal, run_info))
+                            last_summary = time.monotonic()
 
-            executor.run(todo, record)
-        except KeyboardInterrupt as exc:
-            report.interrupted = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-        except RunStoppedError as exc:
-            report.stopped = exc
+                    if settings.watch is None:
+                        executor.run(todo, record)
+                    else:
+                        def replan() -> list[LatentStep]:
+                            committer.flush()
+                            fresh = make_plan(settings, journal)
+                            journal.sync(fresh.present, fresh.stored, fresh.refreshed, fresh.entries)
+                            return fresh.todo
+
+                        for batch in watch_rounds(todo, replan, settings.experiment.latents_dir, settings.watch):
+                            bar.grow(len(batch))
+                            executor.run(batch, record)
+                            committer.flush()
+                            refresh_views(layout, report)  # the gallery follows the generation
+                            if report.interrupted is not None:  # Ctrl-C while the views were drawn
+                                raise Interrupted(report.interrupted)
+                except KeyboardInterrupt as exc:
+                    report.interrupted = exc.signum if isinstance(exc, Interrupted) else signals.raised or signal.SIGINT
+                except RunStoppedError as exc:
+                    report.stopped = exc
+                finally:
+                    if bar is not None:
+                        bar.close()
+                    report.stopped = _flush(committer, report.stopped)
+                    report.wall_seconds = time.perf_counter() - start
+                    run_info.wall_seconds = report.wall_seconds
+                    run_info.interrupted = report.interrupted is not None
+                    run_info.stopped = str(report.stopped) if report.stopped is not None else None
+                    if journal is not None:
+                        report.summary = _finish(journal, layout, run_info, run_id)
+                        refresh_views(layout, report)  # the gallery and per-video views (see views/)
         finally:
-            if bar is not None:
-                bar.close()
             if use_ray and executor is not None:
                 executor.close()
-            report.stopped = _flush(committer, report.stopped)
-            report.wall_seconds = time.perf_counter() - start
-            run_info.wall_seconds = report.wall_seconds
-            run_info.interrupted = report.interrupted is not None
-            run_info.stopped = str(report.stopped) if report.stopped is not None else None
-            report.summary = _finish(journal, layout, run_info, run_id)
     return report
 
 
@@ -283,23 +328,32 @@ def _finish(journal: Journal, layout: OutputLayout, run_info: RunInfo, run_id: i
 
 
 def _update_without_decoding(layout: OutputLayout, settings: RunSettings, plan: Plan, run_info: RunInfo,
-                             report: RunReport) -> None:
-    """Nothing to decode: bring the journal and summary up to date if they are behind, else write nothing."""
+                             report: RunReport) -> bool:
+    """Nothing to decode: bring the journal and summary up to date if they are behind, else write
+    nothing. Returns whether anything was written."""
     if not plan.journal_behind:
         with Journal.open(layout, write=False) as journal:
             summary = build_summary(journal, run_info)
         report.summary = summary
         if not figures_differ(read_summary(layout), summary):
-            return
+            return False
     if not os.access(settings.output_dir, os.W_OK):
         log.info("%s is read-only: nothing decoded, nothing written", settings.output_dir)
-        return
+        return False
     with OutputLock(settings.output_dir):
         remove_stale_temps(settings.output_dir)
         with Journal.open(layout, write=True, migration=_migration(settings)) as journal:
             journal.sync(plan.present, plan.stored, plan.refreshed)
             report.summary = build_summary(journal, run_info)
         write_summary(layout, report.summary)
+    return True
+
+
+def refresh_views(layout: OutputLayout, report: RunReport) -> None:
+    """The gallery and per-video views (``views/``), imported only when a run has something to show."""
+    from .views import refresh_views as refresh
+
+    refresh(layout, report)
 
 
 def check_output_dir(path: Path) -> None:

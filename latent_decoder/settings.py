@@ -11,12 +11,20 @@ from typing import Any, Callable
 
 from .errors import SetupError
 from .experiment import DEFAULT_FPS, Experiment, Filters, VideoSettings
+from .watch import WatchOptions
 
 DTYPES = ("float32", "bfloat16", "float16")
+VIEWS = ("xt", "x0", "both")
 FORMATS = ("mp4", "png")
 DEFAULT_CRF = 25  # diffusers' export_to_video default (imageio quality 5)
+# x264 presets; measured per 61x480x848 step at CRF 25 (shared/reference/x264_presets.txt): on noisy
+# steps medium takes 5.2 core-s for 9.8 MB, veryfast 1.6 core-s for 8.8 MB. The encoder, not the GPU,
+# would be the bottleneck at medium, so veryfast is the default.
+PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+DEFAULT_PRESET = "veryfast"
 EXECUTORS = ("auto", "inline", "ray")
 IO_MODES = ("driver", "shared")
+DECODERS = ("vae", "preview")  # the full VAE, or a linear latent -> RGB preview (previews/)
 
 
 def crf_from_quality(quality: float) -> int:
@@ -35,6 +43,7 @@ class OutputSettings:
     fps: float = DEFAULT_FPS
     format: str = "mp4"
     crf: int = DEFAULT_CRF
+    preset: str = DEFAULT_PRESET  # x264 speed/size trade-off; veryfast: ~3.5x less CPU than medium, smaller files
     scale: float = 1.0
     vae_subfolder: str | None = None  # the model folder's VAE subfolder, instead of vae/
     vae_config: str | None = None  # where a single-file model's config.json is (folder or repo id)
@@ -42,6 +51,10 @@ class OutputSettings:
     frames: int | None = None
     height: int | None = None
     width: int | None = None
+    view: str = "xt"  # "xt": the stored latents; "x0": the model's x0 prediction at each step (x0.py)
+    decoder: str = "vae"  # "vae": the model's VAE; "preview": a linear latent -> RGB map, no model (previews/)
+    family: str | None = None  # preview: the latent space (wan2.1, ...), found or given with --family
+    preview_factors: str | None = None  # preview: the map, "published:<digest>" or "calibrated:<digest>"
 
     @property
     def video(self) -> VideoSettings:
@@ -55,8 +68,17 @@ class OutputSettings:
         the video geometry that packed (LTX) and padded (CogVideoX 1.5) latents are decoded with.
         Optional model fields left unset are omitted."""
         data = {k: v for k, v in self.to_dict().items() if v is not None or k not in OPTIONAL_FIELDS}
+        if self.view == "xt":  # fingerprints of runs from before views existed stay valid
+            del data["view"]
+        if self.preset == DEFAULT_PRESET:  # the same frames at the same CRF: earlier runs' videos stay done
+            del data["preset"]
+        if self.decoder == "vae":  # likewise for runs from before previews existed
+            del data["decoder"]
+        else:  # a preview's pixels do not depend on the VAE's precision
+            del data["dtype"]
         if self.format == "png":
             del data["fps"], data["crf"]
+            data.pop("preset", None)
         return data
 
     @property
@@ -64,7 +86,7 @@ class OutputSettings:
         return {"frames": self.frames, "height": self.height, "width": self.width}
 
 
-OPTIONAL_FIELDS = ("vae_subfolder", "vae_config")
+OPTIONAL_FIELDS = ("vae_subfolder", "vae_config", "family", "preview_factors")
 
 
 @dataclass(frozen=True)
@@ -97,6 +119,7 @@ class RunSettings:
     device: str = "auto"
     force: bool = False
     executor: ExecutorSettings = field(default_factory=ExecutorSettings)
+    watch: WatchOptions | None = None  # decode while the generation writes (watch.py)
 
 
 @dataclass
@@ -113,11 +136,13 @@ class CliOptions:
     format: str = "mp4"
     quality: float | None = None
     crf: int | None = None
+    preset: str = DEFAULT_PRESET
     scale: float = 1.0
     model: str | None = None
     vae_subfolder: str | None = None
     vae_config: str | None = None
     force: bool = False
+    view: str = "xt"
     executor: str = "auto"
     address: str | None = None
     gpus: int | None = None
@@ -126,6 +151,8 @@ class CliOptions:
     io: str = "driver"
     start_timeout: float | None = None
     item_timeout: float | None = None
+    decoder: str = "vae"
+    family: str | None = None
 
 
 def visible_gpus() -> int:
@@ -193,17 +220,59 @@ def resolve_settings(experiment: Experiment, opts: CliOptions) -> RunSettings:
         crf = DEFAULT_CRF
     if not 0 < opts.scale <= 4:
         raise SetupError(f"--scale must be in (0, 4], got {opts.scale}")
+    if opts.view not in VIEWS:
+        raise SetupError(f"--view must be one of {', '.join(VIEWS)}, got {opts.view}")
+    view = "x0" if opts.view == "x0" else "xt"
     video = experiment.video_settings
+    if opts.preset not in PRESETS:
+        raise SetupError(f"--preset must be one of {', '.join(PRESETS)}, got {opts.preset}")
     output = OutputSettings(model=model, dtype=opts.dtype, fps=float(fps), format=opts.format, crf=crf,
-                            scale=opts.scale, vae_subfolder=opts.vae_subfolder or None,
+                            preset=opts.preset, scale=opts.scale, vae_subfolder=opts.vae_subfolder or None,
                             vae_config=opts.vae_config or None, frames=video.frames, height=video.height,
-                            width=video.width)
+                            width=video.width, view=view)
+    if opts.decoder not in DECODERS:
+        raise SetupError(f"--decoder must be one of {', '.join(DECODERS)}, got {opts.decoder}")
+    if opts.family and opts.decoder != "preview":
+        raise SetupError("--family applies to --decoder preview only")
+    if opts.decoder == "preview":
+        from .previews.setup import preview_output
+
+        if resolve_executor(opts).kind == "ray":
+            raise SetupError("--decoder preview runs in this process (no model, no device): drop the Ray options")
+        output = preview_output(experiment, output, opts.family,
+                                Filters.parse(opts.prompt_filter, opts.video_filter, opts.step_filter))
+    if opts.output_dir:
+        output_dir = Path(opts.output_dir)
+    else:
+        output_dir = experiment.default_output_dir
+        if output.decoder == "preview":
+            from .previews import PREVIEW_DIRNAME
+
+            output_dir = experiment.root / PREVIEW_DIRNAME
+        if view == "x0":
+            output_dir = output_dir.with_name(output_dir.name + X0_SUFFIX)
     return RunSettings(
         experiment=experiment,
         output=output,
-        output_dir=Path(opts.output_dir) if opts.output_dir else experiment.default_output_dir,
+        output_dir=output_dir,
         filters=Filters.parse(opts.prompt_filter, opts.video_filter, opts.step_filter),
         device=opts.device,
         force=opts.force,
         executor=resolve_executor(opts),
     )
+
+
+X0_SUFFIX = "_x0"  # EXP/latents_videos_x0: the x0 view's own tree, with its own journal
+
+
+def resolve_views(experiment: Experiment, opts: CliOptions) -> list[RunSettings]:
+    """One ``RunSettings`` per view asked for: ``--view both`` decodes the stored x_t into the output
+    folder and the x0 view into a sibling folder named ``<output folder>_x0``; x0 first, so that the
+    x_t gallery pages, built last, show both side by side."""
+    if opts.view != "both":
+        return [resolve_settings(experiment, opts)]
+    xt = resolve_settings(experiment, replace(opts, view="xt"))
+    x0 = resolve_settings(experiment, replace(opts, view="x0", output_dir=None))
+    if opts.output_dir:
+        x0 = replace(x0, output_dir=xt.output_dir.with_name(xt.output_dir.name + X0_SUFFIX))
+    return [x0, xt]

@@ -61,9 +61,12 @@ class RunInfo:
     interrupted: bool = False
     stopped: str | None = None  # why the run stopped early (disk full, broken device)
     duplicates: tuple[str, ...] = ()
+    view: str = "xt"  # "xt": the stored latents; "x0": the model's x0 prediction (x0.py)
+    x0: str | None = None  # the x0 view's label: exact or approximate, where sigma came from
+    unavailable: tuple[str, ...] = ()  # x0 view: steps without an x0 (first stored step without noise)
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__, duplicates=list(self.duplicates))
+        return dict(self.__dict__, duplicates=list(self.duplicates), unavailable=list(self.unavailable))
 
 
 def build_summary(journal: Journal, run: RunInfo) -> dict[str, Any]:
@@ -96,6 +99,8 @@ def build_summary(journal: Journal, run: RunInfo) -> dict[str, Any]:
         "experiment": run.experiment,
         "output_dir": run.output_dir,
         "duplicates": list(run.duplicates),
+        "view": run.view,
+        **({"x0": run.x0, "unavailable": list(run.unavailable[:FAILURES_IN_SUMMARY])} if run.view == "x0" else {}),
         "last_run": {
             "finished_at": datetime.now().astimezone().isoformat(timespec="seconds"),
             "wall_seconds": round(run.wall_seconds, 3) if run.wall_seconds is not None else None,
@@ -120,7 +125,7 @@ def read_summary(layout: OutputLayout) -> dict[str, Any] | None:
 
 
 FIGURES = ("total_steps", "successful_steps", "failed_steps", "pending_steps", "video_summaries", "failures",
-           "duplicates")
+           "duplicates", "unavailable")
 
 
 def figures_differ(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:

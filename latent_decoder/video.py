@@ -32,7 +32,7 @@ def _even(frames: np.ndarray) -> np.ndarray:
     return frames
 
 
-def encode_mp4(frames: np.ndarray, fps: float, crf: int, preset: str = "medium") -> bytes:
+def encode_mp4(frames: np.ndarray, fps: float, crf: int, preset: str) -> bytes:
     """H.264 (libx264, yuv420p) MP4 of ``[T, H, W, 3]`` uint8 frames.
 
     ffmpeg needs a seekable file for ``+faststart``: it writes one under a unique name in this

@@ -81,6 +81,26 @@ def torch_dtype(name: str) -> "torch.dtype":
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
+def encode_frames(work: ItemWork, output: OutputSettings) -> ItemWork:
+    """``work.frames`` -> encoded bytes (CPU), as every decoder (VAE or preview) writes them: MP4 or
+    PNG frames plus a first-frame thumbnail; the frames are dropped after."""
+    if work.error is not None:
+        return work
+    start = time.perf_counter()
+    try:
+        frames = work.frames
+        if output.format == "mp4":
+            work.video = encode_mp4(frames, output.fps, output.crf, output.preset)
+        else:
+            work.files = {png_frame_name(i): encode_png(f) for i, f in enumerate(frames)}
+        work.thumbnail = encode_jpeg(frames[0])
+    except Exception as exc:
+        work.error = DecodeError(f"{work.step.path}: encoding {output.format} failed: {describe_error(exc)}")
+    work.frames = None
+    work.encode_seconds = time.perf_counter() - start
+    return work
+
+
 class DecodeWorker:
     """Holds one VAE on one device and computes items; knows nothing of the journal."""
 
@@ -171,10 +191,12 @@ class DecodeWorker:
         try:
             if work.latent is None:
                 work.latent = parse_latent(work.data, work.step.path, self.rule.layout)
-                work.data = None
-                work.latent_shape = list(work.latent.shape)
-                work.latent_dtype = str(work.latent.dtype)
-                work.latent_stats = latent_stats(work.latent, self.rule.layout)
+            else:  # already parsed (the x0 view): validate it like a stored latent
+                work.latent = validate_latent(work.latent, work.step.path, self.rule.layout)
+            work.data = None
+            work.latent_shape = list(work.latent.shape)
+            work.latent_dtype = str(work.latent.dtype)
+            work.latent_stats = latent_stats(work.latent, self.rule.layout)
             work.frames = self._decode_with_fallback(work.latent, str(work.step.path))
             work.frames_shape = list(work.frames.shape)
         except ItemError as exc:
@@ -204,21 +226,7 @@ class DecodeWorker:
 
     def encode_stage(self, work: ItemWork) -> ItemWork:
         """Frames -> encoded bytes (CPU); the frames are dropped after."""
-        if work.error is not None:
-            return work
-        start = time.perf_counter()
-        try:
-            frames = work.frames
-            if self.output.format == "mp4":
-                work.video = encode_mp4(frames, self.output.fps, self.output.crf)
-            else:
-                work.files = {png_frame_name(i): encode_png(f) for i, f in enumerate(frames)}
-            work.thumbnail = encode_jpeg(frames[0])
-        except Exception as exc:
-            work.error = DecodeError(f"{work.step.path}: encoding {self.output.format} failed: {describe_error(exc)}")
-        work.frames = None
-        work.encode_seconds = time.perf_counter() - start
-        return work
+        return encode_frames(work, self.output)
 
     def compute(self, work: ItemWork) -> ItemWork:
         """The whole compute stage: prepared bytes in, encoded files out."""

@@ -3,6 +3,9 @@ an HF cache entry under a real repo id, and a helper to run the real CLI in a su
 from __future__ import annotations
 
 import os
+import signal
+from contextlib import contextmanager
+from typing import Iterator
 import subprocess
 import sys
 from pathlib import Path
@@ -80,3 +83,44 @@ def journal_records(out: Path) -> dict[str, dict]:
 
     with Journal.open(OutputLayout(Path(out)), write=False) as journal:
         return {r.item: r.to_dict() for r in journal.records() if r.status is not None}
+
+
+def tiny_wan_transformer(seed: int = 0):
+    """A tiny ``WanTransformer3DModel`` with seeded random weights, for real tiny ``WanPipeline`` runs."""
+    import torch
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+        text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+    ).eval()
+
+
+class Hung(KeyboardInterrupt):
+    """hang_guard's alarm: from inside its calls Ray passes on only a KeyboardInterrupt."""
+
+
+@contextmanager
+def hang_guard(seconds: int) -> Iterator[None]:
+    """Fail (TimeoutError) instead of hanging when the block runs longer than ``seconds`` (the run
+    may also stop as if interrupted, or return: either way the test fails)."""
+    fired: list[bool] = []
+
+    def fire(signum, frame):
+        fired.append(True)
+        raise Hung()
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.alarm(seconds)
+    try:
+        yield
+    except KeyboardInterrupt:
+        if not fired:
+            raise
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    if fired:
+        raise TimeoutError(f"still running after {seconds} s: the run hangs")

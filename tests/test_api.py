@@ -222,7 +222,7 @@ def test_compat_script_original_flags(exp, tmp_path):
     assert run.exit_code == 0, run.stderr
     video = out / "prompt_001" / "vid_001" / "step_001.mp4"
     assert mp4_info(video) == (pytest.approx(10.0), (WIDTH * 3 // 4, HEIGHT * 3 // 4), FRAMES)
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.mp4")) == ["prompt_001/vid_001/step_001.mp4"]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("step_*.mp4")) == ["prompt_001/vid_001/step_001.mp4"]
     settings = json.loads((out / "decode_summary.json").read_text())["settings"]
     assert settings["crf"] == 15 and settings["fps"] == 10.0 and settings["scale"] == 0.75
 

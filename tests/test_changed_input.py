@@ -52,13 +52,13 @@ def counted_reads(monkeypatch):
     calls: list[str] = []
     real_read, real_same = identity.read_identified, identity.same_content
 
-    def read(path):
-        calls.append(f"read {Path(path).name}")
-        return real_read(path)
+    def read(step):
+        calls.append(f"read {step.path.name}")
+        return real_read(step)
 
-    def same(stored, path):
-        calls.append(f"digest {Path(path).name}")
-        return real_same(stored, path)
+    def same(stored, step):
+        calls.append(f"digest {step.path.name}")
+        return real_same(stored, step)
 
     monkeypatch.setattr("latent_decoder.lifecycle.read_identified", read)
     monkeypatch.setattr("latent_decoder.plan.same_content", same)
@@ -241,3 +241,21 @@ def test_sticky_device_error_stops_the_run_keeping_finished_items(make_experimen
     summary = json.loads((exp / "latents_videos" / "decode_summary.json").read_text())
     assert summary["successful_steps"] == 2 and summary["pending_steps"] == 2
     assert "illegal memory access" in summary["last_run"]["stopped"]
+
+
+def x264_subme(mp4: Path) -> bytes:
+    """x264 writes its settings into the stream; subme differs per preset (ultrafast 0, veryfast 2, medium 7)."""
+    data = mp4.read_bytes()
+    start = data.index(b"subme=")
+    return data[start:data.index(b" ", start)]
+
+
+def test_encoder_preset_default_and_option(make_experiment):
+    exp = make_experiment(prompts=1, steps=1)
+    video = exp / "latents_videos" / "prompt_000" / "vid_001" / "step_000.mp4"
+    assert invoke("decode", str(exp)).exit_code == 0
+    assert x264_subme(video) == b"subme=2"  # veryfast
+    dry = invoke("decode", str(exp), "--preset", "medium", "--dry-run")
+    assert "1 decode again (settings changed)" in dry.output
+    assert invoke("decode", str(exp), "--preset", "medium").exit_code == 0
+    assert x264_subme(video) == b"subme=7"

@@ -55,7 +55,7 @@ def test_old_records_layout_is_migrated_on_first_use(make_experiment):
     exp = make_experiment(prompts=2, steps=2)
     out = exp / "latents_videos"
     assert decode(exp).exit_code == 0
-    videos = {p: p.stat().st_mtime_ns for p in out.rglob("*.mp4")}
+    videos = {p: p.stat().st_mtime_ns for p in out.rglob("step_*.mp4")}
     assert write_legacy_records(out) == 4
     # A regenerated latent after the old run: its old record must not count.
     changed = exp / "latents" / "prompt_001" / "vid_001" / "step_001.npy.gz"
@@ -72,7 +72,7 @@ def test_old_records_layout_is_migrated_on_first_use(make_experiment):
     assert result.exit_code == 0 and "1 ok, 0 failed, 3 already done" in result.output, result.output
     assert not (out / ".records").exists(), "the old records are gone once migrated"
     assert len(journal_records(out)) == 4
-    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.mp4") if "prompt_001/vid_001/step_001" not in str(p)} == {
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("step_*.mp4") if "prompt_001/vid_001/step_001" not in str(p)} == {
         p: t for p, t in videos.items() if "prompt_001/vid_001/step_001" not in str(p)}
 
 

@@ -25,7 +25,7 @@ from latent_decoder import models
 from latent_decoder.cli import cli
 from latent_decoder.demo import build_tiny_wan_vae, write_config
 
-from conftest import journal_records
+from conftest import journal_records, tiny_wan_transformer
 
 HEIGHT, WIDTH, NUM_FRAMES, STEPS, FPS = 32, 32, 9, 3, 6.0
 PARITY_DB = 40.0
@@ -61,7 +61,7 @@ def _store_experiment(root: Path, model_dir: Path, latents: list[np.ndarray], ti
 @pytest.fixture(scope="module")
 def parity(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     import torch
-    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
 
     root = tmp_path_factory.mktemp("parity")
     rng = np.random.default_rng(1234)
@@ -70,12 +70,7 @@ def parity(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     latents_mean = [float(x) for x in rng.normal(0.0, 1.0, 16)]
     latents_std = [float(x) for x in rng.uniform(1.5, 4.0, 16)]
     vae = build_tiny_wan_vae(seed=3, latents_mean=latents_mean, latents_std=latents_std)
-    torch.manual_seed(0)
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
-        text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
-    ).eval()
+    transformer = tiny_wan_transformer(seed=0)
     pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer,
                        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0))
     pipe.set_progress_bar_config(disable=True)

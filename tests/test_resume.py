@@ -189,7 +189,7 @@ def check_consistent(exp: Path, *, complete: bool, width: int, height: int) -> d
     assert summary["pending_steps"] == summary["total_steps"] - len(records)
     assert sum(v["total_steps"] for v in summary["video_summaries"].values()) == summary["total_steps"]
     assert temp_leftovers(out) == []
-    mp4s = sorted(out.rglob("*.mp4"))
+    mp4s = sorted(out.rglob("step_*.mp4"))  # not progression.mp4 (views/)
     assert len(mp4s) == summary["successful_steps"], "videos on disk differ from the summary's counters"
     assert {p.relative_to(out).with_suffix("").as_posix() for p in mp4s} == set(records)
     assert len(list(out.rglob("step_*.jpg"))) == len(mp4s)
@@ -321,7 +321,7 @@ def test_resume_without_kills(make_experiment) -> None:
     assert all(after[k] != before[k] for k in before)
     for rec in read_records(out).values():
         assert rec["settings"]["fps"] == 4.0 and rec["settings"]["dtype"] == "bfloat16"
-    for mp4 in out.rglob("*.mp4"):
+    for mp4 in out.rglob("step_*.mp4"):
         assert video_info(mp4)[2] == pytest.approx(4.0)
     summary = check_consistent(exp, complete=True, width=48, height=32)
     assert summary["settings"]["dtype"] == "bfloat16" and summary["settings"]["fps"] == 4.0

@@ -1,0 +1,151 @@
+"""``decode --watch`` against a real concurrent writer: steps written in place, some slowly in chunks
+(torn for a while), while a real ``latent-decoder decode --watch`` process runs. Each step is decoded
+exactly once, never a torn one, and the summary ends complete."""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from latent_decoder.watch import Settling, is_complete
+
+from conftest import REPO_ROOT
+
+SUB_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+STEPS = 30
+
+WRITER = textwrap.dedent("""
+    import gzip, io, sys, time
+    import numpy as np
+    video_dir, steps = sys.argv[1], int(sys.argv[2])
+    rng = np.random.default_rng(0)
+    for i in range(steps):
+        buf = io.BytesIO()
+        np.save(buf, rng.standard_normal((1, 16, 3, 4, 6)).astype(np.float16))
+        data = gzip.compress(buf.getvalue())
+        path = f"{video_dir}/step_{i:03d}.npy.gz"
+        with open(path, "wb") as fh:  # in place, not atomically, as generators do
+            if i % 5 == 2:  # slowly, in chunks: torn for a while
+                for k in range(3):
+                    fh.write(data[k * len(data) // 3:(k + 1) * len(data) // 3])
+                    fh.flush()
+                    time.sleep(0.7)
+            else:
+                fh.write(data)
+        time.sleep(0.1)
+""")
+
+
+def attempts(out: Path) -> dict[str, list[str]]:
+    with sqlite3.connect(out / ".latent-decoder.db") as conn:
+        rows = conn.execute("SELECT item, status FROM attempts ORDER BY id").fetchall()
+    found: dict[str, list[str]] = {}
+    for item, status in rows:
+        found.setdefault(item, []).append(status)
+    return found
+
+
+def test_watch_decodes_each_step_once_never_a_torn_one(make_experiment):
+    exp = make_experiment(prompts=1, steps=1)
+    video_dir = exp / "latents" / "prompt_000" / "vid_001"
+    for f in video_dir.iterdir():
+        f.unlink()  # an empty start: the generation has not written anything yet
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "latent_decoder", "decode", str(exp), "--device", "cpu", "--watch", "--idle-exit", "4"],
+        cwd=REPO_ROOT, env=SUB_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)  # the watcher is up (model loaded) and waiting
+        assert watcher.poll() is None, watcher.communicate()
+        writer = subprocess.run([sys.executable, "-c", WRITER, str(video_dir), str(STEPS)], timeout=120)
+        assert writer.returncode == 0
+        _, err = watcher.communicate(timeout=240)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+    assert watcher.returncode == 0, err
+    out = exp / "latents_videos"
+    tries = attempts(out)
+    assert sorted(tries) == [f"prompt_000/vid_001/step_{i:03d}" for i in range(STEPS)], err
+    assert all(statuses == ["ok"] for statuses in tries.values()), {k: v for k, v in tries.items() if v != ["ok"]}
+    summary = json.loads((out / "decode_summary.json").read_text())
+    assert (summary["total_steps"], summary["successful_steps"], summary["pending_steps"]) == (STEPS, STEPS, 0)
+    assert "Traceback" not in err
+
+
+def test_ctrl_c_while_watching_exits_130_keeping_decoded_steps(make_experiment):
+    exp = make_experiment(prompts=1, steps=2)
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "latent_decoder", "decode", str(exp), "--device", "cpu", "--watch", "--poll"],
+        cwd=REPO_ROOT, env=SUB_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    out = exp / "latents_videos"
+    deadline = time.monotonic() + 120
+    while not (out / ".latent-decoder.db").exists() or len(attempts(out)) < 2:
+        assert time.monotonic() < deadline and watcher.poll() is None, watcher.communicate()
+        time.sleep(0.2)
+    os.killpg(watcher.pid, signal.SIGINT)
+    _, err = watcher.communicate(timeout=60)
+    assert watcher.returncode == 130, err
+    assert "Traceback" not in err
+    assert len(attempts(out)) == 2
+
+
+def test_torn_files_are_not_complete(tmp_path):
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((1, 16, 3, 4, 6), np.float16))
+    data = buf.getvalue()
+    for name, payload in (("step_000.npy", data), ("step_001.npy.gz", gzip.compress(data))):
+        path = tmp_path / name
+        path.write_bytes(payload[: len(payload) - 7])
+        assert not is_complete(path), name
+        path.write_bytes(payload)
+        assert is_complete(path), name
+
+    from latent_decoder.experiment import LatentStep
+
+    path = tmp_path / "step_000.npy"
+    st = path.stat()
+    step = LatentStep("p", "v", "step_000", 0, str(path), st.st_size, st.st_mtime_ns)
+    settling = Settling()
+    assert not settling.ready(step, 100.0)  # first sight: not yet settled
+    assert not settling.ready(step, 100.2)
+    assert settling.ready(step, 100.6)
+
+
+def test_watch_feeds_new_steps_to_a_running_ray_pool(make_experiment):
+    pytest.importorskip("ray")
+    exp = make_experiment(prompts=1, steps=2)
+    video_dir = exp / "latents" / "prompt_000" / "vid_001"
+    env = {**SUB_ENV, "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "latent_decoder", "decode", str(exp), "--device", "cpu", "--workers", "1", "--watch",
+         "--idle-exit", "4"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out = exp / "latents_videos"
+    try:
+        deadline = time.monotonic() + 180
+        while not (out / ".latent-decoder.db").exists() or len(attempts(out)) < 2:
+            assert time.monotonic() < deadline and watcher.poll() is None, watcher.communicate()
+            time.sleep(0.3)
+        writer = subprocess.run([sys.executable, "-c", WRITER, str(video_dir), "4"], timeout=120)
+        assert writer.returncode == 0
+        _, err = watcher.communicate(timeout=240)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+    assert watcher.returncode == 0, err
+    tries = attempts(out)
+    # The writer rewrote steps 0 and 1 (changed input: decoded again) and added steps 2 and 3.
+    assert sorted(tries) == [f"prompt_000/vid_001/step_{i:03d}" for i in range(4)], err
+    assert [len(tries[f"prompt_000/vid_001/step_{i:03d}"]) for i in range(4)] == [2, 2, 1, 1]
+    assert all(status == "ok" for statuses in tries.values() for status in statuses)
