@@ -277,10 +277,6 @@ def run_decode(
                         for batch in watch_rounds(todo, replan, settings.experiment.latents_dir, settings.watch):
                             bar.grow(len(batch))
                             executor.run(batch, record)
-                            committer.flush()
-                            refresh_views(layout, report)  # the gallery follows the generation
-                            if report.interrupted is not None:  # Ctrl-C while the views were drawn
-                                raise Interrupted(report.interrupted)
                 except KeyboardInterrupt as exc:
                     report.interrupted = exc.signum if isinstance(exc, Interrupted) else signals.raised or signal.SIGINT
                 except RunStoppedError as exc:

@@ -56,24 +56,35 @@ def attempts(out: Path) -> dict[str, list[str]]:
     return found
 
 
-def test_watch_decodes_each_step_once_never_a_torn_one(make_experiment):
-    exp = make_experiment(prompts=1, steps=1)
-    video_dir = exp / "latents" / "prompt_000" / "vid_001"
-    for f in video_dir.iterdir():
-        f.unlink()  # an empty start: the generation has not written anything yet
+def watch_while_writing(exp: Path, steps: int, ready, *args: str, env: dict | None = None) -> tuple[int, str]:
+    """Run ``decode EXP --watch ARGS``; once ``ready()``, run the writer for ``steps`` steps; return the
+    watcher's exit status and stderr."""
     watcher = subprocess.Popen(
-        [sys.executable, "-m", "latent_decoder", "decode", str(exp), "--device", "cpu", "--watch", "--idle-exit", "4"],
-        cwd=REPO_ROOT, env=SUB_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [sys.executable, "-m", "latent_decoder", "decode", str(exp), "--device", "cpu", "--watch", *args],
+        cwd=REPO_ROOT, env=env or SUB_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(3)  # the watcher is up (model loaded) and waiting
-        assert watcher.poll() is None, watcher.communicate()
-        writer = subprocess.run([sys.executable, "-c", WRITER, str(video_dir), str(STEPS)], timeout=120)
+        deadline = time.monotonic() + 180
+        while not ready():
+            assert time.monotonic() < deadline and watcher.poll() is None, watcher.communicate()
+            time.sleep(0.3)
+        video_dir = exp / "latents" / "prompt_000" / "vid_001"
+        writer = subprocess.run([sys.executable, "-c", WRITER, str(video_dir), str(steps)], timeout=120)
         assert writer.returncode == 0
         _, err = watcher.communicate(timeout=240)
     finally:
         if watcher.poll() is None:
             watcher.kill()
-    assert watcher.returncode == 0, err
+    return watcher.returncode, err
+
+
+def test_watch_decodes_each_step_once_never_a_torn_one(make_experiment):
+    exp = make_experiment(prompts=1, steps=1)
+    video_dir = exp / "latents" / "prompt_000" / "vid_001"
+    for f in video_dir.iterdir():
+        f.unlink()  # an empty start: the generation has not written anything yet
+    started = time.monotonic()
+    code, err = watch_while_writing(exp, STEPS, lambda: time.monotonic() - started > 3, "--idle-exit", "4")
+    assert code == 0, err
     out = exp / "latents_videos"
     tries = attempts(out)
     assert sorted(tries) == [f"prompt_000/vid_001/step_{i:03d}" for i in range(STEPS)], err
@@ -126,24 +137,11 @@ def test_torn_files_are_not_complete(tmp_path):
 def test_watch_feeds_new_steps_to_a_running_ray_pool(make_experiment):
     pytest.importorskip("ray")
     exp = make_experiment(prompts=1, steps=2)
-    video_dir = exp / "latents" / "prompt_000" / "vid_001"
     env = {**SUB_ENV, "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    watcher = subprocess.Popen(
-        [sys.executable, "-m", "latent_decoder", "decode", str(exp), "--device", "cpu", "--workers", "1", "--watch",
-         "--idle-exit", "4"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out = exp / "latents_videos"
-    try:
-        deadline = time.monotonic() + 180
-        while not (out / ".latent-decoder.db").exists() or len(attempts(out)) < 2:
-            assert time.monotonic() < deadline and watcher.poll() is None, watcher.communicate()
-            time.sleep(0.3)
-        writer = subprocess.run([sys.executable, "-c", WRITER, str(video_dir), "4"], timeout=120)
-        assert writer.returncode == 0
-        _, err = watcher.communicate(timeout=240)
-    finally:
-        if watcher.poll() is None:
-            watcher.kill()
-    assert watcher.returncode == 0, err
+    code, err = watch_while_writing(exp, 4, lambda: (out / ".latent-decoder.db").exists() and len(attempts(out)) >= 2,
+                                    "--workers", "1", "--idle-exit", "4", env=env)
+    assert code == 0, err
     tries = attempts(out)
     # The writer rewrote steps 0 and 1 (changed input: decoded again) and added steps 2 and 3.
     assert sorted(tries) == [f"prompt_000/vid_001/step_{i:03d}" for i in range(4)], err
