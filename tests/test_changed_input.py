@@ -259,3 +259,16 @@ def test_encoder_preset_default_and_option(make_experiment):
     assert "1 decode again (settings changed)" in dry.output
     assert invoke("decode", str(exp), "--preset", "medium").exit_code == 0
     assert x264_subme(video) == b"subme=7"
+
+
+def test_a_truncated_output_video_is_decoded_again(make_experiment):
+    exp = make_experiment(prompts=1, steps=2)
+    assert invoke("decode", str(exp)).exit_code == 0
+    video = exp / "latents_videos" / f"{ITEM}.mp4"
+    whole = video.read_bytes()
+    video.write_bytes(whole[: len(whole) // 2])  # a disk problem, a careless copy
+    dry = invoke("decode", str(exp), "--dry-run")
+    assert "1 decode again (outputs missing)" in dry.output, dry.output
+    result = invoke("decode", str(exp))
+    assert result.exit_code == 0 and "1 ok, 0 failed, 1 already done" in result.output, result.output
+    assert len(video.read_bytes()) == len(whole)
