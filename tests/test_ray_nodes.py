@@ -91,12 +91,9 @@ def node_of(cluster: Cluster, pid: int):
     raise AssertionError(f"pid {pid} is on no worker node")
 
 
-def test_node_removed_mid_run_every_item_decoded_once(cluster, make_experiment):
-    """One worker, so the run can only finish if Ray brings it back on the other node."""
-    with_worker_nodes(cluster, 2)
-    exp = make_experiment(prompts=2, videos=1, steps=4)
-    settings = resolve_settings(Experiment.load(exp), CliOptions(workers=1))
-    assert settings.executor.kind == "ray"
+def lose_first_workers_node(cluster: Cluster):
+    """(calls per item, pids whose node was removed, on_result): the node of the worker that returns
+    the first result is removed at once, without grace."""
     calls: Counter[str] = Counter()
     removed: list[int] = []
 
@@ -105,6 +102,17 @@ def test_node_removed_mid_run_every_item_decoded_once(cluster, make_experiment):
         if not removed:
             removed.append(record.pid)
             cluster.remove_node(node_of(cluster, record.pid), allow_graceful=False)
+
+    return calls, removed, on_result
+
+
+def test_node_removed_mid_run_every_item_decoded_once(cluster, make_experiment):
+    """One worker, so the run can only finish if Ray brings it back on the other node."""
+    with_worker_nodes(cluster, 2)
+    exp = make_experiment(prompts=2, videos=1, steps=4)
+    settings = resolve_settings(Experiment.load(exp), CliOptions(workers=1))
+    assert settings.executor.kind == "ray"
+    calls, removed, on_result = lose_first_workers_node(cluster)
 
     report = run_decode(settings, progress=False, on_result=on_result, worker_cls=slow_worker_cls(0.5))
     assert report.exit_code == 0
@@ -155,14 +163,7 @@ def test_lost_worker_that_cannot_come_back_is_dropped_and_the_run_finishes(clust
     restart_wait(2)
     exp = make_experiment(prompts=2, videos=1, steps=5)
     settings = resolve_settings(Experiment.load(exp), CliOptions(workers=2))
-    calls: Counter[str] = Counter()
-    removed: list[int] = []
-
-    def on_result(step, record):
-        calls[step.key] += 1
-        if not removed:
-            removed.append(record.pid)
-            cluster.remove_node(node_of(cluster, record.pid), allow_graceful=False)
+    calls, removed, on_result = lose_first_workers_node(cluster)
 
     with caplog.at_level(logging.WARNING, logger="latent_decoder"), hang_guard(180):
         report = run_decode(settings, progress=False, on_result=on_result, worker_cls=slow_worker_cls(1.0))
