@@ -13,6 +13,7 @@ import click
 from . import __version__
 from .errors import LatentDecoderError, SetupError
 from .experiment import Experiment
+from .families import FAMILIES
 from .plan import ItemState, Plan
 from .runner import RunReport, plan_run, run_decode
 from .settings import (DECODERS, DEFAULT_CRF, DEFAULT_PRESET, DTYPES, EXECUTORS, FORMATS, IO_MODES, PRESETS, VIEWS,
@@ -56,6 +57,27 @@ def model_options(command: Callable[..., None]) -> Callable[..., None]:
     return command
 
 
+def rule_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``--family``, ``--decode-timestep`` and ``--decode-noise-scale``: how the latents are decoded,
+    the same for ``decode`` and ``inspect``."""
+    for option in reversed([
+        click.option("--family", metavar="NAME",
+                     help="The decode rule to use instead of the one found from the model folder's "
+                          "model_index.json pipeline or the VAE class (see `inspect`; families: "
+                          + ", ".join(FAMILIES) + "). With --decoder preview: the latent family of "
+                          "the published factors (wan2.1, wan2.2, hunyuanvideo, hunyuanvideo1.5, mochi, "
+                          "ltx-video, cosmos1)."),
+        click.option("--decode-timestep", type=click.FloatRange(0, 1), metavar="T",
+                     help="LTX-Video/LTX-2 with timestep conditioning: the pipeline's decode_timestep "
+                          "[default: the config's video_settings/model_settings value, else the pipeline's 0.0]."),
+        click.option("--decode-noise-scale", type=click.FloatRange(0, 1), metavar="S",
+                     help="LTX-Video/LTX-2: the pipeline's decode_noise_scale [default: the config's, else "
+                          "the decode timestep]; the noise comes from a fixed seed."),
+    ]):
+        command = option(command)
+    return command
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="latent-decoder")
 def cli() -> None:
@@ -90,10 +112,7 @@ def cli() -> None:
               help="vae: the model's own VAE. preview: no model, no weights, no device: every latent frame through "
                    "a linear latent->RGB map (the family's published factors, or this model's calibrate-preview "
                    "map), repeated to the full video's frames and size, into EXP/latents_previews.")
-@click.option("--family", metavar="NAME",
-              help="--decoder preview: the latent family when the model's config.json is not on this machine and "
-                   "the model id and latent channels do not tell (wan2.1, wan2.2, hunyuanvideo, hunyuanvideo1.5, "
-                   "mochi, ltx-video, cosmos1); uses its published factors.")
+@rule_options
 @click.option("--view", type=click.Choice(VIEWS), default="xt", show_default=True,
               help="xt: the stored latents. x0: the model's prediction of the clean video at each step, "
                    "recovered from consecutive stored steps (flow-matching schedulers), into EXP/latents_videos_x0. "
@@ -130,7 +149,8 @@ def decode(experiment: Path, output_dir: Path | None, prompt_filter: str | None,
            vae_config: str | None, view: str, watch: bool, idle_exit: float, poll: bool, force: bool, dry_run: bool, executor: str, gpus: int | None,
            actors_per_gpu: int | None, workers: int | None, address: str | None, io: str,
            start_timeout: float | None, item_timeout: float | None, verbose: bool, decoder: str = "vae",
-           family: str | None = None) -> None:
+           family: str | None = None, decode_timestep: float | None = None,
+           decode_noise_scale: float | None = None) -> None:
     """Decode every stored step of EXPERIMENT into a video.
 
     Resumes by default: a step is skipped only if it was decoded from this very latent file with
@@ -150,7 +170,8 @@ def decode(experiment: Path, output_dir: Path | None, prompt_filter: str | None,
                       crf=crf, scale=scale, model=model, vae_subfolder=vae_subfolder, vae_config=vae_config,
                       force=force, executor=executor, address=address, gpus=gpus, actors_per_gpu=actors_per_gpu,
                       workers=workers, io=io, start_timeout=start_timeout, item_timeout=item_timeout, view=view,
-                      decoder=decoder, family=family)
+                      decoder=decoder, family=family, decode_timestep=decode_timestep,
+                      decode_noise_scale=decode_noise_scale)
     reports: list[tuple[RunSettings, RunReport]] = []
     watching = WatchOptions(idle_exit=idle_exit, poll=poll) if watch else None
     try:
@@ -236,7 +257,10 @@ def _x0_state(settings: RunSettings) -> list[str]:
     o = settings.output
     steps = settings.experiment.discover()
     scheduler = model_scheduler(o.model, o.vae_subfolder, o.vae_config)
-    x0 = attach_x0(steps, scheduler)
+    try:
+        x0 = attach_x0(steps, scheduler)
+    except SetupError as err:  # the model's scheduler rules x0 out: a fact to show, not a failed inspect
+        return [f"x0 view     not available: {err}"]
     lines = [f"x0 view     available for {len(x0.steps)} of {len(steps)} steps; sigma from "
              f"{', '.join(sorted(x0.sigma_sources)) or '-'}; {scheduler.label()}"]
     reasons: dict[str, int] = {}
@@ -292,6 +316,7 @@ def print_report(settings: RunSettings, report: RunReport) -> None:
 @cli.command()
 @click.argument("experiment", type=click.Path(path_type=Path))
 @model_options
+@rule_options
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
               help="VAE precision the memory estimate assumes.")
 @click.option("--max-files", type=click.IntRange(1), default=1000, show_default=True,
@@ -299,7 +324,8 @@ def print_report(settings: RunSettings, report: RunReport) -> None:
 @click.option("--output-dir", type=click.Path(path_type=Path),
               help="The decode's output folder whose state to show [default: EXP/latents_videos].")
 @click.option("--verbose", "-v", is_flag=True, help="Tracebacks on errors.")
-def inspect(experiment: Path, model: str | None, vae_subfolder: str | None, vae_config: str | None, dtype: str,
+def inspect(experiment: Path, model: str | None, vae_subfolder: str | None, vae_config: str | None,
+            family: str | None, decode_timestep: float | None, decode_noise_scale: float | None, dtype: str,
             max_files: int, output_dir: Path | None, verbose: bool) -> None:
     """Show what decoding EXPERIMENT would use and produce, without decoding: the resolved model,
     its VAE class and family rule (and the diffusers pipeline it mirrors), the stored latent shapes,
@@ -315,7 +341,9 @@ def inspect(experiment: Path, model: str | None, vae_subfolder: str | None, vae_
     try:
         settings = resolve_settings(Experiment.load(experiment),
                                     CliOptions(model=model, vae_subfolder=vae_subfolder, vae_config=vae_config,
-                                               dtype=dtype, output_dir=output_dir))
+                                               dtype=dtype, output_dir=output_dir, family=family,
+                                               decode_timestep=decode_timestep,
+                                               decode_noise_scale=decode_noise_scale))
         info = inspect_experiment(settings.experiment, settings.output, max_files)
         lines = render(info) + _x0_state(settings) + _output_state(settings)
     except LatentDecoderError as err:
@@ -427,6 +455,33 @@ def demo(directory: Path, steps: int, seed: int, device: str, dtype: str, fmt: s
     for label, path in where_to_look(settings.output_dir):
         click.echo(f"{label + ':':20s}{path}")
     sys.exit(report.exit_code)
+
+
+@cli.command()
+@click.option("--full", is_flag=True,
+              help="The real-size Wan2.1 VAE (random weights) on 61 frames at 848x480; without it a tiny VAE at "
+                   "17x128x192, which a CPU runs in about a minute.")
+@click.option("--items", type=click.IntRange(2), default=6, show_default=True, help="Steps to decode.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--dtype", "dtypes", type=click.Choice(DTYPES), multiple=True,
+              help="Our dtypes to measure (repeatable) [default: float32 and bfloat16].")
+@click.option("--verbose", "-v", is_flag=True, help="More logging; tracebacks on errors.")
+def bench(full: bool, items: int, device: str, dtypes: tuple[str, ...], verbose: bool) -> None:
+    """Measure the tool against the plain diffusers loop on this machine and print them side by side:
+    the plain loop (float32 decode, export_to_video, one step after the other), our decode alone per
+    dtype (with peak GPU memory), our whole run per dtype, and the ratios. Nothing is downloaded;
+    the model is built with random weights in a temporary folder."""
+    from .bench import run_bench
+
+    _setup_logging(verbose)
+    try:
+        result = run_bench(full=full, items=items, device=device, dtypes=dtypes or ("float32", "bfloat16"),
+                           log=lambda line: click.echo(line, err=True))
+    except LatentDecoderError as err:
+        _fail(err, verbose)
+        return
+    for line in result.table():
+        click.echo(line)
 
 
 @cli.command("calibrate-preview")

@@ -43,7 +43,7 @@ class ModelNotFoundError(SetupError):
 
 
 class UnsupportedModelError(SetupError):
-    """The VAE exists but its class has no de-normalisation rule in ``models.FAMILIES``."""
+    """The VAE exists but its class has no family rule in ``families/``."""
 
 
 class DeviceError(SetupError):

@@ -203,6 +203,25 @@ class Experiment:
 
         return VideoSettings(num("width", int), num("height", int), num("fps", float), num("frames", int))
 
+    @property
+    def decode_arguments(self) -> dict[str, float]:
+        """``decode_timestep`` / ``decode_noise_scale`` the generation passed to an LTX pipeline, read
+        from ``video_settings`` or ``model_settings`` (the first that has it)."""
+        found: dict[str, float] = {}
+        for section in ("video_settings", "model_settings"):
+            raw = self.config.get(section)
+            if not isinstance(raw, dict):
+                continue
+            for key in ("decode_timestep", "decode_noise_scale"):
+                if key in found or raw.get(key) is None:
+                    continue
+                value = raw[key][0] if isinstance(raw[key], list) and raw[key] else raw[key]
+                try:
+                    found[key] = float(value)
+                except (TypeError, ValueError):
+                    raise ExperimentError(f"{self.config_path}: {section}.{key} must be a number, got {raw[key]!r}")
+        return found
+
     def discover(self, filters: Filters | None = None) -> list[LatentStep]:
         """Every stored latent step that passes the filters, in a stable order."""
         return self.scan(filters).steps

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ItemError, LatentDecoderError
-from .experiment import Experiment, VideoSettings
+from .experiment import Experiment
 from .latents import read_latent_header
-from .models import FamilyRule, ResolvedModel, family_rule, resolve_model, vae_skeleton
+from .families import DecodeContext, Detection, Family, detect
+from .models import ResolvedModel, resolve_model, vae_skeleton
 from .settings import OutputSettings
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -43,7 +44,8 @@ class Inspection:
     experiment: Experiment
     output: OutputSettings
     model: ResolvedModel | None = None
-    rule: FamilyRule | None = None
+    rule: Family | None = None
+    detection: Detection | None = None
     vae_class: str | None = None
     expected_layout: str | None = None
     parameters: int | None = None
@@ -57,14 +59,16 @@ def inspect_experiment(experiment: Experiment, output: OutputSettings, max_files
     """Resolve the model and survey the stored latents' shapes (headers of up to ``max_files`` files,
     spread evenly over the experiment)."""
     info = Inspection(experiment, output)
-    vae: Any = None
+    ctx: DecodeContext | None = None
     try:
         info.model = resolve_model(output.model, output.vae_subfolder, output.vae_config)
         info.vae_class = info.model.class_name
-        info.rule = family_rule(info.model.class_name)
-        vae = vae_skeleton(info.model)
-        info.expected_layout = info.rule.expected_layout(vae)
-        info.parameters = sum(p.numel() for p in vae.parameters())
+        override = output.family if output.decoder == "vae" else None
+        info.detection = detect(info.model.class_name, info.model.pipeline, override)
+        info.rule = info.detection.family
+        ctx = DecodeContext(vae_skeleton(info.model), output.video, info.model.pipeline, output.decode_options)
+        info.expected_layout = info.rule.expected_layout(ctx.vae)
+        info.parameters = sum(p.numel() for p in ctx.vae.parameters())
     except LatentDecoderError as exc:
         info.problem = str(exc)
     steps = experiment.discover()
@@ -85,7 +89,7 @@ def inspect_experiment(experiment: Experiment, output: OutputSettings, max_files
         dtypes.setdefault(shape, set()).add(str(dtype))
         examples.setdefault(shape, step.path)
     for shape, count in counts.most_common():
-        info.shapes.append(_summarize(shape, tuple(sorted(dtypes[shape])), count, examples[shape], info, vae))
+        info.shapes.append(_summarize(shape, tuple(sorted(dtypes[shape])), count, examples[shape], info, ctx))
     # One entry per unusable file (the message names it), a few at most; a header that declares more
     # than a latent can be lands here too, so no memory is ever estimated from it.
     for path, message in unreadable[:MAX_UNREADABLE_SHOWN]:
@@ -99,21 +103,20 @@ def inspect_experiment(experiment: Experiment, output: OutputSettings, max_files
 
 
 def _summarize(shape: tuple[int, ...], dtypes: tuple[str, ...], count: int, example: Path, info: Inspection,
-               vae: Any) -> ShapeSummary:
+               ctx: DecodeContext | None) -> ShapeSummary:
     summary = ShapeSummary(shape, dtypes, count, example)
     rule = info.rule
-    if rule is None or vae is None:
+    if rule is None or ctx is None:
         return summary
     batched = (1, *shape) if len(shape) == rule.layout.rank - 1 else shape
-    video: VideoSettings = info.output.video
     try:
         if len(batched) != rule.layout.rank:
             raise ItemError(f"{len(shape)} dims, expected {rule.layout.describe()} or "
                             f"{rule.layout.describe(batched=False)}")
-        rule.check_shape(batched, vae, video, str(example))
+        rule.check_shape(batched, ctx, str(example))
     except ItemError as exc:
         return ShapeSummary(shape, dtypes, count, example, problem=str(exc))
-    frames, height, width = rule.output_frames(batched, vae, video)
+    frames, height, width = rule.output_frames(batched, ctx)
     scale = info.output.scale
     out_h, out_w = (int(height * scale), int(width * scale)) if scale != 1 else (height, width)
     dtype_bytes = DTYPE_BYTES[info.output.dtype]
@@ -141,7 +144,14 @@ def render(info: Inspection) -> list[str]:
         lines.append(f"model       {source}: {info.model.folder} ({info.model.origin})")
         lines.append(f"vae class   {info.vae_class}")
     if info.rule is not None:
-        lines.append(f"family      {info.rule.family}, mirrors {info.rule.mirrors}")
+        lines.append(f"family      {info.rule.name} ({info.rule.label}), mirrors {info.rule.mirrors}")
+        lines.append(f"rule        {info.detection.reason}")
+        if info.rule.note:
+            lines.append(f"            note: {info.rule.note}")
+        if info.rule.reads:
+            given = {name: getattr(o, name) for name in info.rule.reads}
+            lines.append("decode args " + ", ".join(f"{k} {'pipeline default' if v is None else v}"
+                                                    for k, v in given.items()))
         lines.append(f"layout      {info.expected_layout} stored latents ({info.parameters:,} VAE parameters)")
     if info.problem is not None:
         lines.append(f"model       {info.problem}")

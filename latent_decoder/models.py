@@ -1,20 +1,20 @@
-"""Finding a VAE, loading it through diffusers, and the per-family de-normalisation table.
+"""Finding a VAE (local folder, single file, HF cache, download) and loading it through diffusers.
 
-``FAMILIES`` is the one place that says how each VAE class's pipeline turns the model-space
-latent (what ``callback_on_step_end`` sees) into the input of ``vae.decode``.
+Besides the VAE's own ``config.json``, resolution reads what the model folder says about the
+pipeline around it (``model_index.json``, the transformer's and scheduler's configs): the family
+rules in ``families/`` are chosen by the pipeline first.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from .errors import LatentShapeError, ModelNotFoundError, UnsupportedModelError, first_line
-from .experiment import VideoSettings
-from .latents import BCTHW, BSC, BTCHW, Layout
+from .errors import ModelNotFoundError, UnsupportedModelError, first_line
+from .families import PipelineFacts, supported_vae_classes
 
 if TYPE_CHECKING:
     import torch
@@ -22,251 +22,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 VAE_SUBFOLDER = "vae"
-
-
-# --------------------------------------------------------------------------- family rules
-#
-# Each rule mirrors the lines of one diffusers pipeline between the end of its denoising loop and
-# ``vae.decode``: the stored latent is what ``callback_on_step_end`` saw (model space, in the
-# pipeline's own layout); ``to_grid`` brings it to ``[B, C, T, H, W]``, ``denormalize`` undoes the
-# pipeline's normalisation, ``decode`` calls the VAE the way the pipeline does.
-
-
-def _plain_decode(vae: Any, z: "torch.Tensor") -> "torch.Tensor":
-    return vae.decode(z, return_dict=False)[0]
-
-
-def _same_grid(z: "torch.Tensor", vae: Any, video: VideoSettings) -> "torch.Tensor":
-    return z
-
-
-def _wan_denormalize(z: "torch.Tensor", vae: Any) -> "torch.Tensor":
-    """WanPipeline: ``latents / (1 / latents_std) + latents_mean`` (both from ``vae.config``)."""
-    import torch
-
-    config = vae.config
-    shape = (1, config.z_dim, 1, 1, 1)
-    mean = torch.tensor(config.latents_mean, dtype=z.dtype, device=z.device).view(shape)
-    std = torch.tensor(config.latents_std, dtype=z.dtype, device=z.device).view(shape)
-    return z * std + mean
-
-
-def _divide_by_scaling_factor(z: "torch.Tensor", vae: Any) -> "torch.Tensor":
-    """HunyuanVideoPipeline: ``latents / vae.config.scaling_factor``."""
-    return z / vae.config.scaling_factor
-
-
-def _cogvideox_to_grid(z: "torch.Tensor", vae: Any, video: VideoSettings) -> "torch.Tensor":
-    """CogVideoXPipeline: CogVideoX 1.5 denoises ``additional_frames`` extra latent frames (up to a
-    multiple of the transformer's ``patch_size_t``) and drops the leading ones
-    (``latents[:, additional_frames:]``) before ``decode_latents`` permutes ``[B, F, C, H, W]`` to
-    ``[B, C, F, H, W]``; the count follows from ``video_settings.frames``."""
-    if video.frames is not None:
-        expected = (video.frames - 1) // vae.config.temporal_compression_ratio + 1
-        if z.shape[1] > expected:
-            z = z[:, z.shape[1] - expected:]
-    return z.permute(0, 2, 1, 3, 4)
-
-
-def _cogvideox_denormalize(z: "torch.Tensor", vae: Any) -> "torch.Tensor":
-    """CogVideoXPipeline.decode_latents: ``1 / vae_scaling_factor_image * latents``."""
-    return 1 / vae.config.scaling_factor * z
-
-
-def _mochi_denormalize(z: "torch.Tensor", vae: Any) -> "torch.Tensor":
-    """MochiPipeline: ``latents * latents_std / scaling_factor + latents_mean`` when the VAE config
-    has mean and std, else ``latents / scaling_factor``."""
-    import torch
-
-    config = vae.config
-    if getattr(config, "latents_mean", None) is None or getattr(config, "latents_std", None) is None:
-        return z / config.scaling_factor
-    shape = (1, config.latent_channels, 1, 1, 1)
-    mean = torch.tensor(config.latents_mean).view(shape).to(z.device, z.dtype)
-    std = torch.tensor(config.latents_std).view(shape).to(z.device, z.dtype)
-    return z * std / config.scaling_factor + mean
-
-
-def _ltx_grid(vae: Any, video: VideoSettings) -> tuple[int, int, int]:
-    """LTXPipeline's ``latent_num_frames, latent_height, latent_width`` from the requested video."""
-    return ((video.frames - 1) // vae.temporal_compression_ratio + 1,
-            video.height // vae.spatial_compression_ratio, video.width // vae.spatial_compression_ratio)
-
-
-def _ltx_to_grid(z: "torch.Tensor", vae: Any, video: VideoSettings) -> "torch.Tensor":
-    """LTXPipeline._unpack_latents with the LTX-Video transformer's patch sizes (1, 1):
-    ``[B, T*H*W, C]`` -> ``[B, C, T, H, W]``."""
-    t, h, w = _ltx_grid(vae, video)
-    batch = z.size(0)
-    z = z.reshape(batch, t, h, w, -1, 1, 1, 1)
-    return z.permute(0, 4, 1, 5, 2, 6, 3, 7).flatten(6, 7).flatten(4, 5).flatten(2, 3)
-
-
-def _ltx_denormalize(z: "torch.Tensor", vae: Any) -> "torch.Tensor":
-    """LTXPipeline._denormalize_latents with the model's ``latents_mean``/``latents_std`` buffers."""
-    mean = vae.latents_mean.view(1, -1, 1, 1, 1).to(z.device, z.dtype)
-    std = vae.latents_std.view(1, -1, 1, 1, 1).to(z.device, z.dtype)
-    return z * std / vae.config.scaling_factor + mean
-
-
-LTX_DECODE_TIMESTEP = 0.0  # LTXPipeline.__call__ default; decode_noise_scale=None means the same value
-
-
-def _ltx_decode(vae: Any, z: "torch.Tensor") -> "torch.Tensor":
-    """LTXPipeline: with ``timestep_conditioning`` the VAE gets ``decode_timestep`` and the latent
-    becomes ``(1 - s) * latents + s * noise`` with ``s = decode_noise_scale``; at the defaults
-    (0.0, None -> 0.0) that mix is the latent itself, so no noise is drawn."""
-    import torch
-
-    if not vae.config.timestep_conditioning:
-        return vae.decode(z, None, return_dict=False)[0]
-    timestep = torch.tensor([LTX_DECODE_TIMESTEP] * z.shape[0], device=z.device, dtype=z.dtype)
-    return vae.decode(z, timestep, return_dict=False)[0]
-
-
-def _causal_frames(t: int, vae: Any, factor: int) -> int:
-    """A causal video VAE: the first latent frame gives one frame, every other one ``factor``."""
-    return (t - 1) * factor + 1
-
-
-def _cogvideox_frames(t: int, vae: Any, factor: int) -> int:
-    """AutoencoderKLCogVideoX decodes latent frames in batches of two (the first batch takes the odd
-    one out) and keeps the first frame apart only in an odd batch: ``(t-1)*factor+1`` for odd ``t``,
-    ``t*factor`` for even ``t``."""
-    return _causal_frames(t, vae, factor) if t % 2 else t * factor
-
-
-def _prod(values: Any) -> int:
-    out = 1
-    for v in values:
-        out *= int(v)
-    return out
-
-
-@dataclass(frozen=True)
-class FamilyRule:
-    """How one VAE class's diffusers pipeline decodes the latents it hands to ``callback_on_step_end``."""
-
-    family: str
-    mirrors: str  # the diffusers pipeline whose decode path this reproduces
-    layout: Layout  # the stored latent's axes
-    channels: Callable[[Any], int]  # vae -> size of the layout's C axis
-    temporal_factor: Callable[[Any], int]  # vae -> video frames per latent frame
-    spatial_factor: Callable[[Any], int]  # vae -> pixels per latent pixel
-    denormalize: Callable[["torch.Tensor", Any], "torch.Tensor"]  # ([B,C,T,H,W], vae) -> VAE input
-    to_grid: Callable[["torch.Tensor", Any, VideoSettings], "torch.Tensor"] = _same_grid  # layout -> [B,C,T,H,W]
-    decode: Callable[[Any, "torch.Tensor"], "torch.Tensor"] = _plain_decode  # (vae, z) -> [B, 3, F, H, W]
-    decoded_frames: Callable[[int, Any, int], int] = _causal_frames  # (latent frames, vae, factor) -> frames
-    token_grid: Callable[[Any, VideoSettings], tuple[int, int, int]] | None = None  # packed: (T, H, W) of the tokens
-    needs: tuple[str, ...] = ()  # video_settings fields ``token_grid`` reads
-
-    def expected_layout(self, vae: Any) -> str:
-        """The stored shape this VAE takes, e.g. ``[1, 16, T, H, W]``."""
-        return self.layout.describe(C=self.channels(vae))
-
-    def check_shape(self, shape: tuple[int, ...], vae: Any, video: VideoSettings, source: str) -> None:
-        """Reject a (batched) latent that cannot fit this VAE, before decoding, naming both shapes."""
-        shape = tuple(int(n) for n in shape)
-        expected = self.channels(vae)
-        axis = self.layout.axes.index("C")
-        want = self.expected_layout(vae)
-        if shape[axis] != expected:
-            hint = "does the config's model id match the experiment?"
-            others = [i for i, n in enumerate(shape) if n == expected and i != axis]
-            if others:
-                hint = (f"axis {others[0]} has {expected}: stored in another layout than the {self.family} pipeline's "
-                        f"{self.layout.describe()}?")
-            raise LatentShapeError(
-                f"{source}: latent {shape} has {shape[axis]} channels but the {self.family} VAE expects "
-                f"{expected}, as {want} ({hint})"
-            )
-        missing = [name for name in self.needs if getattr(video, name) is None]
-        if missing:
-            raise LatentShapeError(
-                f"{source}: packed {self.family} latent {shape} (stored as {want}) needs video_settings "
-                f"{', '.join(self.needs)} in the config to unpack into [1, {expected}, T, H, W]; "
-                f"missing: {', '.join(missing)}"
-            )
-        if self.token_grid is not None:
-            t, h, w = self.token_grid(vae, video)
-            if shape[1] != t * h * w:
-                raise LatentShapeError(
-                    f"{source}: packed latent {shape} has {shape[1]} tokens but video_settings "
-                    f"{video.frames} frames {video.width}x{video.height} give a {t}x{h}x{w} latent grid = "
-                    f"{t * h * w} tokens, expected [1, {t * h * w}, {expected}] (does the config match the experiment?)"
-                )
-
-    def grid(self, shape: tuple[int, ...], vae: Any, video: VideoSettings) -> tuple[int, ...]:
-        """The ``[B, C, T, H, W]`` shape ``to_grid`` makes of a stored ``shape`` (computed on the meta device)."""
-        import torch
-
-        return tuple(self.to_grid(torch.empty(shape, device="meta"), vae, video).shape)
-
-    def output_frames(self, shape: tuple[int, ...], vae: Any, video: VideoSettings) -> tuple[int, int, int]:
-        """(frames, height, width) that decoding a stored latent of ``shape`` yields."""
-        t, h, w = self.grid(shape, vae, video)[2:]
-        s = self.spatial_factor(vae)
-        return self.decoded_frames(t, vae, self.temporal_factor(vae)), h * s, w * s
-
-    def to_decoder_input(self, z: "torch.Tensor", vae: Any, video: VideoSettings) -> "torch.Tensor":
-        """Stored latent -> what the pipeline passes to ``vae.decode``."""
-        return self.denormalize(self.to_grid(z, vae, video), vae)
-
-
-FAMILIES: dict[str, FamilyRule] = {
-    "AutoencoderKLWan": FamilyRule(
-        family="wan",
-        mirrors="diffusers.WanPipeline (pipelines/wan/pipeline_wan.py); Wan2.1 (16 ch) and Wan2.2 (48 ch, patchified)",
-        layout=BCTHW,
-        channels=lambda vae: vae.config.z_dim,
-        temporal_factor=lambda vae: vae.config.scale_factor_temporal or 4,
-        spatial_factor=lambda vae: vae.config.scale_factor_spatial or 8,
-        denormalize=_wan_denormalize,
-    ),
-    "AutoencoderKLHunyuanVideo": FamilyRule(
-        family="hunyuanvideo",
-        mirrors="diffusers.HunyuanVideoPipeline (pipelines/hunyuan_video/pipeline_hunyuan_video.py)",
-        layout=BCTHW,
-        channels=lambda vae: vae.config.latent_channels,
-        temporal_factor=lambda vae: vae.config.temporal_compression_ratio,
-        spatial_factor=lambda vae: vae.config.spatial_compression_ratio,
-        denormalize=_divide_by_scaling_factor,
-    ),
-    "AutoencoderKLCogVideoX": FamilyRule(
-        family="cogvideox",
-        mirrors="diffusers.CogVideoXPipeline (pipelines/cogvideo/pipeline_cogvideox.py, decode_latents)",
-        layout=BTCHW,
-        channels=lambda vae: vae.config.latent_channels,
-        temporal_factor=lambda vae: vae.config.temporal_compression_ratio,
-        spatial_factor=lambda vae: 2 ** (len(vae.config.block_out_channels) - 1),
-        denormalize=_cogvideox_denormalize,
-        to_grid=_cogvideox_to_grid,
-        decoded_frames=_cogvideox_frames,
-    ),
-    "AutoencoderKLMochi": FamilyRule(
-        family="mochi",
-        mirrors="diffusers.MochiPipeline (pipelines/mochi/pipeline_mochi.py)",
-        layout=BCTHW,
-        channels=lambda vae: vae.config.latent_channels,
-        temporal_factor=lambda vae: _prod(vae.config.temporal_expansions),
-        spatial_factor=lambda vae: _prod(vae.config.spatial_expansions),
-        denormalize=_mochi_denormalize,
-    ),
-    "AutoencoderKLLTXVideo": FamilyRule(
-        family="ltx-video",
-        mirrors="diffusers.LTXPipeline (pipelines/ltx/pipeline_ltx.py: _unpack_latents, _denormalize_latents, "
-                "decode_timestep)",
-        layout=BSC,
-        channels=lambda vae: vae.config.latent_channels,
-        temporal_factor=lambda vae: vae.temporal_compression_ratio,
-        spatial_factor=lambda vae: vae.spatial_compression_ratio,
-        denormalize=_ltx_denormalize,
-        to_grid=_ltx_to_grid,
-        decode=_ltx_decode,
-        token_grid=_ltx_grid,
-        needs=("frames", "height", "width"),
-    ),
-}
+MODEL_INDEX = "model_index.json"
+PIPELINE_FILES = {"transformer": "transformer/config.json", "scheduler": "scheduler/scheduler_config.json"}
 
 
 # --------------------------------------------------------------------------- resolution
@@ -281,6 +38,7 @@ class ResolvedModel:
     class_name: str
     origin: str  # "local folder", "HF cache", "downloaded", "single file"
     weights_file: Path | None = None  # a single .safetensors file holding the weights (from_single_file)
+    pipeline: PipelineFacts = field(default_factory=PipelineFacts)  # what model_index.json & co. say (empty for a bare VAE)
 
 
 def hf_cache_dir() -> Path:
@@ -320,6 +78,50 @@ def _class_name(folder: Path) -> str:
     return str(name)
 
 
+def _read_json(path: Path | None) -> dict[str, Any]:
+    """A JSON object from ``path``; ``{}`` when it is absent or unreadable (these files only refine
+    the choice of rule, so a broken one must not stop a run that the VAE config alone can serve)."""
+    if path is None or not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring %s: %s", path, exc)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _pipeline_facts(find: Callable[[str], Path | None]) -> PipelineFacts:
+    """``model_index.json`` and the transformer/scheduler configs, found by ``find(relative path)``."""
+    index_path = find(MODEL_INDEX)
+    index = _read_json(index_path)
+    if not index:
+        return PipelineFacts()
+    return PipelineFacts(class_name=index.get("_class_name"), index=index,
+                         transformer=_read_json(find(PIPELINE_FILES["transformer"])),
+                         scheduler=_read_json(find(PIPELINE_FILES["scheduler"])), source=str(index_path))
+
+
+def _local_pipeline(root: Path, vae_folder: Path) -> PipelineFacts:
+    """The pipeline folder is ``root`` when it holds ``model_index.json``; a VAE folder given directly
+    (``model/vae``) belongs to its parent's pipeline when that index names it."""
+    if not (root / MODEL_INDEX).is_file() and vae_folder == root:
+        parent = root.parent
+        if vae_folder.name in _read_json(parent / MODEL_INDEX):
+            root = parent
+    return _pipeline_facts(lambda rel: root / rel)
+
+
+def _cached_pipeline(repo_id: str, cache: Path) -> PipelineFacts:
+    from huggingface_hub import try_to_load_from_cache
+
+    def find(rel: str) -> Path | None:
+        hit = try_to_load_from_cache(repo_id, rel, cache_dir=str(cache))
+        return Path(hit) if isinstance(hit, str) else None
+
+    return _pipeline_facts(find)
+
+
 def _from_cache(repo_id: str, cache: Path, subfolder: str | None = None) -> Path | None:
     from huggingface_hub import try_to_load_from_cache
 
@@ -342,10 +144,11 @@ def _single_file(path: Path, source: str, subfolder: str | None, config: str | N
 
     configured = resolve_model(config, subfolder)
     if configured.class_name not in SINGLE_FILE_LOADABLE_CLASSES:
-        loadable = sorted(set(SINGLE_FILE_LOADABLE_CLASSES) & set(FAMILIES))
+        loadable = sorted(set(SINGLE_FILE_LOADABLE_CLASSES) & set(supported_vae_classes()))
         raise UnsupportedModelError(f"diffusers cannot load {configured.class_name} from a single file ({source}); "
                                     f"it can for {', '.join(loadable)}: use a model folder instead")
-    return ResolvedModel(source, configured.folder, configured.class_name, "single file", path.absolute())
+    return ResolvedModel(source, configured.folder, configured.class_name, "single file", path.absolute(),
+                         configured.pipeline)
 
 
 def resolve_model(source: str, subfolder: str | None = None, config: str | None = None,
@@ -371,14 +174,16 @@ def _resolve_model(source: str, subfolder: str | None, config: str | None, downl
         if folder is None:
             has = f"no {wanted}" if subfolder else wanted
             raise ModelNotFoundError(f"model '{source}': local path {path.absolute()} has {has}")
-        return ResolvedModel(source, folder, _class_name(folder), "local folder")
+        return ResolvedModel(source, folder, _class_name(folder), "local folder",
+                             pipeline=_local_pipeline(path, folder))
     looked.append(f"no local folder {path.absolute()}")
     if "/" not in source or source.startswith((".", "/", "~")):
         raise ModelNotFoundError(f"model '{source}' not found: {'; '.join(looked)}; and it is not an ORG/NAME repo id")
     cache = hf_cache_dir()
     folder = _from_cache(source, cache, subfolder)
     if folder is not None:
-        return ResolvedModel(source, folder, _class_name(folder), "HF cache")
+        return ResolvedModel(source, folder, _class_name(folder), "HF cache",
+                             pipeline=_cached_pipeline(source, cache))
     looked.append(f"not in the HF cache {cache}" + (f" (looked for {subfolder}/config.json)" if subfolder else ""))
     if hub_offline() or not download:
         why = "HF_HUB_OFFLINE is set" if hub_offline() else "looking locally only"
@@ -392,6 +197,7 @@ def _download(repo_id: str, cache: Path, looked: list[str], subfolder: str | Non
     sub = subfolder or VAE_SUBFOLDER
     log.info("downloading the VAE of %s (only its %s/ files)", repo_id, sub)
     patterns = [f"{sub}/*"] if subfolder else [f"{VAE_SUBFOLDER}/*", "config.json", "diffusion_pytorch_model*"]
+    patterns += [MODEL_INDEX, *PIPELINE_FILES.values()]
     try:
         snapshot = Path(snapshot_download(repo_id, cache_dir=str(cache), allow_patterns=patterns))
     except Exception as exc:  # hub errors come in many classes; all mean "not found from here"
@@ -401,16 +207,8 @@ def _download(repo_id: str, cache: Path, looked: list[str], subfolder: str | Non
     folder = _vae_folder_in(snapshot, subfolder)
     if folder is None:
         raise ModelNotFoundError(f"model '{repo_id}': downloaded snapshot {snapshot} holds no VAE config")
-    return ResolvedModel(repo_id, folder, _class_name(folder), "downloaded")
-
-
-def family_rule(class_name: str) -> FamilyRule:
-    try:
-        return FAMILIES[class_name]
-    except KeyError:
-        raise UnsupportedModelError(
-            f"VAE class {class_name} is not supported yet (supported: {', '.join(sorted(FAMILIES))})"
-        ) from None
+    return ResolvedModel(repo_id, folder, _class_name(folder), "downloaded",
+                         pipeline=_pipeline_facts(lambda rel: snapshot / rel))
 
 
 def _vae_class(resolved: ResolvedModel) -> Any:
@@ -434,9 +232,8 @@ def vae_skeleton(resolved: ResolvedModel) -> Any:
         return cls.from_config(cls.load_config(str(resolved.folder), local_files_only=True))
 
 
-def load_vae(resolved: ResolvedModel, device: "torch.device", dtype: "torch.dtype") -> tuple[Any, FamilyRule]:
+def load_vae(resolved: ResolvedModel, device: "torch.device", dtype: "torch.dtype") -> Any:
     """Load the VAE from its local folder (never touches the network) onto ``device``."""
-    rule = family_rule(resolved.class_name)
     cls = _vae_class(resolved)
     try:
         if resolved.weights_file is not None:
@@ -449,4 +246,4 @@ def load_vae(resolved: ResolvedModel, device: "torch.device", dtype: "torch.dtyp
         raise ModelNotFoundError(f"model '{resolved.source}': cannot load VAE from {where}: {first_line(exc)}") from exc
     vae.to(device).eval()
     vae.requires_grad_(False)
-    return vae, rule
+    return vae

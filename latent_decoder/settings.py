@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from .errors import SetupError
 from .experiment import DEFAULT_FPS, Experiment, Filters, VideoSettings
+from .families.base import DecodeOptions
 from .watch import WatchOptions
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -53,12 +54,18 @@ class OutputSettings:
     width: int | None = None
     view: str = "xt"  # "xt": the stored latents; "x0": the model's x0 prediction at each step (x0.py)
     decoder: str = "vae"  # "vae": the model's VAE; "preview": a linear latent -> RGB map, no model (previews/)
-    family: str | None = None  # preview: the latent space (wan2.1, ...), found or given with --family
+    family: str | None = None  # vae: the decode rule given with --family; preview: the latent space (wan2.1, ...)
+    decode_timestep: float | None = None  # LTX-Video/LTX-2 decode arguments; None: the pipeline's default
+    decode_noise_scale: float | None = None
     preview_factors: str | None = None  # preview: the map, "published:<digest>" or "calibrated:<digest>"
 
     @property
     def video(self) -> VideoSettings:
         return VideoSettings(width=self.width, height=self.height, fps=self.fps, frames=self.frames)
+
+    @property
+    def decode_options(self) -> DecodeOptions:
+        return DecodeOptions(self.decode_timestep, self.decode_noise_scale)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,7 +93,7 @@ class OutputSettings:
         return {"frames": self.frames, "height": self.height, "width": self.width}
 
 
-OPTIONAL_FIELDS = ("vae_subfolder", "vae_config", "family", "preview_factors")
+OPTIONAL_FIELDS = ("vae_subfolder", "vae_config", "family", "decode_timestep", "decode_noise_scale", "preview_factors")
 
 
 @dataclass(frozen=True)
@@ -153,6 +160,8 @@ class CliOptions:
     item_timeout: float | None = None
     decoder: str = "vae"
     family: str | None = None
+    decode_timestep: float | None = None
+    decode_noise_scale: float | None = None
 
 
 def visible_gpus() -> int:
@@ -226,14 +235,20 @@ def resolve_settings(experiment: Experiment, opts: CliOptions) -> RunSettings:
     video = experiment.video_settings
     if opts.preset not in PRESETS:
         raise SetupError(f"--preset must be one of {', '.join(PRESETS)}, got {opts.preset}")
+    configured = experiment.decode_arguments
+    timestep = opts.decode_timestep if opts.decode_timestep is not None else configured.get("decode_timestep")
+    noise_scale = (opts.decode_noise_scale if opts.decode_noise_scale is not None
+                   else configured.get("decode_noise_scale"))
+    for flag, value in (("decode_timestep", timestep), ("decode_noise_scale", noise_scale)):
+        if value is not None and not 0 <= value <= 1:
+            raise SetupError(f"{flag} must be between 0 and 1, got {value}")
     output = OutputSettings(model=model, dtype=opts.dtype, fps=float(fps), format=opts.format, crf=crf,
                             preset=opts.preset, scale=opts.scale, vae_subfolder=opts.vae_subfolder or None,
                             vae_config=opts.vae_config or None, frames=video.frames, height=video.height,
-                            width=video.width, view=view)
+                            width=video.width, view=view, family=opts.family or None, decode_timestep=timestep,
+                            decode_noise_scale=noise_scale)
     if opts.decoder not in DECODERS:
         raise SetupError(f"--decoder must be one of {', '.join(DECODERS)}, got {opts.decoder}")
-    if opts.family and opts.decoder != "preview":
-        raise SetupError("--family applies to --decoder preview only")
     if opts.decoder == "preview":
         from .previews.setup import preview_output
 

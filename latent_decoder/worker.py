@@ -24,6 +24,8 @@ from .errors import DecodeError, DeviceError, DeviceFailure, ItemError, describe
 from .latents import latent_stats, parse_latent, validate_latent
 from .layout import OutputLayout
 from .lifecycle import ItemWork, WorkerIdentity, prepare, write_outputs
+from .families import DecodeContext, detect
+from .families.wan import load_condition
 from .models import ResolvedModel, load_vae, resolve_model
 from .journal import StepRecord
 from .settings import OutputSettings
@@ -121,14 +123,23 @@ class DecodeWorker:
         if self.device.type == "cpu" and output.dtype == "float16":
             warnings.warn("float16 on CPU is slow and poorly supported; prefer float32 or bfloat16", stacklevel=2)
         self.model = model or resolve_model(output.model, output.vae_subfolder, output.vae_config)
-        self.vae, self.rule = load_vae(self.model, self.device, self.dtype)
+        self.detection = detect(self.model.class_name, self.model.pipeline, output.family)
+        self.rule = self.detection.family
+        self.vae = load_vae(self.model, self.device, self.dtype)
         self.host = socket.gethostname()
         self.device_name = (
             f"{self.device} ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda" else str(self.device)
         )
         self.identity = WorkerIdentity(self.host, self.device_name, name, os.getpid())
-        log.info("loaded %s (%s, %s) from %s on %s", self.model.class_name, self.rule.family, self.output.dtype,
-                 self.model.folder, self.device_name)
+        log.info("loaded %s (%s rule: %s; %s) from %s on %s", self.model.class_name, self.rule.name,
+                 self.detection.reason, self.output.dtype, self.model.folder, self.device_name)
+
+    def context(self, source: str) -> DecodeContext:
+        """What the family rule reads besides the latent; Wan2.2 I2V also the video's condition latent."""
+        stored = Path(source)
+        condition = load_condition(stored.parent) if self.rule.name == "wan2.2-i2v" and stored.is_file() else None
+        return DecodeContext(self.vae, self.output.video, self.model.pipeline, self.output.decode_options,
+                             condition)
 
     # ------------------------------------------------------------------ in-memory decode
 
@@ -141,12 +152,11 @@ class DecodeWorker:
         import torch.nn.functional as F
 
         latent = validate_latent(np.asarray(latent), source, self.rule.layout)
-        video_settings = self.output.video
-        self.rule.check_shape(latent.shape, self.vae, video_settings, source)
+        ctx = self.context(source)
+        self.rule.check_shape(latent.shape, ctx, source)
         with torch.inference_mode():
             z = torch.from_numpy(np.ascontiguousarray(latent)).to(self.device, torch.float32)
-            z = self.rule.to_decoder_input(z, self.vae, video_settings).to(self.dtype)
-            video = self.rule.decode(self.vae, z)  # [1, 3, F, H, W] in [-1, 1]
+            video = self.rule.decode_latent(z, ctx)  # [1, 3, F, H, W] in [-1, 1]
             if not bool(torch.isfinite(video).all()):
                 others = " or ".join(d for d in ("bfloat16", "float32") if d != self.output.dtype)
                 raise DecodeError(f"{source}: the VAE's output holds NaN/Inf values in {self.output.dtype} "
@@ -246,5 +256,5 @@ class DecodeWorker:
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.model.source, "model_folder": str(self.model.folder), "vae_class": self.model.class_name,
-                "family": self.rule.family, "mirrors": self.rule.mirrors, "device": self.device_name,
+                "family": self.rule.name, "family_rule": self.detection.reason, "mirrors": self.rule.mirrors, "device": self.device_name,
                 "dtype": self.output.dtype, "host": self.host, "worker": self.identity.worker, "pid": self.identity.pid}

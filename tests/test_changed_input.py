@@ -199,18 +199,18 @@ def test_out_of_memory_is_retried_once_with_tiling(make_experiment, monkeypatch)
 def test_non_finite_frames_fail_the_item_and_suggest_another_dtype(make_experiment, monkeypatch):
     import torch
 
-    from latent_decoder import models
+    from latent_decoder import families
 
     exp = make_experiment(prompts=1, steps=2)
-    rule = models.FAMILIES["AutoencoderKLWan"]
+    rule = families.FAMILIES["wan"]
 
-    def overflowing(vae, z):
-        video = rule.decode(vae, z)
+    def overflowing(z, ctx):
+        video = rule.decode(z, ctx)
         return video * torch.tensor(float("inf"))  # what an fp16 overflow leaves behind
 
     import dataclasses
 
-    monkeypatch.setitem(models.FAMILIES, "AutoencoderKLWan", dataclasses.replace(rule, decode=overflowing))
+    monkeypatch.setitem(families.FAMILIES, "wan", dataclasses.replace(rule, decode=overflowing))
     result = invoke("decode", str(exp))
     assert result.exit_code == 1
     for rec in journal_records(exp / "latents_videos").values():

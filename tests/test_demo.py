@@ -135,7 +135,7 @@ def test_shipped_weights_load_through_model_resolution(demo_run) -> None:
     assert Path(model_id) == root / "model"
     resolved = resolve_model(model_id)
     assert resolved.folder == root / "model" / "vae" and resolved.origin == "local folder"
-    vae, _ = load_vae(resolved, torch.device("cpu"), torch.float32)
+    vae = load_vae(resolved, torch.device("cpu"), torch.float32)
     assert 400_000 < sum(p.numel() for p in vae.parameters()) < 600_000
     assert len(vae.config.latents_std) == 16 and min(vae.config.latents_std) > 0
     for name in ("config.json", "diffusion_pytorch_model.safetensors"):

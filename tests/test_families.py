@@ -11,7 +11,6 @@ on CPU, and their stored per-step latents decode back to their own output frames
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,43 +19,25 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
-from latent_decoder import decode_latent, models
+from latent_decoder import families
 from latent_decoder.cli import cli
-from latent_decoder.demo import build_tiny_wan_vae, save_npy_gz, write_config
+from latent_decoder.demo import build_tiny_wan_vae
 from latent_decoder.errors import LatentFileError, LatentShapeError
 from latent_decoder.experiment import VideoSettings
 from latent_decoder.settings import OutputSettings
 from latent_decoder.worker import DecodeWorker
 
-PARITY_DB = 40.0
-FPS = 8.0
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
-
-def _stats(seed: int, n: int) -> tuple[list[float], list[float]]:
-    """Clearly non-trivial per-channel statistics, so a missing or wrong de-normalisation shows."""
-    rng = np.random.default_rng(seed)
-    return [float(x) for x in rng.normal(0.0, 1.0, n)], [float(x) for x in rng.uniform(1.5, 4.0, n)]
-
-
-def _postprocess(video: Any) -> np.ndarray:
-    """The pipelines' ``video_processor.postprocess_video(video, output_type="np")``, in 0..255."""
-    from diffusers.video_processor import VideoProcessor
-
-    return np.asarray(VideoProcessor().postprocess_video(video.float(), output_type="np")[0], np.float64) * 255.0
+from family_harness import (FPS, LOW_PRECISION_DB, PARITY_DB, Case, FamilyCase, assert_wrong_rules_caught,
+                            build_case as _build_case, capture, cli_frames, in_memory, postprocess, psnr,
+                            random_stats, save_model, store_and_decode, write_experiment)
 
 
 # --------------------------------------------------------------------------- tiny VAEs
 
 
 def _wan22() -> Any:
-    mean, std = _stats(22, 48)
+    mean, std = random_stats(22, 48)
     return build_tiny_wan_vae(seed=22, z_dim=48, is_residual=True, in_channels=12, out_channels=12, patch_size=2,
                               scale_factor_spatial=16, latents_mean=mean, latents_std=std)
 
@@ -90,7 +71,7 @@ def _mochi() -> Any:
     import torch
     from diffusers import AutoencoderKLMochi
 
-    mean, std = _stats(4, 12)
+    mean, std = random_stats(4, 12)
     torch.manual_seed(4)
     return AutoencoderKLMochi(
         latent_channels=12, out_channels=3, encoder_block_out_channels=(32, 32, 32, 32),
@@ -114,7 +95,7 @@ def _ltx(timestep_conditioning: bool) -> Callable[[], Any]:
             upsample_factor=(1, 1, 1, 1), timestep_conditioning=timestep_conditioning, patch_size=1, patch_size_t=1,
             encoder_causal=True, decoder_causal=False, scaling_factor=0.9,
         ).eval()
-        mean, std = _stats(5, 8)
+        mean, std = random_stats(5, 8)
         with torch.no_grad():  # buffers of the model, saved with its weights (not in config.json)
             vae.latents_mean.copy_(torch.tensor(mean))
             vae.latents_std.copy_(torch.tensor(std))
@@ -147,19 +128,21 @@ def _ref_hunyuan(vae: Any, latent: Any, video: VideoSettings) -> Any:
 
 def _ref_cogvideox(vae: Any, latent: Any, video: VideoSettings) -> Any:
     """CogVideoXPipeline.decode_latents itself (permute, ``1 / scaling_factor``, decode); first the
-    pipeline's ``latents[:, additional_frames:]`` for CogVideoX 1.5's padded frames."""
+    pipeline's ``latents[:, additional_frames:]`` for CogVideoX 1.5's padded frames. The loop's
+    latents are in ``prompt_embeds.dtype``, the VAE's when the pipeline is loaded in one dtype."""
     from diffusers import CogVideoXPipeline
 
     additional_frames = latent.shape[1] - ((video.frames - 1) // vae.config.temporal_compression_ratio + 1)
     pipe = SimpleNamespace(vae=vae, vae_scaling_factor_image=vae.config.scaling_factor)
-    return CogVideoXPipeline.decode_latents(pipe, latent[:, additional_frames:])
+    return CogVideoXPipeline.decode_latents(pipe, latent[:, additional_frames:].to(vae.dtype))
 
 
 def _ref_mochi(vae: Any, latent: Any, video: VideoSettings) -> Any:
-    """pipeline_mochi.py, the lines before ``vae.decode``."""
+    """pipeline_mochi.py, the lines before ``vae.decode``; its loop runs in ``prompt_embeds.dtype``
+    (the VAE's, when the pipeline is loaded in one dtype)."""
     import torch
 
-    latents = latent
+    latents = latent.to(vae.dtype)
     has_latents_mean = hasattr(vae.config, "latents_mean") and vae.config.latents_mean is not None
     has_latents_std = hasattr(vae.config, "latents_std") and vae.config.latents_std is not None
     assert has_latents_mean and has_latents_std
@@ -169,9 +152,10 @@ def _ref_mochi(vae: Any, latent: Any, video: VideoSettings) -> Any:
     return vae.decode(latents, return_dict=False)[0]
 
 
-def _ref_ltx(vae: Any, latent: Any, video: VideoSettings) -> Any:
-    """LTXPipeline's own static helpers, then its timestep-conditioning lines at the ``__call__``
-    defaults (decode_timestep=0.0, decode_noise_scale=None)."""
+def _ref_ltx(vae: Any, latent: Any, video: VideoSettings, decode_timestep: float = 0.0,
+             decode_noise_scale: float | None = None) -> Any:
+    """LTXPipeline's own static helpers, then its cast to the prompt dtype (the VAE's) and its
+    timestep-conditioning lines (``__call__`` defaults: decode_timestep=0.0, decode_noise_scale=None)."""
     import torch
     from diffusers import LTXPipeline
     from diffusers.utils.torch_utils import randn_tensor
@@ -179,13 +163,17 @@ def _ref_ltx(vae: Any, latent: Any, video: VideoSettings) -> Any:
     t, h, w = _ltx_grid(vae, video)
     latents = LTXPipeline._unpack_latents(latent, t, h, w, 1, 1)
     latents = LTXPipeline._denormalize_latents(latents, vae.latents_mean, vae.latents_std, vae.config.scaling_factor)
-    decode_timestep, decode_noise_scale, batch_size = 0.0, None, latents.shape[0]
+    latents = latents.to(vae.dtype)
+    batch_size = latents.shape[0]
     if not vae.config.timestep_conditioning:
         timestep = None
     else:
         noise = randn_tensor(latents.shape, generator=torch.Generator().manual_seed(0), dtype=latents.dtype)
         decode_timestep = [decode_timestep] * batch_size
-        decode_noise_scale = decode_timestep if decode_noise_scale is None else decode_noise_scale
+        if decode_noise_scale is None:
+            decode_noise_scale = decode_timestep
+        elif not isinstance(decode_noise_scale, list):
+            decode_noise_scale = [decode_noise_scale] * batch_size
         timestep = torch.tensor(decode_timestep, dtype=latents.dtype)
         decode_noise_scale = torch.tensor(decode_noise_scale, dtype=latents.dtype)[:, None, None, None, None]
         latents = (1 - decode_noise_scale) * latents + decode_noise_scale * noise
@@ -206,43 +194,25 @@ def _ltx_packed(grid: np.ndarray) -> np.ndarray:
     return LTXPipeline._pack_latents(torch.from_numpy(grid), 1, 1).numpy()
 
 
-@dataclasses.dataclass(frozen=True)
-class Family:
-    """One family's test case: its tiny VAE, a stored latent's shape and the video it stands for."""
-
-    class_name: str
-    build: Callable[[], Any]
-    grid: tuple[int, int, int, int]  # C, T, H, W of the unpacked latent
-    video: VideoSettings
-    reference: Callable[[Any, Any, VideoSettings], Any]
-    store: Callable[[np.ndarray], np.ndarray] = lambda g: g  # [1,C,T,H,W] -> the pipeline's layout
-    extra_frames: int = 0  # CogVideoX 1.5: padded latent frames the pipeline drops before decoding
-
-
 FAMILY_CASES = {
-    "wan2.2": Family("AutoencoderKLWan", _wan22, (48, 2, 2, 3), VideoSettings(48, 32, FPS, 5), _ref_wan),
-    "hunyuanvideo": Family("AutoencoderKLHunyuanVideo", _hunyuan, (4, 3, 4, 6), VideoSettings(48, 32, FPS, 9),
-                           _ref_hunyuan),
-    "cogvideox": Family("AutoencoderKLCogVideoX", _cogvideox, (4, 3, 4, 6), VideoSettings(48, 32, FPS, 9),
-                        _ref_cogvideox, store=lambda g: g.transpose(0, 2, 1, 3, 4)),
-    "cogvideox1.5": Family("AutoencoderKLCogVideoX", _cogvideox, (4, 3, 4, 6), VideoSettings(48, 32, FPS, 9),
-                           _ref_cogvideox, store=lambda g: g.transpose(0, 2, 1, 3, 4), extra_frames=1),
-    "cogvideox-even": Family("AutoencoderKLCogVideoX", _cogvideox, (4, 2, 4, 6), VideoSettings(48, 32, FPS, 8),
-                             _ref_cogvideox, store=lambda g: g.transpose(0, 2, 1, 3, 4)),
-    "mochi": Family("AutoencoderKLMochi", _mochi, (12, 2, 4, 6), VideoSettings(48, 32, FPS, 7), _ref_mochi),
-    "ltx-video": Family("AutoencoderKLLTXVideo", _ltx(False), (8, 3, 4, 6), VideoSettings(24, 16, FPS, 9),
-                        _ref_ltx, store=_ltx_packed),
-    "ltx-video-0.9.1": Family("AutoencoderKLLTXVideo", _ltx(True), (8, 3, 4, 6), VideoSettings(24, 16, FPS, 9),
-                              _ref_ltx, store=_ltx_packed),
+    "wan2.2": FamilyCase("wan", "AutoencoderKLWan", _wan22, (48, 2, 2, 3), VideoSettings(48, 32, FPS, 5), _ref_wan),
+    "hunyuanvideo": FamilyCase("hunyuanvideo", "AutoencoderKLHunyuanVideo", _hunyuan, (4, 3, 4, 6),
+                               VideoSettings(48, 32, FPS, 9), _ref_hunyuan),
+    "cogvideox": FamilyCase("cogvideox", "AutoencoderKLCogVideoX", _cogvideox, (4, 3, 4, 6),
+                            VideoSettings(48, 32, FPS, 9), _ref_cogvideox, store=lambda g: g.transpose(0, 2, 1, 3, 4)),
+    "cogvideox1.5": FamilyCase("cogvideox", "AutoencoderKLCogVideoX", _cogvideox, (4, 3, 4, 6),
+                               VideoSettings(48, 32, FPS, 9), _ref_cogvideox,
+                               store=lambda g: g.transpose(0, 2, 1, 3, 4), extra_frames=1),
+    "cogvideox-even": FamilyCase("cogvideox", "AutoencoderKLCogVideoX", _cogvideox, (4, 2, 4, 6),
+                                 VideoSettings(48, 32, FPS, 8), _ref_cogvideox,
+                                 store=lambda g: g.transpose(0, 2, 1, 3, 4)),
+    "mochi": FamilyCase("mochi", "AutoencoderKLMochi", _mochi, (12, 2, 4, 6), VideoSettings(48, 32, FPS, 7),
+                        _ref_mochi),
+    "ltx-video": FamilyCase("ltx-video", "AutoencoderKLLTXVideo", _ltx(False), (8, 3, 4, 6),
+                            VideoSettings(24, 16, FPS, 9), _ref_ltx, store=_ltx_packed),
+    "ltx-video-0.9.1": FamilyCase("ltx-video", "AutoencoderKLLTXVideo", _ltx(True), (8, 3, 4, 6),
+                                  VideoSettings(24, 16, FPS, 9), _ref_ltx, store=_ltx_packed),
 }
-
-
-@dataclasses.dataclass
-class Case:
-    family: Family
-    model_dir: Path
-    latent: np.ndarray  # as stored: the pipeline's layout, float16 values
-    expected: np.ndarray  # the pipeline's frames, [F, H, W, 3] in 0..255
 
 
 @pytest.fixture(scope="module")
@@ -250,26 +220,8 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("family_models")
 
 
-_CASES: dict[str, Case] = {}
-
-
 def build_case(name: str, models_dir: Path) -> Case:
-    """The family's tiny VAE saved in ``model/vae``, a stored latent and the pipeline's frames (built once)."""
-    import torch
-
-    if name not in _CASES:
-        family = FAMILY_CASES[name]
-        vae = family.build()
-        model_dir = models_dir / name
-        vae.save_pretrained(model_dir / "vae")
-        c, t, h, w = family.grid
-        rng = np.random.default_rng(sorted(FAMILY_CASES).index(name))
-        grid = rng.standard_normal((1, c, t + family.extra_frames, h, w)).astype(np.float16).astype(np.float32)
-        stored = family.store(grid)
-        with torch.no_grad():
-            video = family.reference(vae, torch.from_numpy(stored), family.video)
-        _CASES[name] = Case(family, model_dir, stored, _postprocess(video))
-    return _CASES[name]
+    return _build_case(name, FAMILY_CASES, models_dir)
 
 
 @pytest.fixture(params=sorted(FAMILY_CASES))
@@ -277,94 +229,105 @@ def case(request: pytest.FixtureRequest, models_dir: Path) -> Case:
     return build_case(request.param, models_dir)
 
 
-def _experiment(root: Path, model: Path | str, video: VideoSettings, latent: np.ndarray) -> Path:
-    write_config(root, str(model), video.width, video.height, video.frames, FPS)
-    save_npy_gz(root / "latents" / "prompt_000" / "vid_001" / "step_000.npy.gz", latent.astype(np.float16))
-    return root
-
-
-def _png_frames(folder: Path) -> np.ndarray:
-    files = sorted(folder.glob("frame_*.png"))
-    assert files, f"no frames in {folder}"
-    return np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
-
-
-def _in_memory(case: Case, latent: np.ndarray | None = None) -> np.ndarray:
-    v = case.family.video
-    return decode_latent(case.latent if latent is None else latent, str(case.model_dir), device="cpu",
-                         frames=v.frames, height=v.height, width=v.width)
-
-
 # --------------------------------------------------------------------------- parity
 
 
 def test_cli_decode_matches_the_family_pipeline(case: Case, tmp_path: Path):
-    exp = _experiment(tmp_path / "exp", case.model_dir, case.family.video, case.latent)
-    result = CliRunner().invoke(cli, ["decode", str(exp), "--device", "cpu", "--format", "png"])
-    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
-    frames = _png_frames(exp / "latents_videos" / "prompt_000" / "vid_001" / "step_000")
-    assert frames.shape == case.expected.shape
-    assert psnr(frames, case.expected) >= PARITY_DB
-    summary = json.loads((exp / "latents_videos" / "decode_summary.json").read_text())
-    assert summary["model"]["vae_class"] == case.family.class_name
-    assert summary["model"]["family"] == models.FAMILIES[case.family.class_name].family
+    frames, summary = cli_frames(case, tmp_path)
+    assert frames.shape == case.reference().shape
+    assert psnr(frames, case.reference()) >= PARITY_DB
+    assert summary["model"]["vae_class"] == case.family.vae_class
+    assert summary["model"]["family"] == case.family.family
     assert summary["model"]["mirrors"].startswith("diffusers.")
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("name", ["wan2.2", "hunyuanvideo", "cogvideox", "mochi", "ltx-video-0.9.1"])
+def test_low_precision_decode_is_the_pipelines_own(name: str, dtype: str, models_dir: Path):
+    """``--dtype bfloat16/float16`` casts and de-normalises in the order the pipeline does, so the
+    frames are the pipeline's own at that dtype, not the float32 ones rounded differently."""
+    case = build_case(name, models_dir)
+    frames = in_memory(case, dtype=dtype)
+    assert psnr(frames, np.round(case.reference(dtype))) >= LOW_PRECISION_DB  # the pipeline's uint8 frames
+    assert psnr(frames, case.reference("float32")) < LOW_PRECISION_DB + 40  # the dtype did change something
+
+
 def test_output_frames_math_matches_the_decode(case: Case):
-    """``FamilyRule.output_frames`` (used by ``inspect``) predicts the decoded shape."""
+    """``Family.output_frames`` (used by ``inspect``) predicts the decoded shape."""
     import torch
 
-    frames = _in_memory(case)
-    vae, rule = models.load_vae(models.resolve_model(str(case.model_dir)), torch.device("cpu"), torch.float32)
-    assert rule.output_frames(case.latent.shape, vae, case.family.video) == frames.shape[:3]
+    from latent_decoder.families import DecodeContext
+    from latent_decoder.models import load_vae, resolve_model
+
+    frames = in_memory(case)
+    vae = load_vae(resolve_model(str(case.model_dir)), torch.device("cpu"), torch.float32)
+    rule = families.FAMILIES[case.family.family]
+    assert rule.output_frames(case.latent.shape, DecodeContext(vae, case.family.video)) == frames.shape[:3]
     v = case.family.video
     assert frames.shape[:3] == (v.frames, v.height, v.width)  # the video the latent was made for
 
 
-def _times_scaling_factor(z: Any, vae: Any) -> Any:
-    return z * vae.config.scaling_factor
+def _times_scaling_factor(z: Any, ctx: Any) -> Any:
+    return z * ctx.config.scaling_factor
 
 
-def _scaling_factor_only(z: Any, vae: Any) -> Any:
-    return z / vae.config.scaling_factor
+def _scaling_factor_only(z: Any, ctx: Any) -> Any:
+    return z / ctx.config.scaling_factor
 
 
-def _divide_by_std(z: Any, vae: Any) -> Any:
+def _divide_by_std(z: Any, ctx: Any) -> Any:
     import torch
 
-    c = vae.config
+    c = ctx.config
     shape = (1, c.z_dim, 1, 1, 1)
     return z / torch.tensor(c.latents_std).view(shape) + torch.tensor(c.latents_mean).view(shape)
 
 
-# Likely mistakes per VAE class (besides leaving the latent as it is): each still makes a video.
+# Likely mistakes per family (besides leaving the latent as it is): each still makes a video.
 WRONG = {
-    "AutoencoderKLWan": {"divide by std": _divide_by_std},
-    "AutoencoderKLHunyuanVideo": {"multiply by scaling_factor": _times_scaling_factor},
-    "AutoencoderKLCogVideoX": {"multiply by scaling_factor": _times_scaling_factor},
-    "AutoencoderKLMochi": {"scaling_factor without mean/std": _scaling_factor_only},
-    "AutoencoderKLLTXVideo": {"scaling_factor without the mean/std buffers": _scaling_factor_only},
+    "wan": {"divide by std": _divide_by_std},
+    "hunyuanvideo": {"multiply by scaling_factor": _times_scaling_factor},
+    "cogvideox": {"multiply by scaling_factor": _times_scaling_factor},
+    "mochi": {"scaling_factor without mean/std": _scaling_factor_only},
+    "ltx-video": {"scaling_factor without the mean/std buffers": _scaling_factor_only},
 }
 
 
 def test_negative_control_wrong_denormalization_is_caught(case: Case, monkeypatch: pytest.MonkeyPatch):
-    rule = models.FAMILIES[case.family.class_name]
-    for name, wrong in {"none": lambda z, vae: z, **WRONG[case.family.class_name]}.items():
-        monkeypatch.setitem(models.FAMILIES, case.family.class_name, dataclasses.replace(rule, denormalize=wrong))
-        assert psnr(_in_memory(case), case.expected) < PARITY_DB, name
+    assert_wrong_rules_caught(case, WRONG[case.family.family], monkeypatch)
 
 
 def test_negative_control_wrong_unpacking_is_caught(monkeypatch: pytest.MonkeyPatch, models_dir: Path):
     """Reading LTX's packed tokens as if channels came first still makes a video, a wrong one."""
     case = build_case("ltx-video", models_dir)
-    rule = models.FAMILIES["AutoencoderKLLTXVideo"]
 
-    def channels_first(z: Any, vae: Any, video: VideoSettings) -> Any:
-        return z.reshape(z.shape[0], z.shape[2], *_ltx_grid(vae, video))
+    def channels_first(z: Any, ctx: Any) -> Any:
+        return z.reshape(z.shape[0], z.shape[2], *_ltx_grid(ctx.vae, ctx.video))
 
-    monkeypatch.setitem(models.FAMILIES, "AutoencoderKLLTXVideo", dataclasses.replace(rule, to_grid=channels_first))
-    assert psnr(_in_memory(case), case.expected) < PARITY_DB
+    assert_wrong_rules_caught(case, {"channels first": channels_first}, monkeypatch, field="to_grid")
+
+
+def test_ltx_decode_timestep_comes_from_the_config_or_the_flag(models_dir: Path, tmp_path: Path):
+    """LTX 0.9.1+ runs pass decode_timestep 0.05: read from video_settings (or a flag), it changes the
+    frames exactly as the pipeline's argument does, and it is part of the settings (a change re-decodes)."""
+    import torch
+
+    case = build_case("ltx-video-0.9.1", models_dir)
+    with torch.no_grad():
+        expected = postprocess(_ref_ltx(case.vae, torch.from_numpy(case.latent), case.family.video,
+                                        decode_timestep=0.05, decode_noise_scale=0.0))
+    assert psnr(expected, case.reference()) < PARITY_DB  # the argument matters for this VAE
+    frames, summary = cli_frames(case, tmp_path / "config", extra_config="  decode_timestep: 0.05\n"
+                                 "  decode_noise_scale: 0.0\n")
+    assert psnr(frames, expected) >= PARITY_DB
+    flagged, _ = cli_frames(case, tmp_path / "flag", "--decode-timestep", "0.05", "--decode-noise-scale", "0")
+    assert psnr(flagged, expected) >= PARITY_DB
+    exp = tmp_path / "flag" / "exp"
+    plan = CliRunner().invoke(cli, ["decode", str(exp), "--device", "cpu", "--format", "png", "--dry-run"])
+    assert "settings changed" in plan.output, plan.output  # without the flag: the pipeline's default again
+    noisy = [in_memory(case, decode_timestep=0.05, decode_noise_scale=0.5) for _ in range(2)]
+    assert np.array_equal(noisy[0], noisy[1])  # a fixed noise seed: reproducible
+    assert psnr(noisy[0], expected) < PARITY_DB  # and the noise is mixed in
 
 
 # --------------------------------------------------------------------------- latents that do not fit
@@ -422,7 +385,7 @@ def test_unpacked_latent_for_a_packed_family_is_rejected(models_dir: Path):
 
 def test_packed_latent_without_frames_fails_its_item_in_the_cli(models_dir: Path, tmp_path: Path):
     case = build_case("ltx-video", models_dir)
-    exp = _experiment(tmp_path / "exp", case.model_dir, case.family.video, case.latent)
+    exp = write_experiment(tmp_path / "exp", case.model_dir, case.family.video, case.latent)
     (exp / "configs" / "generation_config.yaml").write_text(f"model_settings: {{model_id: '{case.model_dir}'}}\n")
     result = CliRunner().invoke(cli, ["decode", str(exp), "--device", "cpu", "--format", "png"])
     assert result.exit_code == 1, result.output
@@ -435,13 +398,13 @@ def test_packed_latent_without_frames_fails_its_item_in_the_cli(models_dir: Path
 def test_inspect_reads_packed_and_frames_first_latents(models_dir: Path, tmp_path: Path):
     """``inspect`` unpacks shapes by the family's layout and the config's video settings."""
     for name, words in {
-        "ltx-video": ["family      ltx-video, mirrors diffusers.LTXPipeline", "[1, S, 8] stored latents",
+        "ltx-video": ["family      ltx-video (LTX-Video), mirrors diffusers.LTXPipeline", "[1, S, 8] stored latents",
                       "[1, 72, 8] float16 x1 -> 9 frames 24x16"],
-        "cogvideox1.5": ["family      cogvideox, mirrors diffusers.CogVideoXPipeline", "[1, T, 4, H, W]",
+        "cogvideox1.5": ["family      cogvideox (CogVideoX), mirrors diffusers.CogVideoXPipeline", "[1, T, 4, H, W]",
                          "[1, 4, 4, 4, 6] float16 x1 -> 9 frames 48x32"],
     }.items():
         case = build_case(name, models_dir)
-        exp = _experiment(tmp_path / name, case.model_dir, case.family.video, case.latent)
+        exp = write_experiment(tmp_path / name, case.model_dir, case.family.video, case.latent)
         result = CliRunner().invoke(cli, ["inspect", str(exp)])
         assert result.exit_code == 0, result.output
         for word in words:
@@ -472,40 +435,15 @@ def test_tiny_ltx_pipeline_run_decodes_to_its_own_frames(tmp_path: Path):
     with torch.inference_mode():
         out = pipe(prompt_embeds=embeds, prompt_attention_mask=torch.ones(1, 8), height=video.height,
                    width=video.width, num_frames=video.frames, num_inference_steps=3, guidance_scale=1.0,
-                   callback_on_step_end=_capture(captured), output_type="np",
+                   callback_on_step_end=capture(captured), output_type="np",
                    generator=torch.Generator().manual_seed(0))
     expected = np.asarray(out.frames[0], np.float64) * 255.0
     assert [c.shape for c in captured] == [(1, 192, 8)] * 3  # packed: 3 x 8 x 8 tokens of 8 channels
 
-    first, last = _store_and_decode(tmp_path, vae, captured, video)
+    first, last, _ = store_and_decode(tmp_path, save_model(vae, tmp_path / "model"), captured, video)
     assert last.shape == expected.shape == (9, 32, 32, 3)
     assert psnr(last, expected) >= PARITY_DB
     assert psnr(first, expected) < psnr(last, expected)
-
-
-def _capture(store: list[np.ndarray]) -> Callable[..., dict[str, Any]]:
-    """A ``callback_on_step_end`` keeping every step's latent, as the experiments' generation scripts do."""
-    def on_step_end(_pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        store.append(kwargs["latents"].detach().float().numpy())
-        return {}
-
-    return on_step_end
-
-
-def _store_and_decode(tmp_path: Path, vae: Any, captured: list[np.ndarray],
-                      video: VideoSettings) -> tuple[np.ndarray, np.ndarray]:
-    """Save the VAE and the per-step latents as an experiment, decode it with the CLI to PNG; returns
-    the first and last steps' frames."""
-    model_dir = tmp_path / "model"
-    vae.save_pretrained(model_dir / "vae")
-    exp = tmp_path / "exp"
-    write_config(exp, str(model_dir), video.width, video.height, video.frames, FPS)
-    for i, latent in enumerate(captured):
-        save_npy_gz(exp / "latents" / "prompt_000" / "vid_001" / f"step_{i:03d}.npy.gz", latent)
-    result = CliRunner().invoke(cli, ["decode", str(exp), "--device", "cpu", "--format", "png"])
-    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
-    out_dir = exp / "latents_videos" / "prompt_000" / "vid_001"
-    return _png_frames(out_dir / "step_000"), _png_frames(out_dir / f"step_{len(captured) - 1:03d}")
 
 
 def test_tiny_cogvideox_pipeline_run_decodes_to_its_own_frames(tmp_path: Path):
@@ -528,11 +466,11 @@ def test_tiny_cogvideox_pipeline_run_decodes_to_its_own_frames(tmp_path: Path):
     embeds = torch.randn(1, 16, 32, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         out = pipe(prompt_embeds=embeds, height=video.height, width=video.width, num_frames=video.frames,
-                   num_inference_steps=3, guidance_scale=1.0, callback_on_step_end=_capture(captured),
+                   num_inference_steps=3, guidance_scale=1.0, callback_on_step_end=capture(captured),
                    output_type="np", generator=torch.Generator().manual_seed(0))
     expected = np.asarray(out.frames[0], np.float64) * 255.0
     assert [c.shape for c in captured] == [(1, 3, 4, 4, 6)] * 3  # frames first
-    first, last = _store_and_decode(tmp_path, vae, captured, video)
+    first, last, _ = store_and_decode(tmp_path, save_model(vae, tmp_path / "model"), captured, video)
     assert last.shape == expected.shape == (9, 32, 48, 3)
     assert psnr(last, expected) >= PARITY_DB
     assert psnr(first, expected) < psnr(last, expected)

@@ -28,7 +28,8 @@ def test_inspect_reports_model_family_shapes_and_output(make_experiment, tiny_mo
     out = result.output
     assert f"{tiny_model_dir}: {tiny_model_dir / 'vae'} (local folder)" in out
     assert "vae class   AutoencoderKLWan" in out
-    assert "family      wan, mirrors diffusers.WanPipeline" in out
+    assert "family      wan (Wan 2.1/2.2), mirrors diffusers.WanPipeline" in out
+    assert "rule        VAE class AutoencoderKLWan (no model_index.json names the pipeline)" in out
     assert "[1, 16, T, H, W]" in out
     assert "latents     9 file(s); headers read: 9" in out
     lines = out.splitlines()

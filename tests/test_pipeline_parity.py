@@ -21,14 +21,15 @@ from click.testing import CliRunner
 from PIL import Image
 
 from latent_decoder import decode_latent
-from latent_decoder import models
+from latent_decoder import families
 from latent_decoder.cli import cli
 from latent_decoder.demo import build_tiny_wan_vae, write_config
 
 from conftest import journal_records, tiny_wan_transformer
 
 HEIGHT, WIDTH, NUM_FRAMES, STEPS, FPS = 32, 32, 9, 3, 6.0
-PARITY_DB = 40.0
+PARITY_DB = 55.0  # float32: 8-bit rounding alone gives ~59 dB, so a small normalisation error fails
+FLOAT16_STORED_DB = 40.0  # latents stored as float16 lose precision before the tool sees them
 MP4_DB = 25.0
 
 
@@ -151,8 +152,8 @@ def test_png_frames_of_last_step_match_the_pipeline(parity, png32):
 
 
 def _rule_with(denormalize):
-    rule = models.FAMILIES["AutoencoderKLWan"]
-    return dataclasses.replace(rule, denormalize=lambda z, vae: denormalize(z, vae.config))
+    rule = families.FAMILIES["wan"]
+    return dataclasses.replace(rule, denormalize=lambda z, ctx: denormalize(z, ctx.config))
 
 
 def _std_mean(z, config):
@@ -175,7 +176,7 @@ WRONG_DENORMALIZATIONS = {
 @pytest.mark.parametrize("name", sorted(WRONG_DENORMALIZATIONS))
 def test_negative_control_wrong_denormalization_is_caught(parity, monkeypatch, name):
     """The same PSNR check fails when the decoder gets the de-normalisation wrong."""
-    monkeypatch.setitem(models.FAMILIES, "AutoencoderKLWan", _rule_with(WRONG_DENORMALIZATIONS[name]))
+    monkeypatch.setitem(families.FAMILIES, "wan", _rule_with(WRONG_DENORMALIZATIONS[name]))
     frames = decode_latent(parity.latents[-1], model=str(parity.model_dir), device="cpu")
     assert frames.shape == (NUM_FRAMES, HEIGHT, WIDTH, 3)
     assert psnr(frames, parity.frames) < PARITY_DB
@@ -186,9 +187,10 @@ def test_float16_stored_latents_match_the_pipeline(parity):
     out = parity.exp16 / "latents_videos"
     frames = _png_frames(out / "prompt_000" / "vid_001" / f"step_{STEPS - 1:03d}")
     assert frames.shape == (NUM_FRAMES, HEIGHT, WIDTH, 3)
-    assert psnr(frames, parity.frames) >= PARITY_DB
+    assert psnr(frames, parity.frames) >= FLOAT16_STORED_DB
     record = journal_records(out)[f"prompt_000/vid_001/step_{STEPS - 1:03d}"]
     assert record["status"] == "ok" and record["latent_dtype"] == "float16"
+
 
 
 def test_mp4_frames_match_the_pipeline(parity, tmp_path):

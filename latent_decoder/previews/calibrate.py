@@ -122,7 +122,7 @@ def calibrate_preview(experiment: Experiment, output: OutputSettings, device: st
                          f"calibrate on more or larger videos (--steps)")
     factors, bias = fit_map(x, y)
     predicted = x @ factors + bias
-    family = family_for_class(worker.model.class_name, channels, worker.rule.family)
+    family = family_for_class(worker.model.class_name, channels, worker.rule.name)
     published = published_map(family)
     published_r2 = (r_squared(y, x @ published.factors + published.bias)
                     if published is not None and published.channels == channels else None)

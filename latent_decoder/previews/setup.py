@@ -1,7 +1,7 @@
 """What a preview run uses: the family, the latent -> RGB map and the geometry, found without weights.
 
 The VAE's ``config.json`` is used when it is on this machine (a local folder, the HF cache; nothing is
-downloaded): its class and channel count name the family, and the family's ``FamilyRule`` on a
+downloaded): its class and channel count name the family, and the family rule (``families/``) on a
 meta-device skeleton gives the exact geometry (Wan2.2's 16x, LTX-Video's token grid, CogVideoX's
 frames). Without it, the model id and the stored latent's channel count name the family, and the
 family's published compression gives the geometry.
@@ -19,7 +19,8 @@ import numpy as np
 from ..errors import LatentShapeError, ModelNotFoundError, SetupError, UnsupportedModelError
 from ..experiment import VideoSettings
 from ..latents import Layout
-from ..models import FAMILIES, FamilyRule, ResolvedModel, resolve_model, vae_skeleton
+from ..families import DecodeContext, Family, default_family, supported_vae_classes
+from ..models import ResolvedModel, resolve_model, vae_skeleton
 from .factors import CALIBRATED, PUBLISHED, PreviewMap, load_calibration, model_key, published_map
 from .families import PREVIEW_FAMILIES, PreviewFamily, families_from_model_id, family_for_class
 
@@ -50,19 +51,21 @@ class Geometry:
         return self.decoded_frames(t), height, width
 
 
-def geometry_from_rule(rule: FamilyRule, vae: Any, video: VideoSettings, source: str) -> Geometry:
+def geometry_from_rule(rule: Family, vae: Any, video: VideoSettings, source: str) -> Geometry:
     """The geometry the full decode has, from the family's rule on the VAE skeleton (no weights)."""
+    ctx = DecodeContext(vae, video)
+
     def to_grid(latent: np.ndarray) -> np.ndarray:
-        if rule.layout.axes == "BCTHW" and rule.to_grid.__name__ == "_same_grid":
+        if rule.layout.axes == "BCTHW" and rule.to_grid.__name__ == "same_grid":
             return latent
         import torch
 
-        return rule.to_grid(torch.from_numpy(np.ascontiguousarray(latent)), vae, video).numpy()
+        return rule.to_grid(torch.from_numpy(np.ascontiguousarray(latent)), ctx).numpy()
 
     factor = rule.temporal_factor(vae)
     return Geometry(rule.layout, rule.channels(vae), factor, rule.spatial_factor(vae), source, to_grid,
-                    lambda t: rule.decoded_frames(t, vae, factor),
-                    lambda shape, where: rule.check_shape(shape, vae, video, where))
+                    lambda t: rule.decoded_frames(t, ctx, factor),
+                    lambda shape, where: rule.check_shape(shape, ctx, where))
 
 
 def geometry_from_family(family: PreviewFamily, video: VideoSettings) -> Geometry:
@@ -99,7 +102,7 @@ def geometry_from_family(family: PreviewFamily, video: VideoSettings) -> Geometr
         return latent
 
     def decoded_frames(t: int) -> int:
-        if layout.axes == "BTCHW" and t % 2 == 0:  # AutoencoderKLCogVideoX: see models._cogvideox_frames
+        if layout.axes == "BTCHW" and t % 2 == 0:  # AutoencoderKLCogVideoX: see families/cogvideox.py
             return t * tf
         return (t - 1) * tf + 1
 
@@ -175,7 +178,7 @@ def resolve_preview(model: str, video: VideoSettings, subfolder: str | None = No
     rule, vae, class_name, channels = None, None, None, None
     if resolved is not None:
         class_name = resolved.class_name
-        rule = FAMILIES.get(class_name)
+        rule = default_family(class_name)
         if rule is not None:
             try:
                 vae = vae_skeleton(resolved)
@@ -191,7 +194,7 @@ def resolve_preview(model: str, video: VideoSettings, subfolder: str | None = No
     if family is not None and pinned is None:
         how = "--family"
     elif resolved is not None:
-        detected = family_for_class(class_name, channels, rule.family if rule else None)
+        detected = family_for_class(class_name, channels, rule.name if rule else None)
         how = f"{resolved.folder / 'config.json'} ({class_name}, {channels} channels)"
         if family is not None and family != detected:
             how += f", --family {family}"
@@ -217,7 +220,7 @@ def resolve_preview(model: str, video: VideoSettings, subfolder: str | None = No
     label = PREVIEW_FAMILIES[family].label if family in PREVIEW_FAMILIES else family
     if preview is None and resolved is not None and rule is None:
         raise SetupError(f"no preview for model '{model}': {class_name} has no published factors, and "
-                         f"calibrate-preview needs a VAE class this tool decodes ({', '.join(sorted(FAMILIES))})")
+                         f"calibrate-preview needs a VAE class this tool decodes ({', '.join(supported_vae_classes())})")
     if preview is None:
         raise SetupError(f"no preview factors for {label} (model '{model}'"
                          + (f", {class_name}" if class_name else "") + f"): {CALIBRATE_HINT}")

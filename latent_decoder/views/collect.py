@@ -14,10 +14,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..experiment import LatentStep
+from ..families import FAMILIES
 from ..journal import Journal, StepRecord
-
-# Families whose samplers are flow-matching: the stored timestep is sigma * 1000.
-FLOW_MATCHING_FAMILIES = frozenset({"wan", "hunyuanvideo", "mochi", "ltx-video"})
 
 # Per video: items, which successful attempts they show (ids only grow), states, decode time, and when
 # the newest output was written. A failed retry that fails the same way changes none of these.
@@ -171,7 +169,7 @@ def step_view(root: Path, record: StepRecord, family: str | None) -> tuple[StepV
         meta = step.read_metadata() or {}
     timestep = _number(meta.get("timestep"))
     sigma = _number(meta.get("sigma"))
-    if sigma is None and timestep is not None and family in FLOW_MATCHING_FAMILIES:
+    if sigma is None and timestep is not None and family in FAMILIES and FAMILIES[family].flow_matching:
         sigma = timestep / 1000.0
     view = StepView(step=record.step, index=record.step_index, status=record.status, state=record.state,
                     error=record.error, timestep=timestep, sigma=sigma, stats=record.latent_stats,

@@ -1,0 +1,101 @@
+"""The family registry: which rule decodes a model's latents, and why.
+
+Each module of this package mirrors one diffusers pipeline family (its layout, de-normalisation and
+decode call, with the pipeline file named at the top). ``detect`` picks the rule: ``--family`` if
+given, else the pipeline named by the model folder's ``model_index.json`` (Kandinsky 5 and
+HunyuanVideo share a VAE but not a layout, Cosmos 2 and Wan share a VAE but not a dtype order),
+else the VAE class's default family (a bare VAE, or a pipeline this table does not know).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import UnsupportedModelError
+from .allegro import ALLEGRO
+from .base import DecodeContext, DecodeOptions, Family, PipelineFacts
+from .cogvideox import COGVIDEOX
+from .cosmos import COSMOS1
+from .cosmos2 import COSMOS2, COSMOS2_5, COSMOS2_5_TRANSFER
+from .easyanimate import EASYANIMATE
+from .hunyuan_video import HUNYUANVIDEO
+from .hunyuan_video15 import HUNYUANVIDEO15
+from .kandinsky5 import KANDINSKY5, KANDINSKY5_I2V
+from .ltx_video import LTX_VIDEO
+from .ltx2 import LTX2, LTX2_CONDITIONED
+from .mochi import MOCHI
+from .sana_video import SANA_VIDEO
+from .wan import SKYREELS_V2, WAN, WAN22_I2V, WAN_USERS
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    WAN, WAN22_I2V, SKYREELS_V2, WAN_USERS,
+    HUNYUANVIDEO,
+    KANDINSKY5, KANDINSKY5_I2V,
+    ALLEGRO,
+    EASYANIMATE,
+    HUNYUANVIDEO15,
+    COSMOS1, COSMOS2, COSMOS2_5, COSMOS2_5_TRANSFER,
+    COGVIDEOX,
+    MOCHI,
+    LTX_VIDEO,
+    LTX2, LTX2_CONDITIONED,
+    SANA_VIDEO,
+)}
+
+# The family (name) for a VAE class when no pipeline says otherwise.
+VAE_DEFAULTS: dict[str, str] = {
+    "AutoencoderKLWan": WAN.name,
+    "AutoencoderKLHunyuanVideo": HUNYUANVIDEO.name,
+    "AutoencoderKLHunyuanVideo15": HUNYUANVIDEO15.name,
+    "AutoencoderKLCosmos": COSMOS1.name,
+    "AutoencoderKLCogVideoX": COGVIDEOX.name,
+    "AutoencoderKLMochi": MOCHI.name,
+    "AutoencoderKLAllegro": ALLEGRO.name,
+    "AutoencoderKLMagvit": EASYANIMATE.name,
+    "AutoencoderKLLTXVideo": LTX_VIDEO.name,
+    "AutoencoderKLLTX2Video": LTX2.name,
+}
+
+__all__ = ["FAMILIES", "VAE_DEFAULTS", "DecodeContext", "DecodeOptions", "Detection", "Family", "PipelineFacts",
+           "default_family", "detect", "supported_vae_classes"]
+
+
+@dataclass(frozen=True)
+class Detection:
+    """The rule chosen for a model and the reason, as ``inspect`` prints it."""
+
+    family: Family
+    reason: str
+
+
+def supported_vae_classes() -> list[str]:
+    return sorted({c for f in FAMILIES.values() for c in f.vae_classes})
+
+
+def default_family(vae_class: str) -> Family | None:
+    name = VAE_DEFAULTS.get(vae_class)
+    return FAMILIES[name] if name else None
+
+
+def detect(vae_class: str, pipeline: PipelineFacts, override: str | None = None) -> Detection:
+    """``--family`` > the pipeline in ``model_index.json`` > the VAE class."""
+    if override:
+        family = FAMILIES.get(override)
+        if family is None:
+            raise UnsupportedModelError(f"--family {override}: unknown family (known: {', '.join(FAMILIES)})")
+        if vae_class not in family.vae_classes:
+            raise UnsupportedModelError(f"--family {override} decodes {', '.join(family.vae_classes)} latents, "
+                                        f"but the model's VAE is {vae_class}")
+        return Detection(family, f"--family {override}")
+    name = pipeline.class_name
+    if name:
+        for family in FAMILIES.values():
+            if name in family.pipelines and vae_class in family.vae_classes and family.accepts(pipeline.index):
+                return Detection(family, f"pipeline {name} in {pipeline.source or 'model_index.json'}")
+    default = default_family(vae_class)
+    if default is None:
+        raise UnsupportedModelError(f"VAE class {vae_class} is not supported yet "
+                                    f"(supported: {', '.join(supported_vae_classes())})")
+    if name:
+        return Detection(default, f"VAE class {vae_class}: pipeline {name} is not in the family table, so the "
+                                  f"{default.label} rule is assumed (pass --family to choose)")
+    return Detection(default, f"VAE class {vae_class} (no model_index.json names the pipeline)")

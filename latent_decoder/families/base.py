@@ -1,0 +1,178 @@
+"""What a family rule is: how one diffusers pipeline turns the latent its loop hands to
+``callback_on_step_end`` into the input of ``vae.decode``, and what it calls then.
+
+A stored latent is in the pipeline's own layout and in model space. ``Family.to_decoder_input``
+brings it to ``[B, C, T, H, W]`` (``to_grid``), then casts to the VAE dtype and de-normalises in the
+order that pipeline does (``cast_first``: most pipelines cast first and de-normalise in the VAE's
+dtype; Cosmos and LTX-Video de-normalise in the loop's float32 and cast after), so ``--dtype
+bfloat16`` gives the pipeline's own bf16 output. ``decode`` calls the VAE the way the pipeline does
+and returns ``[B, 3, F, H, W]`` in ``[-1, 1]``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from ..errors import LatentShapeError
+from ..experiment import VideoSettings
+from ..latents import Layout
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class PipelineFacts:
+    """What the model folder says about the pipeline around the VAE (all optional: a bare VAE has none)."""
+
+    class_name: str | None = None  # model_index.json ``_class_name``
+    index: Mapping[str, Any] = field(default_factory=dict)  # model_index.json (pipeline config, e.g. expand_timesteps)
+    transformer: Mapping[str, Any] = field(default_factory=dict)  # transformer/config.json (patch sizes)
+    scheduler: Mapping[str, Any] = field(default_factory=dict)  # scheduler/scheduler_config.json
+    source: str | None = None  # the model_index.json it came from
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """Pipeline call arguments that change the decode; ``None`` means the pipeline's default."""
+
+    decode_timestep: float | None = None  # LTX-Video / LTX-2 with timestep_conditioning
+    decode_noise_scale: float | None = None  # idem; None: the pipeline uses decode_timestep
+
+
+@dataclass
+class DecodeContext:
+    """Everything a family rule may read besides the latent."""
+
+    vae: Any
+    video: VideoSettings = field(default_factory=VideoSettings)
+    pipeline: PipelineFacts = field(default_factory=PipelineFacts)
+    options: DecodeOptions = field(default_factory=DecodeOptions)
+    condition: "torch.Tensor | None" = None  # Wan2.2 I2V: the first frame's condition latent, if stored
+
+    @property
+    def config(self) -> Any:
+        return self.vae.config
+
+    @property
+    def dtype(self) -> "torch.dtype":
+        return self.vae.dtype
+
+
+def same_grid(z: "torch.Tensor", ctx: DecodeContext) -> "torch.Tensor":
+    return z
+
+
+def plain_decode(z: "torch.Tensor", ctx: DecodeContext) -> "torch.Tensor":
+    return ctx.vae.decode(z, return_dict=False)[0]
+
+
+def divide_by_scaling_factor(z: "torch.Tensor", ctx: DecodeContext) -> "torch.Tensor":
+    """``latents / vae.config.scaling_factor`` (HunyuanVideo, HunyuanVideo 1.5, Kandinsky 5, Allegro...)."""
+    return z / ctx.config.scaling_factor
+
+
+def channel_stats(values: Any, z: "torch.Tensor", channels: int) -> "torch.Tensor":
+    """Per-channel statistics (a config list or a buffer) shaped ``[1, C, 1, 1, 1]`` in ``z``'s dtype."""
+    import torch
+
+    return torch.as_tensor(values).view(1, channels, 1, 1, 1).to(z.device, z.dtype)
+
+
+def causal_frames(t: int, ctx: DecodeContext, factor: int) -> int:
+    """A causal video VAE: the first latent frame gives one frame, every other one ``factor``."""
+    return (t - 1) * factor + 1
+
+
+def causal_grid(ctx: DecodeContext, temporal: int, spatial: int) -> tuple[int, int, int]:
+    """The pipelines' ``latent_num_frames, latent_height, latent_width`` for the requested video."""
+    v = ctx.video
+    return (v.frames - 1) // temporal + 1, v.height // spatial, v.width // spatial
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one family of diffusers pipelines decodes the latents of its denoising loop."""
+
+    name: str  # what ``--family`` takes and the summary records
+    label: str  # the models, as people call them
+    mirrors: str  # the diffusers pipeline source whose decode lines this reproduces
+    vae_classes: tuple[str, ...]  # the VAE classes these pipelines use
+    pipelines: tuple[str, ...]  # model_index.json ``_class_name`` values decoded by this rule
+    layout: Layout  # the stored latent's axes
+    channels: Callable[[Any], int]  # vae -> size of the layout's C axis
+    temporal_factor: Callable[[Any], int]  # vae -> video frames per latent frame
+    spatial_factor: Callable[[Any], int]  # vae -> pixels per latent pixel
+    denormalize: Callable[["torch.Tensor", DecodeContext], "torch.Tensor"]  # [B,C,T,H,W] -> VAE input
+    cast_first: bool = True  # the pipeline casts to the VAE dtype before de-normalising
+    to_grid: Callable[["torch.Tensor", DecodeContext], "torch.Tensor"] = same_grid  # layout -> [B,C,T,H,W]
+    decode: Callable[["torch.Tensor", DecodeContext], "torch.Tensor"] = plain_decode  # -> [B, 3, F, H, W]
+    decoded_frames: Callable[[int, DecodeContext, int], int] = causal_frames  # (latent frames, ctx, factor)
+    token_grid: Callable[[DecodeContext], tuple[int, int, int]] | None = None  # packed: (T, H, W) of the grid
+    needs: tuple[str, ...] = ()  # video_settings fields ``to_grid`` reads
+    accepts: Callable[[Mapping[str, Any]], bool] = lambda index: True  # model_index.json conditions
+    stored_channels: Callable[[int], tuple[int, ...]] = lambda c: (c,)  # C -> channel counts a stored latent may have
+    flow_matching: bool = False  # the pipelines step flow-matching schedulers: sigma = timestep / 1000
+    extra_tokens: bool = False  # packed: the pipeline appends condition tokens, dropped before unpacking
+    reads: tuple[str, ...] = ()  # the DecodeOptions fields (pipeline call arguments) this rule uses
+    note: str = ""  # said by ``inspect`` (a caveat of this rule)
+
+    def expected_layout(self, vae: Any) -> str:
+        """The stored shape this VAE takes, e.g. ``[1, 16, T, H, W]``."""
+        return self.layout.describe(C=self.channels(vae))
+
+    def check_shape(self, shape: tuple[int, ...], ctx: DecodeContext, source: str) -> None:
+        """Reject a (batched) latent that cannot fit this VAE, before decoding, naming both shapes."""
+        shape = tuple(int(n) for n in shape)
+        expected = self.channels(ctx.vae)
+        axis = self.layout.axes.index("C")
+        want = self.expected_layout(ctx.vae)
+        if shape[axis] not in self.stored_channels(expected):
+            hint = "does the config's model id match the experiment?"
+            others = [i for i, n in enumerate(shape) if n == expected and i != axis]
+            if others:
+                hint = (f"axis {others[0]} has {expected}: stored in another layout than the {self.label} pipeline's "
+                        f"{self.layout.describe()}?")
+            raise LatentShapeError(
+                f"{source}: latent {shape} has {shape[axis]} channels but the {self.label} VAE expects "
+                f"{expected}, as {want} ({hint})"
+            )
+        missing = [name for name in self.needs if getattr(ctx.video, name) is None]
+        if missing:
+            raise LatentShapeError(
+                f"{source}: {self.label} latent {shape} (stored as {want}) needs video_settings "
+                f"{', '.join(self.needs)} in the config to unpack into [1, C, T, H, W]; missing: {', '.join(missing)}"
+            )
+        if self.token_grid is not None:
+            t, h, w = self.token_grid(ctx)
+            if shape[1] != t * h * w and not (self.extra_tokens and shape[1] > t * h * w):
+                raise LatentShapeError(
+                    f"{source}: packed latent {shape} has {shape[1]} tokens but video_settings "
+                    f"{ctx.video.frames} frames {ctx.video.width}x{ctx.video.height} give a {t}x{h}x{w} latent grid "
+                    f"= {t * h * w} tokens, expected {self.layout.describe(S=t * h * w, C=expected)} "
+                    f"(does the config match the experiment?)"
+                )
+
+    def grid(self, shape: tuple[int, ...], ctx: DecodeContext) -> tuple[int, ...]:
+        """The ``[B, C, T, H, W]`` shape ``to_grid`` makes of a stored ``shape`` (on the meta device)."""
+        import torch
+
+        return tuple(self.to_grid(torch.empty(shape, device="meta"), ctx).shape)
+
+    def output_frames(self, shape: tuple[int, ...], ctx: DecodeContext) -> tuple[int, int, int]:
+        """(frames, height, width) that decoding a stored latent of ``shape`` yields."""
+        t, h, w = self.grid(shape, ctx)[2:]
+        s = self.spatial_factor(ctx.vae)
+        return self.decoded_frames(t, ctx, self.temporal_factor(ctx.vae)), h * s, w * s
+
+    def to_decoder_input(self, z: "torch.Tensor", ctx: DecodeContext) -> "torch.Tensor":
+        """Stored latent (float32) -> what the pipeline passes to ``vae.decode``, in the VAE's dtype."""
+        z = self.to_grid(z, ctx)
+        if self.cast_first:
+            return self.denormalize(z.to(ctx.dtype), ctx)
+        return self.denormalize(z, ctx).to(ctx.dtype)
+
+    def decode_latent(self, z: "torch.Tensor", ctx: DecodeContext) -> "torch.Tensor":
+        """Stored latent (float32, on the VAE's device) -> ``[B, 3, F, H, W]`` video in ``[-1, 1]``."""
+        return self.decode(self.to_decoder_input(z, ctx), ctx)

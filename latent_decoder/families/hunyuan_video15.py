@@ -1,0 +1,27 @@
+"""HunyuanVideo 1.5 (``AutoencoderKLHunyuanVideo15``: 32 channels, 16x spatial, 4x temporal, causal).
+
+Mirrors ``pipelines/hunyuan_video1_5/pipeline_hunyuan_video1_5.py`` (and its image-to-video sibling,
+which conditions through extra transformer input channels, not the latents): the loop's
+``[B, C, T, H, W]`` latents are in the transformer's dtype; ``latents.to(vae.dtype) /
+vae.config.scaling_factor``, then ``vae.decode``. Neither pipeline takes ``callback_on_step_end``:
+per-step latents are captured by wrapping ``pipe.scheduler.step`` (its output is the step's latent).
+"""
+from __future__ import annotations
+
+from ..latents import BCTHW
+from .base import Family, divide_by_scaling_factor
+
+HUNYUANVIDEO15 = Family(
+    name="hunyuanvideo1.5",
+    label="HunyuanVideo 1.5",
+    mirrors="diffusers.HunyuanVideo15Pipeline (pipelines/hunyuan_video1_5/pipeline_hunyuan_video1_5.py)",
+    vae_classes=("AutoencoderKLHunyuanVideo15",),
+    pipelines=("HunyuanVideo15Pipeline", "HunyuanVideo15ImageToVideoPipeline"),
+    layout=BCTHW,
+    channels=lambda vae: vae.config.latent_channels,
+    temporal_factor=lambda vae: vae.config.temporal_compression_ratio,
+    spatial_factor=lambda vae: vae.config.spatial_compression_ratio,
+    denormalize=divide_by_scaling_factor,
+    flow_matching=True,
+    note="the pipeline has no callback_on_step_end: store the output of a wrapped pipe.scheduler.step",
+)

@@ -1,0 +1,89 @@
+"""LTX-Video 0.9.x (``AutoencoderKLLTXVideo``).
+
+Mirrors ``pipelines/ltx/pipeline_ltx.py``: the loop's float32 latents are packed tokens
+``[B, T*H*W, C]`` (the transformer's patch sizes are 1); ``_unpack_latents``, then
+``_denormalize_latents`` (``latents * latents_std / scaling_factor + latents_mean``, the std/mean
+buffers of the VAE) in float32, then the cast; with ``timestep_conditioning`` (0.9.1+) the VAE gets
+``decode_timestep`` and the latent becomes ``(1 - s) * latents + s * noise`` with
+``s = decode_noise_scale`` (``None``: ``decode_timestep``). The pipeline's defaults are 0.0 / None;
+LTX 0.9.1+ runs usually pass 0.05 / 0.025: set them in the config or with flags.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..latents import BSC
+from .base import DecodeContext, Family, causal_grid
+
+if TYPE_CHECKING:
+    import torch
+
+DECODE_TIMESTEP = 0.0  # LTXPipeline.__call__'s default
+# The pipeline draws the decode noise from its generator after the loop, a state no experiment stores:
+# a fixed seed makes the mix reproducible run to run (the same kind of noise, not the same draw).
+NOISE_SEED = 0
+
+
+def token_grid(ctx: DecodeContext) -> tuple[int, int, int]:
+    return causal_grid(ctx, ctx.vae.temporal_compression_ratio, ctx.vae.spatial_compression_ratio)
+
+
+def unpack(z: "torch.Tensor", grid: tuple[int, int, int], patch: int = 1, patch_t: int = 1) -> "torch.Tensor":
+    """The pipelines' ``_unpack_latents``: ``[B, T*H*W, C*p_t*p*p]`` -> ``[B, C, T*p_t, H*p, W*p]``."""
+    t, h, w = grid
+    z = z.reshape(z.size(0), t, h, w, -1, patch_t, patch, patch)
+    return z.permute(0, 4, 1, 5, 2, 6, 3, 7).flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+
+def buffer_denormalize(z: "torch.Tensor", ctx: DecodeContext) -> "torch.Tensor":
+    """``_denormalize_latents``: ``latents * latents_std / scaling_factor + latents_mean`` (VAE buffers)."""
+    mean = ctx.vae.latents_mean.view(1, -1, 1, 1, 1).to(z.device, z.dtype)
+    std = ctx.vae.latents_std.view(1, -1, 1, 1, 1).to(z.device, z.dtype)
+    return z * std / ctx.config.scaling_factor + mean
+
+
+def decode_with_timestep(z: "torch.Tensor", ctx: DecodeContext) -> "torch.Tensor":
+    """``vae.decode(latents, timestep)`` after the noise mix, as LTX pipelines do with
+    ``timestep_conditioning``; without it, ``vae.decode(latents, None)``."""
+    if not ctx.config.timestep_conditioning:
+        return ctx.vae.decode(z, None, return_dict=False)[0]
+    z, timestep = mix_decode_noise(z, ctx)
+    return ctx.vae.decode(z, timestep, return_dict=False)[0]
+
+
+def mix_decode_noise(z: "torch.Tensor", ctx: DecodeContext) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """``(1 - s) * latents + s * noise`` and the decode timestep tensor, in ``z``'s dtype. No noise is
+    drawn when ``s`` is 0 (the pipeline's default), so the result does not depend on the seed."""
+    import torch
+
+    t = DECODE_TIMESTEP if ctx.options.decode_timestep is None else ctx.options.decode_timestep
+    s = t if ctx.options.decode_noise_scale is None else ctx.options.decode_noise_scale
+    timestep = torch.tensor([t] * z.shape[0], device=z.device, dtype=z.dtype)
+    if s:
+        generator = torch.Generator().manual_seed(NOISE_SEED)
+        noise = torch.randn(z.shape, generator=generator, dtype=z.dtype).to(z.device)
+        scale = torch.tensor([s] * z.shape[0], device=z.device, dtype=z.dtype)[:, None, None, None, None]
+        z = (1 - scale) * z + scale * noise
+    return z, timestep
+
+
+LTX_VIDEO = Family(
+    name="ltx-video",
+    label="LTX-Video",
+    mirrors="diffusers.LTXPipeline (pipelines/ltx/pipeline_ltx.py: _unpack_latents, _denormalize_latents, "
+            "decode_timestep)",
+    vae_classes=("AutoencoderKLLTXVideo",),
+    pipelines=("LTXPipeline", "LTXImageToVideoPipeline", "LTXConditionPipeline", "LTXI2VLongMultiPromptPipeline"),
+    layout=BSC,
+    channels=lambda vae: vae.config.latent_channels,
+    temporal_factor=lambda vae: vae.temporal_compression_ratio,
+    spatial_factor=lambda vae: vae.spatial_compression_ratio,
+    denormalize=buffer_denormalize,
+    cast_first=False,
+    flow_matching=True,
+    to_grid=lambda z, ctx: unpack(z, token_grid(ctx)),
+    decode=decode_with_timestep,
+    token_grid=token_grid,
+    needs=("frames", "height", "width"),
+    reads=("decode_timestep", "decode_noise_scale"),
+)

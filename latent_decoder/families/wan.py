@@ -1,0 +1,130 @@
+"""Wan 2.1 / 2.2 and the pipelines that reuse its VAE and formula (SkyReels-V2, Lucy Edit, AnyFlow).
+
+Mirrors ``pipelines/wan/pipeline_wan.py``: ``latents.to(vae.dtype)``, then
+``latents / (1 / latents_std) + latents_mean`` with both from ``vae.config``, then ``vae.decode``.
+Wan2.2 I2V with ``expand_timesteps`` (``pipeline_wan_i2v.py``) blends the image's condition latent
+into the first latent frame only after the loop: the stored steps lack it, so it is applied here
+when the video folder stores the condition latent, and a warning says so once when it does not.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from ..latents import BCTHW, parse_latent, read_latent_bytes
+from .base import DecodeContext, Family, channel_stats
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+CONDITION_FILE = "condition_latent"  # <video folder>/condition_latent.npy[.gz] or .pt[.gz]: the image's latent
+CONDITION_SUFFIXES = (".npy.gz", ".npy", ".pt.gz", ".pt")
+_warned: set[str] = set()
+
+
+def wan_denormalize(z: "torch.Tensor", ctx: DecodeContext) -> "torch.Tensor":
+    """``latents / (1 / latents_std) + latents_mean``, in ``z``'s dtype, as the pipeline writes it."""
+    c = ctx.config
+    std = 1.0 / channel_stats(c.latents_std, z, c.z_dim)
+    return z / std + channel_stats(c.latents_mean, z, c.z_dim)
+
+
+def _blend_condition(z: "torch.Tensor", ctx: DecodeContext) -> "torch.Tensor":
+    """``(1 - first_frame_mask) * condition + first_frame_mask * latents``: the condition's first
+    latent frame replaces the stored one (the mask is 0 there, 1 elsewhere)."""
+    if ctx.condition is None:
+        if z.device.type == "meta":  # shape math only
+            return z
+        key = str(ctx.pipeline.source)
+        if key not in _warned:
+            _warned.add(key)
+            log.warning("Wan2.2 I2V (expand_timesteps): no %s.npy[.gz] beside the steps, so the first frame is "
+                        "decoded without the image condition the pipeline blends in after its loop", CONDITION_FILE)
+        return z
+    condition = ctx.condition
+    if condition.ndim != 5 or condition.shape[:2] != z.shape[:2] or condition.shape[3:] != z.shape[3:]:
+        b, c, _, h, w = z.shape
+        raise ValueError(f"{CONDITION_FILE} {tuple(condition.shape)} does not fit the latent {tuple(z.shape)}: "
+                         f"expected [{b}, {c}, 1, {h}, {w}] (the image's latent for this video)")
+    z = z.clone()
+    z[:, :, :1] = condition.to(z.device, z.dtype)[:, :, :1]
+    return z
+
+
+def load_condition(video_folder: Path) -> "torch.Tensor | None":
+    """The video's stored condition latent (``[1, C, 1, H, W]``, model space), if any."""
+    for suffix in CONDITION_SUFFIXES:
+        path = video_folder / f"{CONDITION_FILE}{suffix}"
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        return _read_condition(str(path), stat.st_mtime_ns)
+    return None
+
+
+@lru_cache(maxsize=16)
+def _read_condition(path: str, mtime_ns: int) -> "torch.Tensor":
+    import torch
+
+    return torch.from_numpy(parse_latent(read_latent_bytes(Path(path)), path, BCTHW).astype("float32"))
+
+
+def _expand_timesteps(index: Mapping[str, Any]) -> bool:
+    return bool(index.get("expand_timesteps"))
+
+
+def _z_dim(vae: Any) -> int:
+    return vae.config.z_dim
+
+
+def _temporal(vae: Any) -> int:
+    return vae.config.scale_factor_temporal or 4
+
+
+def _spatial(vae: Any) -> int:
+    return vae.config.scale_factor_spatial or 8
+
+
+WAN = Family(
+    name="wan",
+    label="Wan 2.1/2.2",
+    mirrors="diffusers.WanPipeline (pipelines/wan/pipeline_wan.py)",
+    vae_classes=("AutoencoderKLWan",),
+    pipelines=("WanPipeline", "WanImageToVideoPipeline", "WanVideoToVideoPipeline", "WanVACEPipeline"),
+    layout=BCTHW,
+    channels=_z_dim,
+    temporal_factor=_temporal,
+    spatial_factor=_spatial,
+    denormalize=wan_denormalize,
+    accepts=lambda index: not _expand_timesteps(index),
+    flow_matching=True,
+)
+
+WAN22_I2V = replace(
+    WAN, name="wan2.2-i2v", label="Wan 2.2 I2V (expand_timesteps)",
+    mirrors="diffusers.WanImageToVideoPipeline with expand_timesteps (pipelines/wan/pipeline_wan_i2v.py)",
+    pipelines=("WanImageToVideoPipeline",),
+    to_grid=_blend_condition,
+    accepts=_expand_timesteps,
+    note=f"the first latent frame takes the image condition from {CONDITION_FILE}.npy[.gz] in the video folder",
+)
+
+SKYREELS_V2 = replace(
+    WAN, name="skyreels-v2", label="SkyReels-V2",
+    mirrors="diffusers.SkyReelsV2Pipeline (pipelines/skyreels_v2/pipeline_skyreels_v2.py): Wan's formula",
+    pipelines=("SkyReelsV2Pipeline", "SkyReelsV2ImageToVideoPipeline", "SkyReelsV2DiffusionForcingPipeline",
+               "SkyReelsV2DiffusionForcingImageToVideoPipeline", "SkyReelsV2DiffusionForcingVideoToVideoPipeline"),
+    accepts=lambda index: True,
+)
+
+WAN_USERS = replace(
+    SKYREELS_V2, name="wan-compatible", label="Wan-VAE pipelines (Lucy Edit, AnyFlow)",
+    mirrors="diffusers.LucyEditPipeline, AnyFlowPipeline (pipelines/lucy, pipelines/anyflow): Wan's formula",
+    pipelines=("LucyEditPipeline", "AnyFlowPipeline"),
+)
