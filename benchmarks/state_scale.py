@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 
 from latent_decoder.demo import save_npy_gz, write_config  # noqa: E402
 from latent_decoder.experiment import Experiment  # noqa: E402
-from latent_decoder.journal import Journal, Migration, StepRecord  # noqa: E402
+from latent_decoder.journal import Journal, Migration  # noqa: E402
 from latent_decoder.layout import OutputLayout  # noqa: E402
 from latent_decoder.lifecycle import ItemWork, WorkerIdentity, prepare  # noqa: E402
 from latent_decoder.settings import CliOptions, resolve_settings  # noqa: E402

@@ -25,11 +25,13 @@ from .latents import latent_stats, parse_latent, validate_latent
 from .layout import OutputLayout
 from .lifecycle import ItemWork, WorkerIdentity, prepare, write_outputs
 from .families import DecodeContext, detect
+from .families.base import plain_decode
 from .families.wan import load_condition
 from .models import ResolvedModel, load_vae, resolve_model
 from .journal import StepRecord
 from .settings import OutputSettings
 from .video import encode_jpeg, encode_mp4, encode_png, png_frame_name
+from .wan_stream import NonFiniteOutput, decode_to_uint8, prepare_for_speed, video_to_uint8
 
 if TYPE_CHECKING:
     import torch
@@ -126,6 +128,8 @@ class DecodeWorker:
         self.detection = detect(self.model.class_name, self.model.pipeline, output.family)
         self.rule = self.detection.family
         self.vae = load_vae(self.model, self.device, self.dtype)
+        if self.device.type == "cuda":
+            prepare_for_speed(self.vae, self.device)
         self.host = socket.gethostname()
         self.device_name = (
             f"{self.device} ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda" else str(self.device)
@@ -149,24 +153,23 @@ class DecodeWorker:
 
         Non-finite output (fp16 overflow) is an error, never a black or white video."""
         import torch
-        import torch.nn.functional as F
 
         latent = validate_latent(np.asarray(latent), source, self.rule.layout)
         ctx = self.context(source)
         self.rule.check_shape(latent.shape, ctx, source)
         with torch.inference_mode():
             z = torch.from_numpy(np.ascontiguousarray(latent)).to(self.device, torch.float32)
-            video = self.rule.decode_latent(z, ctx)  # [1, 3, F, H, W] in [-1, 1]
-            if not bool(torch.isfinite(video).all()):
+            try:
+                if self.rule.decode is plain_decode:  # vae.decode(z): Wan's streams its frames out
+                    return decode_to_uint8(self.vae, self.rule.to_decoder_input(z, ctx), scale=self.output.scale)
+                video = self.rule.decode_latent(z, ctx)  # [1, 3, F, H, W] in [-1, 1]
+                if not bool(torch.isfinite(video).all()):
+                    raise NonFiniteOutput(source)
+                return video_to_uint8(video, self.output.scale).cpu().numpy()
+            except NonFiniteOutput:
                 others = " or ".join(d for d in ("bfloat16", "float32") if d != self.output.dtype)
                 raise DecodeError(f"{source}: the VAE's output holds NaN/Inf values in {self.output.dtype} "
-                                  f"(overflow?); decode with --dtype {others}")
-            video = video[0].permute(1, 0, 2, 3).float()  # [F, 3, H, W]
-            if self.output.scale != 1.0:
-                video = F.interpolate(video, scale_factor=self.output.scale, mode="bilinear",
-                                      antialias=self.output.scale < 1.0, align_corners=False)
-            frames = ((video + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
-            return frames.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+                                  f"(overflow?); decode with --dtype {others}") from None
 
     def _decode_with_fallback(self, latent: np.ndarray, source: str) -> np.ndarray:
         """``decode``; on out-of-memory once more with the VAE's tiling (slower, far less memory)."""

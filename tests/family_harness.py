@@ -39,6 +39,53 @@ def random_stats(seed: int, n: int) -> tuple[list[float], list[float]]:
     return [float(x) for x in rng.normal(0.0, 1.0, n)], [float(x) for x in rng.uniform(1.5, 4.0, n)]
 
 
+def tiny_hunyuan_vae(seed: int, latent_channels: int = 4) -> Any:
+    """A tiny ``AutoencoderKLHunyuanVideo`` (HunyuanVideo and Kandinsky 5), HunyuanVideo's scaling factor."""
+    import torch
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    torch.manual_seed(seed)
+    return AutoencoderKLHunyuanVideo(
+        in_channels=3, out_channels=3, latent_channels=latent_channels,
+        down_block_types=("HunyuanVideoDownBlock3D",) * 4, up_block_types=("HunyuanVideoUpBlock3D",) * 4,
+        block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4, scaling_factor=0.476986,
+        spatial_compression_ratio=8, temporal_compression_ratio=4, mid_block_add_attention=True,
+    ).eval()
+
+
+def tiny_mochi_vae(seed: int) -> Any:
+    """A tiny ``AutoencoderKLMochi``: 12 latent channels, 8x spatial and 6x temporal expansion (what
+    MochiPipeline hard-codes), random per-channel statistics."""
+    import torch
+    from diffusers import AutoencoderKLMochi
+
+    mean, std = random_stats(seed, 12)
+    torch.manual_seed(seed)
+    return AutoencoderKLMochi(
+        latent_channels=12, out_channels=3, encoder_block_out_channels=(32, 32, 32, 32),
+        decoder_block_out_channels=(32, 32, 32, 32), layers_per_block=(1, 1, 1, 1, 1),
+        latents_mean=mean, latents_std=std, scaling_factor=0.8,
+    ).eval()
+
+
+# Plausible wrong de-normalisations (``(z, ctx) -> z``) for the negative controls: each still makes a video.
+def times_scaling_factor(z: Any, ctx: Any) -> Any:
+    return z * ctx.config.scaling_factor
+
+
+def scaling_factor_only(z: Any, ctx: Any) -> Any:
+    return z / ctx.config.scaling_factor
+
+
+def divide_by_std(z: Any, ctx: Any) -> Any:
+    """Wan's statistics applied the wrong way round: ``z / std + mean``."""
+    import torch
+
+    c = ctx.config
+    shape = (1, c.z_dim, 1, 1, 1)
+    return (z / torch.tensor(c.latents_std).view(shape).to(z) + torch.tensor(c.latents_mean).view(shape).to(z))
+
+
 def postprocess(video: Any) -> np.ndarray:
     """The pipelines' ``video_processor.postprocess_video(video, output_type="np")``, in 0..255."""
     from diffusers.video_processor import VideoProcessor

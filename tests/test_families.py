@@ -30,7 +30,8 @@ from latent_decoder.worker import DecodeWorker
 
 from family_harness import (FPS, LOW_PRECISION_DB, PARITY_DB, Case, FamilyCase, assert_wrong_rules_caught,
                             build_case as _build_case, capture, cli_frames, in_memory, postprocess, psnr,
-                            random_stats, save_model, store_and_decode, write_experiment)
+                            divide_by_std, random_stats, save_model, scaling_factor_only, store_and_decode,
+                            times_scaling_factor, tiny_hunyuan_vae, tiny_mochi_vae, write_experiment)
 
 
 # --------------------------------------------------------------------------- tiny VAEs
@@ -42,17 +43,6 @@ def _wan22() -> Any:
                               scale_factor_spatial=16, latents_mean=mean, latents_std=std)
 
 
-def _hunyuan() -> Any:
-    import torch
-    from diffusers import AutoencoderKLHunyuanVideo
-
-    torch.manual_seed(1)
-    return AutoencoderKLHunyuanVideo(
-        in_channels=3, out_channels=3, latent_channels=4, down_block_types=("HunyuanVideoDownBlock3D",) * 4,
-        up_block_types=("HunyuanVideoUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
-        norm_num_groups=4, scaling_factor=0.476986, spatial_compression_ratio=8, temporal_compression_ratio=4,
-        mid_block_add_attention=True,
-    ).eval()
 
 
 def _cogvideox() -> Any:
@@ -67,17 +57,6 @@ def _cogvideox() -> Any:
     ).eval()
 
 
-def _mochi() -> Any:
-    import torch
-    from diffusers import AutoencoderKLMochi
-
-    mean, std = random_stats(4, 12)
-    torch.manual_seed(4)
-    return AutoencoderKLMochi(
-        latent_channels=12, out_channels=3, encoder_block_out_channels=(32, 32, 32, 32),
-        decoder_block_out_channels=(32, 32, 32, 32), layers_per_block=(1, 1, 1, 1, 1),
-        latents_mean=mean, latents_std=std, scaling_factor=0.8,
-    ).eval()
 
 
 def _ltx(timestep_conditioning: bool) -> Callable[[], Any]:
@@ -196,7 +175,7 @@ def _ltx_packed(grid: np.ndarray) -> np.ndarray:
 
 FAMILY_CASES = {
     "wan2.2": FamilyCase("wan", "AutoencoderKLWan", _wan22, (48, 2, 2, 3), VideoSettings(48, 32, FPS, 5), _ref_wan),
-    "hunyuanvideo": FamilyCase("hunyuanvideo", "AutoencoderKLHunyuanVideo", _hunyuan, (4, 3, 4, 6),
+    "hunyuanvideo": FamilyCase("hunyuanvideo", "AutoencoderKLHunyuanVideo", lambda: tiny_hunyuan_vae(1), (4, 3, 4, 6),
                                VideoSettings(48, 32, FPS, 9), _ref_hunyuan),
     "cogvideox": FamilyCase("cogvideox", "AutoencoderKLCogVideoX", _cogvideox, (4, 3, 4, 6),
                             VideoSettings(48, 32, FPS, 9), _ref_cogvideox, store=lambda g: g.transpose(0, 2, 1, 3, 4)),
@@ -206,7 +185,7 @@ FAMILY_CASES = {
     "cogvideox-even": FamilyCase("cogvideox", "AutoencoderKLCogVideoX", _cogvideox, (4, 2, 4, 6),
                                  VideoSettings(48, 32, FPS, 8), _ref_cogvideox,
                                  store=lambda g: g.transpose(0, 2, 1, 3, 4)),
-    "mochi": FamilyCase("mochi", "AutoencoderKLMochi", _mochi, (12, 2, 4, 6), VideoSettings(48, 32, FPS, 7),
+    "mochi": FamilyCase("mochi", "AutoencoderKLMochi", lambda: tiny_mochi_vae(4), (12, 2, 4, 6), VideoSettings(48, 32, FPS, 7),
                         _ref_mochi),
     "ltx-video": FamilyCase("ltx-video", "AutoencoderKLLTXVideo", _ltx(False), (8, 3, 4, 6),
                             VideoSettings(24, 16, FPS, 9), _ref_ltx, store=_ltx_packed),
@@ -267,29 +246,19 @@ def test_output_frames_math_matches_the_decode(case: Case):
     assert frames.shape[:3] == (v.frames, v.height, v.width)  # the video the latent was made for
 
 
-def _times_scaling_factor(z: Any, ctx: Any) -> Any:
-    return z * ctx.config.scaling_factor
 
 
-def _scaling_factor_only(z: Any, ctx: Any) -> Any:
-    return z / ctx.config.scaling_factor
 
 
-def _divide_by_std(z: Any, ctx: Any) -> Any:
-    import torch
-
-    c = ctx.config
-    shape = (1, c.z_dim, 1, 1, 1)
-    return z / torch.tensor(c.latents_std).view(shape) + torch.tensor(c.latents_mean).view(shape)
 
 
 # Likely mistakes per family (besides leaving the latent as it is): each still makes a video.
 WRONG = {
-    "wan": {"divide by std": _divide_by_std},
-    "hunyuanvideo": {"multiply by scaling_factor": _times_scaling_factor},
-    "cogvideox": {"multiply by scaling_factor": _times_scaling_factor},
-    "mochi": {"scaling_factor without mean/std": _scaling_factor_only},
-    "ltx-video": {"scaling_factor without the mean/std buffers": _scaling_factor_only},
+    "wan": {"divide by std": divide_by_std},
+    "hunyuanvideo": {"multiply by scaling_factor": times_scaling_factor},
+    "cogvideox": {"multiply by scaling_factor": times_scaling_factor},
+    "mochi": {"scaling_factor without mean/std": scaling_factor_only},
+    "ltx-video": {"scaling_factor without the mean/std buffers": scaling_factor_only},
 }
 
 

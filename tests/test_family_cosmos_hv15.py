@@ -30,7 +30,7 @@ from latent_decoder.families import PipelineFacts, detect
 
 from family_harness import (FPS, LOW_PRECISION_DB, PARITY_DB, Case, FamilyCase, assert_wrong_rules_caught,
                             build_case as _build_case, capture, cli_frames, in_memory, postprocess, psnr,
-                            random_stats, save_model, store_and_decode, write_experiment)
+                            divide_by_std, random_stats, save_model, store_and_decode, write_experiment)
 
 SIGMA_DATA = 0.7  # a scheduler config's sigma_data other than EDMEulerScheduler's default 0.5
 
@@ -275,22 +275,17 @@ def _wan_sigma(sigma: float) -> Callable[[Any, Any], Any]:
     return wrong
 
 
-def _divide_by_std(z: Any, ctx: Any) -> Any:
-    from latent_decoder.families.base import channel_stats
-
-    c = ctx.config
-    return z / channel_stats(c.latents_std, z, c.z_dim) + channel_stats(c.latents_mean, z, c.z_dim)
 
 
 WRONG: dict[str, dict[str, Callable[[Any, Any], Any]]] = {
     "cosmos1": {"one statistic per channel": _cosmos1_wrong(0.5, first_frame_only=True),
                 "sigma_data 1.0 (Cosmos 2's)": _cosmos1_wrong(1.0)},
     "cosmos1-no-stats": {"EDMEulerScheduler's default sigma_data, not the config's": lambda z, ctx: z / 0.5},
-    "cosmos2": {"divide by std": _divide_by_std, "sigma_data 0.5 (Cosmos 1's)": _wan_sigma(0.5)},
-    "cosmos2.5": {"divide by std": _divide_by_std},
-    "cosmos2.5-7-frames": {"divide by std": _divide_by_std},
-    "cosmos2.5-transfer": {"divide by std": _divide_by_std},
-    "cosmos2-text2image": {"divide by std": _divide_by_std},
+    "cosmos2": {"divide by std": divide_by_std, "sigma_data 0.5 (Cosmos 1's)": _wan_sigma(0.5)},
+    "cosmos2.5": {"divide by std": divide_by_std},
+    "cosmos2.5-7-frames": {"divide by std": divide_by_std},
+    "cosmos2.5-transfer": {"divide by std": divide_by_std},
+    "cosmos2-text2image": {"divide by std": divide_by_std},
     "hunyuanvideo1.5": {"multiply by scaling_factor": lambda z, ctx: z * ctx.config.scaling_factor},
 }
 

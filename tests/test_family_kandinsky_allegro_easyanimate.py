@@ -30,24 +30,14 @@ from latent_decoder.worker import DecodeWorker
 
 from family_harness import (FPS, LOW_PRECISION_DB, PARITY_DB, Case, FamilyCase, assert_wrong_rules_caught,
                             build_case as _build_case, capture, cli_frames, in_memory, postprocess, psnr, save_model,
-                            store_and_decode, write_experiment)
+                            store_and_decode, times_scaling_factor, tiny_hunyuan_vae,
+                            write_experiment)
 
 C = 4  # latent channels of the tiny VAEs
 
 # --------------------------------------------------------------------------- tiny VAEs
 
 
-def _hunyuan() -> Any:
-    import torch
-    from diffusers import AutoencoderKLHunyuanVideo
-
-    torch.manual_seed(11)
-    return AutoencoderKLHunyuanVideo(
-        in_channels=3, out_channels=3, latent_channels=C, down_block_types=("HunyuanVideoDownBlock3D",) * 4,
-        up_block_types=("HunyuanVideoUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
-        norm_num_groups=4, scaling_factor=0.476986, spatial_compression_ratio=8, temporal_compression_ratio=4,
-        mid_block_add_attention=True,
-    ).eval()
 
 
 def _allegro() -> Any:
@@ -144,13 +134,13 @@ def _channels_last(condition: bool, i2v: bool = False) -> Callable[[np.ndarray],
 
 
 CASES = {
-    "kandinsky5": FamilyCase("kandinsky5", "AutoencoderKLHunyuanVideo", _hunyuan, (C, 3, 2, 6),
+    "kandinsky5": FamilyCase("kandinsky5", "AutoencoderKLHunyuanVideo", lambda: tiny_hunyuan_vae(11, C), (C, 3, 2, 6),
                              VideoSettings(48, 16, FPS, 9), _ref_kandinsky, store=_channels_last(True),
                              pipeline="Kandinsky5T2VPipeline"),
-    "kandinsky5-no-cond": FamilyCase("kandinsky5", "AutoencoderKLHunyuanVideo", _hunyuan, (C, 3, 2, 6),
+    "kandinsky5-no-cond": FamilyCase("kandinsky5", "AutoencoderKLHunyuanVideo", lambda: tiny_hunyuan_vae(11, C), (C, 3, 2, 6),
                                      VideoSettings(48, 16, FPS, 9), _ref_kandinsky, store=_channels_last(False),
                                      pipeline="Kandinsky5T2VPipeline"),
-    "kandinsky5-i2v": FamilyCase("kandinsky5-i2v", "AutoencoderKLHunyuanVideo", _hunyuan, (C, 6, 2, 6),
+    "kandinsky5-i2v": FamilyCase("kandinsky5-i2v", "AutoencoderKLHunyuanVideo", lambda: tiny_hunyuan_vae(11, C), (C, 6, 2, 6),
                                  VideoSettings(48, 16, FPS, 21), _ref_kandinsky_i2v,
                                  store=_channels_last(True, i2v=True), pipeline="Kandinsky5I2VPipeline"),
     "allegro": FamilyCase("allegro", "AutoencoderKLAllegro", _allegro, (C, 6, 16, 16),
@@ -234,8 +224,6 @@ def test_allegro_frame_math_follows_prepare_latents(num_frames: int, models_dir:
     assert rule.output_frames(latents.shape, DecodeContext(vae, VideoSettings())) == (4 * t, 128, 128)
 
 
-def _times_scaling_factor(z: Any, ctx: Any) -> Any:
-    return z * ctx.config.scaling_factor
 
 
 def _reshaped_not_permuted(z: Any, ctx: Any) -> Any:
@@ -255,7 +243,7 @@ def _without_first_frame_normalization(z: Any, ctx: Any) -> Any:
 @pytest.mark.parametrize("name", ["kandinsky5", "kandinsky5-i2v", "allegro", "easyanimate"])
 def test_negative_control_wrong_denormalization_is_caught(name: str, models_dir: Path,
                                                           monkeypatch: pytest.MonkeyPatch):
-    assert_wrong_rules_caught(build_case(name, models_dir), {"multiply by scaling_factor": _times_scaling_factor},
+    assert_wrong_rules_caught(build_case(name, models_dir), {"multiply by scaling_factor": times_scaling_factor},
                               monkeypatch)
 
 
@@ -399,7 +387,7 @@ def test_tiny_kandinsky5_pipeline_run_decodes_to_its_own_frames(i2v: bool, tmp_p
     from diffusers import (FlowMatchEulerDiscreteScheduler, Kandinsky5I2VPipeline, Kandinsky5T2VPipeline,
                            Kandinsky5Transformer3DModel)
 
-    vae = _hunyuan()
+    vae = tiny_hunyuan_vae(11, C)
     torch.manual_seed(0)
     transformer = Kandinsky5Transformer3DModel(
         in_visual_dim=C, out_visual_dim=C, in_text_dim=16, in_text_dim2=8, time_dim=16, model_dim=16, ff_dim=32,

@@ -35,7 +35,8 @@ from latent_decoder.families.ltx_video import NOISE_SEED, buffer_denormalize, de
 
 from family_harness import (FPS, LOW_PRECISION_DB, PARITY_DB, Case, FamilyCase, assert_wrong_rules_caught,
                             build_case as _build_case, capture, cli_frames, in_memory, png_frames, postprocess,
-                            psnr, random_stats, save_model, store_and_decode, torch_dtype, write_experiment)
+                            psnr, random_stats, save_model, scaling_factor_only, divide_by_std, store_and_decode,
+                            torch_dtype, write_experiment)
 
 LTX2_VAE = "AutoencoderKLLTX2Video"
 
@@ -229,25 +230,17 @@ def _sana_formula(z: Any, ctx: Any) -> Any:
     return z * ctx.vae.latents_std.view(shape) + ctx.vae.latents_mean.view(shape)
 
 
-def _scaling_factor_only(z: Any, ctx: Any) -> Any:
-    return z / ctx.config.scaling_factor
 
 
-def _divide_by_std(z: Any, ctx: Any) -> Any:
-    import torch
-
-    c = ctx.config
-    shape = (1, c.z_dim, 1, 1, 1)
-    return z / torch.tensor(c.latents_std).view(shape) + torch.tensor(c.latents_mean).view(shape)
 
 
 WRONG = {
-    "ltx2": {"Sana-Video's formula": _sana_formula, "scaling factor only": _scaling_factor_only},
-    "ltx2-tc": {"Sana-Video's formula": _sana_formula, "scaling factor only": _scaling_factor_only},
+    "ltx2": {"Sana-Video's formula": _sana_formula, "scaling factor only": scaling_factor_only},
+    "ltx2-tc": {"Sana-Video's formula": _sana_formula, "scaling factor only": scaling_factor_only},
     "ltx2-patch2": {"Sana-Video's formula": _sana_formula},
     "ltx2-conditioned": {"Sana-Video's formula": _sana_formula},
     "sana-video-ltx2": {"LTX-2's formula": buffer_denormalize},
-    "sana-video-wan": {"divide by std": _divide_by_std},
+    "sana-video-wan": {"divide by std": divide_by_std},
 }
 
 

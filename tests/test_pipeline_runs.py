@@ -17,36 +17,14 @@ import numpy as np
 
 from latent_decoder.experiment import VideoSettings
 
-from family_harness import FPS, PARITY_DB, capture, psnr, random_stats, save_model, store_and_decode
+from family_harness import (FPS, PARITY_DB, capture, psnr, save_model, store_and_decode, tiny_hunyuan_vae,
+                            tiny_mochi_vae)
 
 STEPS = 3
 
 
-def _hunyuan_vae() -> Any:
-    import torch
-    from diffusers import AutoencoderKLHunyuanVideo
-
-    torch.manual_seed(21)
-    return AutoencoderKLHunyuanVideo(
-        in_channels=3, out_channels=3, latent_channels=4, down_block_types=("HunyuanVideoDownBlock3D",) * 4,
-        up_block_types=("HunyuanVideoUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
-        norm_num_groups=4, scaling_factor=0.476986, spatial_compression_ratio=8, temporal_compression_ratio=4,
-        mid_block_add_attention=True,
-    ).eval()
 
 
-def _mochi_vae() -> Any:
-    """12 latent channels, 8x spatial and 6x temporal expansion: what MochiPipeline hard-codes."""
-    import torch
-    from diffusers import AutoencoderKLMochi
-
-    mean, std = random_stats(22, 12)
-    torch.manual_seed(22)
-    return AutoencoderKLMochi(
-        latent_channels=12, out_channels=3, encoder_block_out_channels=(32, 32, 32, 32),
-        decoder_block_out_channels=(32, 32, 32, 32), layers_per_block=(1, 1, 1, 1, 1),
-        latents_mean=mean, latents_std=std, scaling_factor=0.8,
-    ).eval()
 
 
 def _assert_decodes_to_its_own_frames(tmp_path: Path, vae: Any, pipeline: str, captured: list[np.ndarray],
@@ -66,7 +44,7 @@ def test_tiny_hunyuan_video_pipeline_run_decodes_to_its_own_frames(tmp_path: Pat
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline, HunyuanVideoTransformer3DModel
 
-    vae = _hunyuan_vae()
+    vae = tiny_hunyuan_vae(21)
     torch.manual_seed(0)
     transformer = HunyuanVideoTransformer3DModel(
         in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=10, num_layers=1,
@@ -94,7 +72,7 @@ def test_tiny_mochi_pipeline_run_decodes_to_its_own_frames(tmp_path: Path):
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler, MochiPipeline, MochiTransformer3DModel
 
-    vae = _mochi_vae()
+    vae = tiny_mochi_vae(22)
     torch.manual_seed(0)
     transformer = MochiTransformer3DModel(
         patch_size=2, num_attention_heads=2, attention_head_dim=8, num_layers=1, pooled_projection_dim=16,

@@ -11,7 +11,6 @@ and returns ``[B, 3, F, H, W]`` in ``[-1, 1]``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from ..errors import LatentShapeError

@@ -1,0 +1,204 @@
+"""``wan_stream`` is the same function as diffusers' ``AutoencoderKLWan.decode`` plus the worker's uint8
+conversion: real diffusers VAEs (random weights, strict float32 on CPU) decode the same latent both ways."""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKLWan
+
+from latent_decoder.demo import build_tiny_wan_vae
+from latent_decoder.wan_stream import (NonFiniteOutput, can_stream, decode_chunks, decode_to_uint8,
+                                       prepare_for_speed)
+
+TOLERANCE = 1e-3  # max abs diff in [-1, 1] space
+
+
+def _wan21() -> Any:
+    return build_tiny_wan_vae(seed=21)
+
+
+def _wan22() -> Any:
+    return build_tiny_wan_vae(seed=22, z_dim=48, is_residual=True, in_channels=12, out_channels=12, patch_size=2,
+                              scale_factor_spatial=16)
+
+
+def _mid() -> Any:
+    """Wan2.1's default structure (dim_mult [1, 2, 4, 4], 2 res blocks per stage) at a third of its width."""
+    torch.manual_seed(3)
+    return AutoencoderKLWan(base_dim=32).eval()
+
+
+MODELS = {"wan2.1": (_wan21, (1, 16, 4, 4, 6)), "wan2.2": (_wan22, (1, 48, 4, 4, 6)), "mid": (_mid, (1, 16, 3, 8, 8))}
+TINY = ["wan2.1", "wan2.2"]
+
+
+class Case:
+    """A VAE, a latent and diffusers' own decode of it."""
+
+    def __init__(self, name: str) -> None:
+        build, shape = MODELS[name]
+        self.vae = build()
+        self.z = torch.randn(shape, generator=torch.Generator().manual_seed(7)) * 2.0
+        self.reference = reference(self.vae, self.z)
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def case(request: pytest.FixtureRequest) -> Case:
+    return Case(request.param)
+
+
+@pytest.fixture(scope="module", params=TINY)
+def tiny(request: pytest.FixtureRequest) -> Case:
+    return Case(request.param)
+
+
+def reference(vae: Any, z: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return vae.decode(z).sample
+
+
+def streamed(vae: Any, z: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """The concatenated chunks of ``decode_chunks`` and the frame count of each."""
+    with torch.inference_mode():
+        chunks = list(decode_chunks(vae, z))
+    return torch.cat(chunks, 2), [c.shape[2] for c in chunks]
+
+
+def rounded(video: torch.Tensor, scale: float = 1.0) -> np.ndarray:
+    """The worker's conversion of a whole diffusers video, written out independently."""
+    video = video[0].permute(1, 0, 2, 3).float()
+    if scale != 1.0:
+        video = F.interpolate(video, scale_factor=scale, mode="bilinear", antialias=scale < 1.0, align_corners=False)
+    return ((video + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def assert_frames_match(got: np.ndarray, expected: np.ndarray) -> None:
+    """Equal but for rare off-by-one at rounding ties: <= 1 level on < 0.1% of values."""
+    assert got.dtype == np.uint8 and got.shape == expected.shape
+    diff = np.abs(got.astype(np.int16) - expected.astype(np.int16))
+    assert diff.max() <= 1
+    assert np.count_nonzero(diff) < 1e-3 * diff.size
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape
+    return float((a - b).abs().max())
+
+
+def test_chunks_are_diffusers_decode(case: Case) -> None:
+    video, frames = streamed(case.vae, case.z)
+    assert frames == [1] + [4] * (case.z.shape[2] - 1)  # one latent frame per decoder call
+    assert max_diff(video, case.reference) <= TOLERANCE
+    assert float(case.reference.std()) > 0.05  # a real picture, not a flat one that anything would match
+
+
+def test_uint8_frames_are_the_rounded_decode(tiny: Case) -> None:
+    frames = decode_to_uint8(tiny.vae, tiny.z)
+    assert_frames_match(frames, rounded(tiny.reference))
+
+
+@pytest.mark.parametrize("scale", [0.5, 1.5])
+def test_scale_resizes_as_the_worker_does(tiny: Case, scale: float) -> None:
+    assert_frames_match(decode_to_uint8(tiny.vae, tiny.z, scale=scale), rounded(tiny.reference, scale))
+
+
+def test_channels_last_3d_weights_keep_the_function(tiny: Case) -> None:
+    vae = copy.deepcopy(tiny.vae)
+    prepare_for_speed(vae, "cpu")
+    convs = [m for m in vae.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last_3d) for m in convs)
+    assert max_diff(streamed(vae, tiny.z)[0], tiny.reference) <= TOLERANCE
+    assert_frames_match(decode_to_uint8(vae, tiny.z), rounded(tiny.reference))
+
+
+def test_bfloat16_gives_the_rounded_bfloat16_decode(tiny: Case) -> None:
+    vae, z = copy.deepcopy(tiny.vae).to(torch.bfloat16), tiny.z.to(torch.bfloat16)
+    assert_frames_match(decode_to_uint8(vae, z), rounded(reference(vae, z)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_channels_last_and_cudnn_benchmark_in_strict_fp32() -> None:
+    """On CUDA the NDHWC kernels and autotuned algorithms may change the arithmetic: still the same function."""
+    backends = torch.backends
+    saved = backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32, backends.cudnn.benchmark
+    backends.cudnn.allow_tf32 = backends.cuda.matmul.allow_tf32 = backends.cudnn.benchmark = False
+    try:
+        for build, shape in MODELS.values():
+            vae = build().to("cuda")
+            z = torch.randn(shape, generator=torch.Generator().manual_seed(7)).mul_(2.0).to("cuda")
+            expected = reference(vae, z)
+            prepare_for_speed(vae, "cuda")
+            assert backends.cudnn.benchmark
+            assert max_diff(streamed(vae, z)[0], expected) <= TOLERANCE
+            assert_frames_match(decode_to_uint8(vae, z), rounded(expected))
+    finally:
+        backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32, backends.cudnn.benchmark = saved
+
+
+def test_a_stale_cache_is_reset_before_and_freed_after(tiny: Case) -> None:
+    vae = tiny.vae
+    with torch.inference_mode():  # leave another latent's first frame in the causal cache
+        vae.clear_cache()
+        other = vae.post_quant_conv(torch.randn_like(tiny.z))[:, :, :1]
+        vae.decoder(other, feat_cache=vae._feat_map, feat_idx=[0], first_chunk=True)
+    assert any(f is not None for f in vae._feat_map)
+    assert_frames_match(decode_to_uint8(vae, tiny.z), rounded(tiny.reference))
+    assert all(f is None for f in vae._feat_map)
+    assert_frames_match(decode_to_uint8(vae, tiny.z), rounded(tiny.reference))
+
+
+def test_tiling_falls_back_to_vae_decode() -> None:
+    vae, z = _wan21(), torch.randn(1, 16, 3, 4, 6, generator=torch.Generator().manual_seed(5))
+    untiled = reference(vae, z)
+    vae.enable_tiling(tile_sample_min_height=24, tile_sample_min_width=24, tile_sample_stride_height=16,
+                      tile_sample_stride_width=16)
+    tiled = reference(vae, z)
+    assert not can_stream(vae)
+    assert not np.array_equal(rounded(tiled), rounded(untiled))  # the fallback is observable
+    assert_frames_match(decode_to_uint8(vae, z), rounded(tiled))
+
+
+def test_slicing_and_other_vaes_use_vae_decode() -> None:
+    vae = _wan21()
+    assert can_stream(vae)
+    vae.enable_slicing()
+    assert not can_stream(vae)
+
+    class OtherVAE:
+        def decode(self, z: torch.Tensor, return_dict: bool = True) -> tuple[torch.Tensor]:
+            return (torch.tanh(z[:, :3]),)
+
+    z = torch.randn(1, 4, 2, 5, 7, generator=torch.Generator().manual_seed(2))
+    assert_frames_match(decode_to_uint8(OtherVAE(), z), rounded(torch.tanh(z[:, :3])))
+
+
+def test_out_is_filled_in_place_and_checked(tiny: Case) -> None:
+    expected = rounded(tiny.reference)
+    out = np.zeros(expected.shape, np.uint8)
+    assert decode_to_uint8(tiny.vae, tiny.z, out=out) is out
+    assert_frames_match(out, expected)
+    try:
+        decode_to_uint8(tiny.vae, tiny.z, out=np.zeros((1, *expected.shape[1:]), np.uint8))
+    except ValueError as exc:
+        assert "shape" in str(exc)
+        assert all(f is None for f in tiny.vae._feat_map)  # freed at once, while the caller still holds the error
+    else:
+        pytest.fail("an out of the wrong shape was accepted")
+
+
+def test_nan_output_is_refused() -> None:
+    vae = _wan21()
+    with torch.no_grad():
+        vae.decoder.conv_out.bias.fill_(float("nan"))
+    with pytest.raises(NonFiniteOutput, match="NaN"):
+        decode_to_uint8(vae, torch.randn(1, 16, 2, 4, 6))
+
+
+def test_only_one_latent_at_a_time() -> None:
+    with pytest.raises(ValueError, match=r"\[1, C, T, H, W\]"):
+        decode_to_uint8(_wan21(), torch.randn(2, 16, 2, 4, 6))
