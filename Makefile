@@ -10,7 +10,7 @@ TORCH  ?= torch==2.13.0
 PY     := $(VENV)/bin/python
 DEMO   ?= demo_experiment
 
-.PHONY: install demo test clean browser bench
+.PHONY: install demo test clean browser bench bench-gpu
 
 install: $(VENV)/.installed
 
@@ -37,9 +37,19 @@ test: install browser
 bench: install
 	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) benchmarks/preview_throughput.py
-	$(PY) benchmarks/decode_throughput.py
+	$(VENV)/bin/latent-decoder bench
 	$(PY) benchmarks/state_scale.py --items 20000
 	$(PY) benchmarks/ray_scaling.py
+	$(PY) benchmarks/ray_overlap.py
+
+# On a GPU machine (after `make install TORCH=...` with a CUDA build): the full-size figures of
+# BENCHMARKS.md's GPU section in one go, plus the CUDA-only decode equivalence test.
+bench-gpu: install
+	$(PY) -m pip install --quiet -e ".[bench]"
+	$(PY) -m pytest -q tests/test_wan_stream.py
+	$(VENV)/bin/latent-decoder bench --full --device cuda
+	$(PY) benchmarks/wan_decode_path.py --full --dtype float32
+	$(PY) benchmarks/wan_decode_path.py --full --dtype bfloat16
 
 clean:
 	rm -rf $(VENV) $(DEMO) *.egg-info .pytest_cache

@@ -47,12 +47,12 @@ def run_once(exp: Path, workers: int, cost: float) -> tuple[float, int, float]:
     every item of ``exp`` on ``workers`` actors, start-up excluded."""
     from latent_decoder.executors.ray import RayExecutor
     from latent_decoder.experiment import Experiment
-    from latent_decoder.plan import make_plan
+    from latent_decoder.runner import plan_run
     from latent_decoder.settings import CliOptions, resolve_settings
 
     settings = resolve_settings(Experiment.load(exp), CliOptions(workers=workers, force=True))
     shutil.rmtree(settings.output_dir, ignore_errors=True)
-    todo = make_plan(settings).todo
+    todo = plan_run(settings).todo
     executor = RayExecutor(settings, worker_cls=stand_in_worker(cost))
     done: list = []
     try:

@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

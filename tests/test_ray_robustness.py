@@ -17,7 +17,6 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

@@ -4,13 +4,16 @@ Ray stays at the edge: it is imported here only, and the worker class is wrapped
 ``ray.remote`` when the pool starts. The scheduling loop is a ``ray.wait`` over
 ``{ref: call}``, which knows which item each result or failure belongs to:
 
-* an idle actor takes the next item (at most ``in_flight`` per actor), so mixed cards and
-  mixed latent sizes balance;
+* each actor works on a few items at once (``actor_class``): one decodes while the ones before
+  it encode on other threads, so the device does not wait for x264; the driver keeps that many
+  items in flight per actor, and an actor with room takes the next one, so mixed cards and latent
+  sizes balance;
 * results come back one by one and are committed (outputs, then record) as they arrive, so a
   killed driver loses only the items in flight;
-* an actor that dies is restarted by Ray (``max_restarts``) or replaced; the item it was
-  running is charged one try, the items queued behind it go back unharmed; an item that
-  killed ``poison_after`` workers (or hung them past the item deadline) is recorded failed as poison;
+* an actor that dies is restarted by Ray (``max_restarts``) or replaced; the items it was
+  running are charged one try each and then run alone, so that a later death is charged to the
+  item that caused it; an item that killed ``poison_after`` workers (or hung them past the item
+  deadline) is recorded failed as poison;
 * an error inside an item is recorded by the worker's own stages and never retried here.
 
 Every wait has a deadline (``ray_pool.py``): actors that cannot be placed, items that hang,
@@ -31,6 +34,7 @@ import time
 import warnings
 from collections import deque
 from dataclasses import dataclass, replace
+from itertools import islice
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -38,10 +42,12 @@ from ..errors import (ClusterError, DecodeError, DeviceFailure, LatentDecoderErr
                       first_line)
 from ..experiment import LatentStep
 from ..layout import OutputLayout
-from ..lifecycle import ItemWork, prepare, write_outputs
+from ..lifecycle import ItemWork, write_outputs
 from ..models import ResolvedModel, resolve_model
+from ..resources import usable_cpus
 from ..settings import RunSettings
 from ..worker import DecodeWorker
+from .driver_io import DriverIO
 from .inline import ResultCallback
 from .ray_pool import (CPU_ACTOR_CPUS, GPU_ACTOR_CPUS, ActorPool, Ask, Capacity, Slot, actor_error, plan_actors,
                        resources_text)
@@ -50,6 +56,8 @@ __all__ = ["RayExecutor", "actor_class", "CPU_ACTOR_CPUS", "GPU_ACTOR_CPUS", "RE
 
 log = logging.getLogger(__name__)
 
+IO_POLL_S = 0.02  # how soon the loop looks again while a read or write runs
+MAX_ENCODERS = 4  # encode threads per actor, at most: x264 is multi-threaded itself
 RESTART_WAIT_S = 300.0  # how long a lost actor may take to come back before its slot is dropped
 REPLACEMENTS_PER_WORKER = 3  # new actors for slots whose restarts are spent, before the pool gives up
 
@@ -68,7 +76,6 @@ class RayExecutor:
         self,
         settings: RunSettings,
         worker_cls: type[DecodeWorker] = DecodeWorker,
-        in_flight: int = 2,
         max_restarts: int = 3,
         poison_after: int = 3,
         restart_wait_s: float = RESTART_WAIT_S,
@@ -76,7 +83,6 @@ class RayExecutor:
         self.settings = settings
         self.options = settings.executor
         self.worker_cls = worker_cls
-        self.in_flight = max(1, in_flight)
         self.max_restarts = max_restarts
         self.poison_after = poison_after
         self.restart_wait_s = restart_wait_s
@@ -92,6 +98,7 @@ class RayExecutor:
         self._ray: Any = None
         self._sigterm: Any = None  # the SIGTERM handler ray.init replaced, when we put it back
         self._signalled: BaseException | None = None  # what that handler raised
+        self._io: DriverIO | None = None  # the driver's reads and writes, during run() with io="driver"
 
     # ------------------------------------------------------------------ starting
 
@@ -160,7 +167,7 @@ class RayExecutor:
         output_dir = self.settings.output_dir.resolve() if self.options.io == "shared" else None
         remote_cls = ray.remote(actor_class(self.worker_cls))
         actor_options = {"num_gpus": ask.gpus, "num_cpus": ask.cpus, "max_restarts": self.max_restarts,
-                         "max_task_retries": 0}
+                         "max_task_retries": 0, "max_concurrency": MAX_ENCODERS + 2}
         args = (self.settings.output, output_dir, ask.device, self._model_for_actors())
         self._capacity = Capacity(ray)
         if not self._own_runtime:  # a cluster we joined may autoscale
@@ -218,6 +225,7 @@ class RayExecutor:
                         len(self.pool.live))
         if described is None:
             return
+        slot.concurrency = described["concurrency"]
         if slot.joined:
             log.info("Ray worker %d is back (pid %d)", slot.index, slot.identity.pid)
             return
@@ -270,34 +278,42 @@ class RayExecutor:
 
     # ------------------------------------------------------------------ scheduling
 
-    def _submit(self, slot: Slot, step: LatentStep, tries: int, calls: dict[Any, _Call],
-                on_result: ResultCallback) -> None:
-        if self.options.io == "shared":
+    def _submit(self, slot: Slot, step: LatentStep, tries: int, calls: dict[Any, _Call]) -> bool:
+        """Send the step to the slot's actor; False while its latent is still being read (driver io)."""
+        if self._io is None:
             ref = slot.actor.run_item.remote(step)
         else:
-            work = prepare(step)
-            if work.error is not None:
+            work = self._io.take(step)
+            if work is None:
+                return False
+            if work.error is not None:  # unreadable: recorded failed without a worker
                 work.identity = slot.identity
-                on_result(step, self._commit(work))
-                return
+                self._io.write(step, work)
+                return True
             ref = slot.actor.compute.remote(work)
         calls[ref] = _Call(slot, step, tries)
         slot.outstanding.append(ref)
         self.pool.started(slot, time.monotonic())
+        return True
 
     def _commit(self, work: ItemWork) -> Any:
         return write_outputs(self.layout, self.settings.output, work)
 
     def _finish(self, call: _Call, value: Any, on_result: ResultCallback) -> None:
-        """A result came back: commit it here (driver io) or report the worker's record (shared io)."""
-        on_result(call.step, self._commit(value) if self.options.io == "driver" else value)
+        """A result came back: write its outputs here (driver io), or report the worker's record."""
+        if self._io is None:
+            on_result(call.step, value)
+        else:
+            self._io.write(call.step, value)
 
     def _lose(self, slot: Slot, calls: dict[Any, _Call], queue: deque, on_result: ResultCallback,
               reason: str, hung: bool = False) -> None:
-        """The slot's actor died (or hung): keep finished results, charge the running item, re-queue the rest."""
+        """The slot's actor died (or hung): keep finished results, re-queue the rest. Every call sent
+        to the actor was running there, so a death is charged to each; a hang only to the oldest
+        (the one past its deadline)."""
         ray = self._ray
-        failed: list[_Call] = []
-        for ref in slot.outstanding:
+        failed: list[tuple[_Call, int]] = []
+        for position, ref in enumerate(slot.outstanding):
             call = calls.pop(ref)
             ready, _ = ray.wait([ref], timeout=0)
             if ready:
@@ -309,10 +325,9 @@ class RayExecutor:
                 except ray.exceptions.RayTaskError as exc:
                     self._failed_in_worker(call, exc, on_result)
                     continue
-            failed.append(call)
+            failed.append((call, call.tries + (1 if position == 0 or not hung else 0)))
         self.pool.lose(slot, reason)
-        for position, call in reversed(list(enumerate(failed))):
-            tries = call.tries + (1 if position == 0 else 0)  # calls run in order: the first was running
+        for call, tries in reversed(failed):
             if tries >= self.poison_after:
                 what = "hung" if hung else "killed"
                 error = PoisonItemError(f"{call.step.path}: {what} its worker {tries} times (poison item); "
@@ -347,33 +362,60 @@ class RayExecutor:
         ray, pool = self._ray, self.pool
         queue: deque[tuple[LatentStep, int]] = deque((step, 0) for step in steps)
         calls: dict[Any, _Call] = {}
+        io = self._io = DriverIO(self._commit) if self.options.io == "driver" else None
         try:
-            while queue or calls:
+            while queue or calls or (io and io.writes):
                 self._tick()
                 self._hung(calls, queue, on_result)
+                if io is not None:  # enough reads ahead to refill every actor at once
+                    io.read_ahead(step for step, _ in islice(queue, sum(s.concurrency for s in pool.live)))
                 for slot in pool.live:
-                    while queue and len(slot.outstanding) < self.in_flight:
-                        step, tries = queue.popleft()
-                        self._submit(slot, step, tries, calls, on_result)
-                if not pool.hopeful():
+                    while queue and self._takes(slot, queue[0][1], calls):
+                        step, tries = queue[0]
+                        if not self._submit(slot, step, tries, calls):
+                            break  # its latent is still being read
+                        queue.popleft()
+                if (queue or calls) and not pool.hopeful():
+                    self._written(on_result, block=True)
                     raise self._gone(queue, calls)
                 refs = list(calls) + pool.ping_refs()
                 timeout = max(0.01, pool.next_event(time.monotonic()) - time.monotonic())
-                if not refs:  # only waiting (for a restart, a placement): sleep, never spin
+                if io is not None and io.busy():
+                    timeout = min(timeout, IO_POLL_S)
+                if refs:
+                    ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
+                else:  # only waiting (for a restart, a placement, the disk): sleep, never spin
+                    ready = []
                     time.sleep(timeout)
-                    continue
-                ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
                 for ref in ready:
                     if pool.is_ping(ref):
                         self._pinged(ref)
                     elif ref in calls:
                         self._result(ref, calls, queue, on_result)
+                self._written(on_result)
             if pool.pending and not self._told_pending:  # said once, also when run() is called per batch
                 self._told_pending = True
                 self._warn_unplaced(len(pool.pending), "not started before the items ran out")
         except KeyboardInterrupt as exc:
             self._drain(calls, on_result)
             raise self._interrupt(exc) from None
+        finally:
+            if io is not None:
+                io.close()
+            self._io = None
+
+    def _written(self, on_result: ResultCallback, block: bool = False) -> None:
+        """Hand on the records of the outputs written so far (of all being written, with ``block``)."""
+        for step, written in self._io.collect(block) if self._io is not None else ():
+            on_result(step, written.result())
+
+    @staticmethod
+    def _takes(slot: Slot, tries: int, calls: dict[Any, _Call]) -> bool:
+        """Whether the slot takes the next item (charged ``tries`` times so far): up to its actor's
+        concurrency, but a charged item runs alone, so that its next death is charged to it alone."""
+        if any(calls[ref].tries for ref in slot.outstanding):
+            return False
+        return not slot.outstanding if tries else len(slot.outstanding) < slot.concurrency
 
     def _result(self, ref: Any, calls: dict[Any, _Call], queue: deque, on_result: ResultCallback) -> None:
         ray = self._ray
@@ -393,7 +435,8 @@ class RayExecutor:
             self._finish(call, value, on_result)
 
     def _drain(self, calls: dict[Any, _Call], on_result: ResultCallback) -> None:
-        """Stopping: commit the results already back; items still running are redone next time."""
+        """Stopping: commit the results already back (and outputs being written); items still
+        running are redone next time."""
         ray = self._ray
         items = list(calls)
         ready, _ = ray.wait(items, num_returns=len(items), timeout=0) if items else ([], [])
@@ -402,16 +445,39 @@ class RayExecutor:
                 self._finish(calls[ref], ray.get(ref), on_result)
             except (ray.exceptions.RayError, LatentDecoderError, OSError):
                 log.exception("item %s lost while stopping", calls[ref].step.key)
+        for step, written in self._io.collect(block=True) if self._io is not None else ():
+            try:
+                on_result(step, written.result())
+            except (LatentDecoderError, OSError):
+                log.exception("item %s lost while stopping", step.key)
         if len(ready) < len(items):
             log.warning("interrupted: %d item(s) in flight on Ray workers will be decoded next time",
                         len(items) - len(ready))
 
 
+
 def actor_class(worker_cls: type[DecodeWorker]) -> type[DecodeWorker]:
-    """``worker_cls`` as an actor: a sticky device error ends the actor's process, so that Ray
-    restarts it on a fresh CUDA context and the item is charged one try, as for a crash."""
+    """``worker_cls`` as a threaded actor (``max_concurrency``) that works on a few items at once (its
+    ``concurrency``): each call runs the whole item body on its own thread, and a lock lets one decode
+    at a time (the VAE keeps its causal cache on the module). So one item decodes, the next one waits
+    for the device, already shipped, and earlier ones encode. A sticky device error ends the actor's
+    process, so that Ray restarts it on a fresh CUDA context and the items it held are charged one
+    try, as for a crash."""
 
     class RayDecodeWorker(worker_cls):  # type: ignore[valid-type, misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._decode_lock = threading.Lock()
+            encoders = max(1, min(MAX_ENCODERS, usable_cpus() // 2))
+            self.concurrency = encoders + 2  # one decoding, the next waiting for the device, the rest encoding
+
+        def decode_stage(self, work: ItemWork) -> ItemWork:
+            with self._decode_lock:
+                return super().decode_stage(work)
+
+        def describe(self) -> dict[str, Any]:
+            return {**super().describe(), "concurrency": self.concurrency}
+
         def compute(self, work: ItemWork) -> ItemWork:
             try:
                 return super().compute(work)

@@ -11,8 +11,9 @@ until Ray has restarted it, and *dropped* once given up. No wait is unbounded, s
 * a lost slot waits for Ray's restart for ``restart_wait_s``; an actor not back by then (its node is
   gone and nothing else can host it) is dropped, so the pool shrinks; an actor dead for good (its
   restarts spent) is replaced by a new one, which gets a window of its own;
-* the item running on a live slot gets ``max(--item-timeout, 10 x median item time)``; past it the
-  actor is killed (Ray restarts it) and the item is charged one try, as for a crash.
+* the oldest item running on a live slot gets ``max(--item-timeout, 10 x median item time)`` from
+  when it started or became the oldest; past it the actor is killed (Ray restarts it) and the item
+  is charged one try, as for a crash.
 """
 from __future__ import annotations
 
@@ -126,8 +127,9 @@ class Slot:
     identity: WorkerIdentity | None = None
     ping: Any = None  # the describe() call in flight, if any
     ping_at: float | None = 0.0  # when to send the next ping; None: none due
-    outstanding: list[Any] = field(default_factory=list)  # item refs in submission order; the first runs
-    head_since: float = 0.0  # when the first outstanding item began running
+    concurrency: int = 1  # items its actor works on at once (the executor sets it from its describe())
+    outstanding: list[Any] = field(default_factory=list)  # item refs in submission order, all running
+    head_since: float = 0.0  # when the first outstanding item began running (or became the oldest)
     joined: bool = False  # has been live once (so a later answer is a restart, not a join)
     failure: str | None = None  # why it is lost or dropped, for messages
 
@@ -295,7 +297,7 @@ class ActorPool:
             slot.head_since = now
 
     def finished(self, slot: Slot, ref: Any, now: float) -> None:
-        """An item call of the slot came back; the next one (if any) runs from now."""
+        """An item call of the slot came back; when it was the oldest, the next one's deadline runs from now."""
         if slot.outstanding and slot.outstanding[0] == ref:
             self._item_times.append(now - slot.head_since)
             self._item_timeout = max(self.item_floor_s, ITEM_TIME_FACTOR * statistics.median(self._item_times))
