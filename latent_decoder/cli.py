@@ -328,7 +328,8 @@ def inspect(experiment: Path, model: str | None, vae_subfolder: str | None, vae_
             family: str | None, decode_timestep: float | None, decode_noise_scale: float | None, dtype: str,
             max_files: int, output_dir: Path | None, verbose: bool) -> None:
     """Show what decoding EXPERIMENT would use and produce, without decoding: the resolved model,
-    its VAE class and family rule (and the diffusers pipeline it mirrors), the stored latent shapes,
+    its VAE class and family rule (the diffusers pipeline it mirrors, and why it was chosen: --family,
+    the pipeline in model_index.json, or the VAE class), the stored latent shapes,
     the frames and size each decodes to, a rough decode-memory estimate, and, where the output folder
     has been decoded into, which steps a decode with these settings would skip or redo (and why:
     changed input, other settings, outputs missing).

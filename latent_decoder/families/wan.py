@@ -112,7 +112,8 @@ WAN22_I2V = replace(
     pipelines=("WanImageToVideoPipeline",),
     to_grid=_blend_condition,
     accepts=_expand_timesteps,
-    note=f"the first latent frame takes the image condition from {CONDITION_FILE}.npy[.gz] in the video folder",
+    note=f"the first latent frame takes the image condition from {CONDITION_FILE}.npy[.gz] in the video folder "
+         "(steps already decoded are not redone when that file changes: use --force)",
 )
 
 SKYREELS_V2 = replace(
