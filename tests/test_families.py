@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from latent_decoder import families
+from latent_decoder import decode_latent, families
 from latent_decoder.cli import cli
 from latent_decoder.demo import build_tiny_wan_vae
 from latent_decoder.errors import LatentFileError, LatentShapeError
@@ -274,6 +274,26 @@ def test_negative_control_wrong_unpacking_is_caught(monkeypatch: pytest.MonkeyPa
         return z.reshape(z.shape[0], z.shape[2], *_ltx_grid(ctx.vae, ctx.video))
 
     assert_wrong_rules_caught(case, {"channels first": channels_first}, monkeypatch, field="to_grid")
+
+
+@pytest.mark.parametrize("condition_type, dropped", [("latent_concat", 4), ("token_replace", 0)])
+def test_hunyuanvideo_i2v_drops_frames_as_its_pipeline(condition_type: str, dropped: int, models_dir: Path,
+                                                       tmp_path: Path):
+    """HunyuanVideoImageToVideoPipeline decodes like HunyuanVideo, then drops the first 4 frames
+    with the transformer's ``image_condition_type`` ``latent_concat`` (``video[:, :, 4:]``)."""
+    case = build_case("hunyuanvideo", models_dir)
+    model = save_model(case.vae, tmp_path / "i2v", "HunyuanVideoImageToVideoPipeline")
+    (model / "transformer").mkdir()
+    (model / "transformer" / "config.json").write_text(json.dumps({"image_condition_type": condition_type}))
+    v = case.family.video
+    frames = decode_latent(case.latent, str(model), device="cpu", frames=v.frames, height=v.height, width=v.width)
+    expected = case.reference()[dropped:]
+    assert frames.shape == expected.shape
+    assert psnr(frames, expected) >= PARITY_DB
+    exp = write_experiment(tmp_path / "exp", model, v, case.latent)
+    inspected = CliRunner().invoke(cli, ["inspect", str(exp)])
+    assert "family      hunyuanvideo-i2v (HunyuanVideo I2V)" in inspected.output
+    assert f"-> {v.frames - dropped} frames {v.width}x{v.height}" in inspected.output, inspected.output
 
 
 def test_ltx_decode_timestep_comes_from_the_config_or_the_flag(models_dir: Path, tmp_path: Path):

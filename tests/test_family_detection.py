@@ -94,6 +94,18 @@ def test_bare_vae_and_unknown_pipeline_fall_back_to_the_vae_class(tmp_path: Path
     assert "SomeFuturePipeline is not in the family table" in unknown.reason and "--family" in unknown.reason
 
 
+def test_wan22_ti2v_text_to_video_is_plain_wan_and_its_i2v_blends():
+    """Wan2.2 TI2V-5B registers expand_timesteps on both pipelines; only image-to-video blends a
+    condition into the first latent frame after its loop."""
+    t2v = {"_class_name": "WanPipeline", "expand_timesteps": True}
+    i2v = {"_class_name": "WanImageToVideoPipeline", "expand_timesteps": True}
+    found = detect("AutoencoderKLWan", PipelineFacts("WanPipeline", t2v, source="model_index.json"))
+    assert found.family.name == "wan" and found.reason == "pipeline WanPipeline in model_index.json"
+    assert detect("AutoencoderKLWan", PipelineFacts("WanImageToVideoPipeline", i2v)).family.name == "wan2.2-i2v"
+    plain_i2v = {"_class_name": "WanImageToVideoPipeline", "expand_timesteps": False}
+    assert detect("AutoencoderKLWan", PipelineFacts("WanImageToVideoPipeline", plain_i2v)).family.name == "wan"
+
+
 def test_override_wins_and_must_fit_the_vae_class():
     facts = PipelineFacts("WanPipeline", {"_class_name": "WanPipeline"})
     assert detect("AutoencoderKLWan", facts, "skyreels-v2").reason == "--family skyreels-v2"

@@ -17,7 +17,7 @@ from .cogvideox import COGVIDEOX
 from .cosmos import COSMOS1
 from .cosmos2 import COSMOS2, COSMOS2_5, COSMOS2_5_TRANSFER
 from .easyanimate import EASYANIMATE
-from .hunyuan_video import HUNYUANVIDEO
+from .hunyuan_video import HUNYUANVIDEO, HUNYUANVIDEO_I2V
 from .hunyuan_video15 import HUNYUANVIDEO15
 from .kandinsky5 import KANDINSKY5, KANDINSKY5_I2V
 from .ltx_video import LTX_VIDEO
@@ -28,7 +28,7 @@ from .wan import SKYREELS_V2, WAN, WAN22_I2V, WAN_USERS
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     WAN, WAN22_I2V, SKYREELS_V2, WAN_USERS,
-    HUNYUANVIDEO,
+    HUNYUANVIDEO, HUNYUANVIDEO_I2V,
     KANDINSKY5, KANDINSKY5_I2V,
     ALLEGRO,
     EASYANIMATE,

@@ -102,7 +102,8 @@ WAN = Family(
     temporal_factor=_temporal,
     spatial_factor=_spatial,
     denormalize=wan_denormalize,
-    accepts=lambda index: not _expand_timesteps(index),
+    # Wan2.2 TI2V-5B is a WanPipeline with expand_timesteps: text-to-video there blends nothing.
+    accepts=lambda index: not (index.get("_class_name") == "WanImageToVideoPipeline" and _expand_timesteps(index)),
     flow_matching=True,
 )
 
