@@ -22,7 +22,7 @@ from latent_decoder.families import FAMILIES, PipelineFacts, detect
 from latent_decoder.models import resolve_model
 
 from conftest import save_to_hf_cache
-from family_harness import random_stats, save_model
+from family_harness import png_frames, random_stats, save_model, tiny_hunyuan_vae
 
 REPO_ID = "Skywork/SkyReels-V2-T2V-14B-540P-Diffusers"
 FRAMES, HEIGHT, WIDTH = 5, 16, 32
@@ -159,3 +159,23 @@ def test_skyreels_and_wan_rules_give_the_same_frames(pipeline_dir: Path):
     skyreels = decode_latent(latent, str(pipeline_dir), **geometry)
     wan = decode_latent(latent, str(pipeline_dir), family="wan", **geometry)
     assert np.array_equal(skyreels, wan)
+
+
+def test_preview_reads_the_pipelines_layout(tmp_path: Path):
+    """The preview takes its geometry from the pipeline's rule too: Kandinsky 5's channels-last
+    latents on HunyuanVideo's VAE preview exactly as the same values channels-first under
+    HunyuanVideoPipeline (same latent space, same published factors)."""
+    vae = tiny_hunyuan_vae(5, latent_channels=16)
+    grid = np.random.default_rng(6).standard_normal((1, 16, 3, 2, 4)).astype(np.float16)
+    frames = {}
+    for pipeline, latent in (("HunyuanVideoPipeline", grid),
+                             ("Kandinsky5T2VPipeline", np.ascontiguousarray(grid.transpose(0, 2, 3, 4, 1)))):
+        model = save_model(vae, tmp_path / pipeline, pipeline)
+        exp = tmp_path / f"exp-{pipeline}"
+        write_config(exp, str(model), 32, 16, 9, 8.0)
+        save_npy_gz(exp / "latents" / "prompt_000" / "vid_001" / "step_000.npy.gz", latent)
+        result = CliRunner().invoke(cli, ["decode", str(exp), "--decoder", "preview", "--format", "png"])
+        assert result.exit_code == 0, result.output
+        frames[pipeline] = png_frames(exp / "latents_previews" / "prompt_000" / "vid_001" / "step_000")
+    assert frames["HunyuanVideoPipeline"].shape == (9, 16, 32, 3)
+    assert np.array_equal(frames["HunyuanVideoPipeline"], frames["Kandinsky5T2VPipeline"])

@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import LatentShapeError, ModelNotFoundError, SetupError, UnsupportedModelError
 from ..experiment import VideoSettings
 from ..latents import Layout
-from ..families import DecodeContext, Family, default_family, supported_vae_classes
+from ..families import DecodeContext, Family, detect, supported_vae_classes
 from ..models import ResolvedModel, resolve_model, vae_skeleton
 from .factors import CALIBRATED, PUBLISHED, PreviewMap, load_calibration, model_key, published_map
 from .families import PREVIEW_FAMILIES, PreviewFamily, families_from_model_id, family_for_class
@@ -178,7 +178,10 @@ def resolve_preview(model: str, video: VideoSettings, subfolder: str | None = No
     rule, vae, class_name, channels = None, None, None, None
     if resolved is not None:
         class_name = resolved.class_name
-        rule = default_family(class_name)
+        try:  # the pipeline's rule: its layout (Kandinsky 5's channels last on HunyuanVideo's VAE)
+            rule = detect(class_name, resolved.pipeline).family
+        except UnsupportedModelError:
+            rule = None
         if rule is not None:
             try:
                 vae = vae_skeleton(resolved)
