@@ -236,3 +236,17 @@ def store_and_decode(tmp_path: Path, model_dir: Path, captured: list[np.ndarray]
     out_dir = exp / "latents_videos" / "prompt_000" / "vid_001"
     summary = json.loads((exp / "latents_videos" / "decode_summary.json").read_text())
     return png_frames(out_dir / "step_000"), png_frames(out_dir / f"step_{len(captured) - 1:03d}"), summary
+
+
+def assert_run_decodes_to_its_own_frames(tmp_path: Path, vae: Any, pipeline: str, captured: list[np.ndarray],
+                                         video: VideoSettings, out: Any, family: str) -> None:
+    """A tiny pipeline run's captured steps, stored under a model folder naming ``pipeline``: the
+    last step decodes to the pipeline's own output frames with ``family``'s rule, chosen by the
+    pipeline, and the first step is further from them."""
+    expected = np.asarray(out.frames[0], np.float64) * 255.0
+    first, last, summary = store_and_decode(tmp_path, save_model(vae, tmp_path / "model", pipeline), captured, video)
+    assert summary["model"]["family"] == family
+    assert summary["model"]["family_rule"].startswith(f"pipeline {pipeline} in ")
+    assert last.shape == expected.shape == (video.frames, video.height, video.width, 3)
+    assert psnr(last, expected) >= PARITY_DB
+    assert psnr(first, expected) < psnr(last, expected)

@@ -28,9 +28,10 @@ from latent_decoder.experiment import VideoSettings
 from latent_decoder.settings import OutputSettings
 from latent_decoder.worker import DecodeWorker
 
-from family_harness import (FPS, LOW_PRECISION_DB, PARITY_DB, Case, FamilyCase, assert_wrong_rules_caught,
+from family_harness import (FPS, LOW_PRECISION_DB, PARITY_DB, Case, FamilyCase, assert_run_decodes_to_its_own_frames,
+                            assert_wrong_rules_caught,
                             build_case as _build_case, capture, cli_frames, in_memory, postprocess, psnr, save_model,
-                            store_and_decode, times_scaling_factor, tiny_hunyuan_vae,
+                            times_scaling_factor, tiny_hunyuan_vae,
                             write_experiment)
 
 C = 4  # latent channels of the tiny VAEs
@@ -368,14 +369,6 @@ def test_inspect_names_the_family_and_why(name: str, words: list[str], models_di
 # --------------------------------------------------------------------------- real pipeline runs
 
 
-def _assert_decodes_to_its_own_frames(tmp_path: Path, vae: Any, pipeline: str, captured: list[np.ndarray],
-                                      video: VideoSettings, out: Any, family: str) -> None:
-    expected = np.asarray(out.frames[0], np.float64) * 255.0
-    first, last, summary = store_and_decode(tmp_path, save_model(vae, tmp_path / "model", pipeline), captured, video)
-    assert summary["model"]["family"] == family
-    assert last.shape == expected.shape == (video.frames, video.height, video.width, 3)
-    assert psnr(last, expected) >= PARITY_DB
-    assert psnr(first, expected) < psnr(last, expected)
 
 
 @pytest.mark.parametrize("i2v", [False, True], ids=["t2v", "i2v"])
@@ -409,7 +402,7 @@ def test_tiny_kandinsky5_pipeline_run_decodes_to_its_own_frames(i2v: bool, tmp_p
                    generator=torch.Generator().manual_seed(0), **image)
     t = 5 if i2v else 3
     assert [c.shape for c in captured] == [(1, t, 4, 6, 2 * C + 1)] * 3  # channels last, with the condition
-    _assert_decodes_to_its_own_frames(tmp_path, vae, cls.__name__, captured, video, out,
+    assert_run_decodes_to_its_own_frames(tmp_path, vae, cls.__name__, captured, video, out,
                                       "kandinsky5-i2v" if i2v else "kandinsky5")
 
 
@@ -437,7 +430,7 @@ def test_tiny_allegro_pipeline_run_decodes_to_its_own_frames(tmp_path: Path):
                    callback_on_step_end=capture(captured), output_type="np",
                    generator=torch.Generator().manual_seed(0))
     assert [c.shape for c in captured] == [(1, C, 6, 16, 16)] * 2
-    _assert_decodes_to_its_own_frames(tmp_path, vae, "AllegroPipeline", captured, video, out, "allegro")
+    assert_run_decodes_to_its_own_frames(tmp_path, vae, "AllegroPipeline", captured, video, out, "allegro")
 
 
 def test_tiny_easyanimate_pipeline_run_decodes_to_its_own_frames(tmp_path: Path):
@@ -462,4 +455,4 @@ def test_tiny_easyanimate_pipeline_run_decodes_to_its_own_frames(tmp_path: Path)
                    callback_on_step_end=capture(captured), output_type="np",
                    generator=torch.Generator().manual_seed(0))
     assert [c.shape for c in captured] == [(1, C, 3, 4, 6)] * 3
-    _assert_decodes_to_its_own_frames(tmp_path, vae, "EasyAnimatePipeline", captured, video, out, "easyanimate")
+    assert_run_decodes_to_its_own_frames(tmp_path, vae, "EasyAnimatePipeline", captured, video, out, "easyanimate")

@@ -11,14 +11,12 @@ scaling factor far from 1, so its de-normalisation is exercised in full.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from latent_decoder.experiment import VideoSettings
 
-from family_harness import (FPS, PARITY_DB, capture, psnr, save_model, store_and_decode, tiny_hunyuan_vae,
-                            tiny_mochi_vae)
+from family_harness import FPS, assert_run_decodes_to_its_own_frames, capture, tiny_hunyuan_vae, tiny_mochi_vae
 
 STEPS = 3
 
@@ -27,15 +25,6 @@ STEPS = 3
 
 
 
-def _assert_decodes_to_its_own_frames(tmp_path: Path, vae: Any, pipeline: str, captured: list[np.ndarray],
-                                      video: VideoSettings, out: Any, family: str) -> None:
-    expected = np.asarray(out.frames[0], np.float64) * 255.0
-    first, last, summary = store_and_decode(tmp_path, save_model(vae, tmp_path / "model", pipeline), captured, video)
-    assert summary["model"]["family"] == family
-    assert summary["model"]["family_rule"].startswith(f"pipeline {pipeline} in ")
-    assert last.shape == expected.shape == (video.frames, video.height, video.width, 3)
-    assert psnr(last, expected) >= PARITY_DB
-    assert psnr(first, expected) < psnr(last, expected)
 
 
 def test_tiny_hunyuan_video_pipeline_run_decodes_to_its_own_frames(tmp_path: Path):
@@ -63,7 +52,7 @@ def test_tiny_hunyuan_video_pipeline_run_decodes_to_its_own_frames(tmp_path: Pat
                    num_frames=video.frames, num_inference_steps=STEPS, callback_on_step_end=capture(captured),
                    output_type="np", generator=torch.Generator().manual_seed(0))
     assert [c.shape for c in captured] == [(1, 4, 3, 4, 6)] * STEPS
-    _assert_decodes_to_its_own_frames(tmp_path, vae, "HunyuanVideoPipeline", captured, video, out, "hunyuanvideo")
+    assert_run_decodes_to_its_own_frames(tmp_path, vae, "HunyuanVideoPipeline", captured, video, out, "hunyuanvideo")
 
 
 def test_tiny_mochi_pipeline_run_decodes_to_its_own_frames(tmp_path: Path):
@@ -90,4 +79,4 @@ def test_tiny_mochi_pipeline_run_decodes_to_its_own_frames(tmp_path: Path):
                    callback_on_step_end=capture(captured), output_type="np",
                    generator=torch.Generator().manual_seed(0))
     assert [c.shape for c in captured] == [(1, 12, 2, 4, 6)] * STEPS
-    _assert_decodes_to_its_own_frames(tmp_path, vae, "MochiPipeline", captured, video, out, "mochi")
+    assert_run_decodes_to_its_own_frames(tmp_path, vae, "MochiPipeline", captured, video, out, "mochi")
