@@ -13,6 +13,7 @@ from .errors import ItemError, LatentDecoderError
 from .experiment import Experiment
 from .latents import read_latent_header
 from .families import DecodeContext, Detection, Family, detect
+from .families.wan import CONDITION_FILE, WAN22_I2V, condition_path
 from .models import ResolvedModel, resolve_model, vae_skeleton
 from .settings import OutputSettings
 
@@ -45,6 +46,7 @@ class Inspection:
     model: ResolvedModel | None = None
     rule: Family | None = None
     detection: Detection | None = None
+    conditions: tuple[int, int] | None = None  # Wan2.2 I2V: videos with a stored condition latent, videos
     vae_class: str | None = None
     expected_layout: str | None = None
     parameters: int | None = None
@@ -72,6 +74,9 @@ def inspect_experiment(experiment: Experiment, output: OutputSettings, max_files
         info.problem = str(exc)
     steps = experiment.discover()
     info.files = len(steps)
+    if info.rule is not None and info.rule.name == WAN22_I2V.name:
+        folders = {step.path.parent for step in steps}
+        info.conditions = (sum(condition_path(folder) is not None for folder in folders), len(folders))
     stride = max(1, -(-len(steps) // max(1, max_files)))
     counts: Counter[tuple[int, ...]] = Counter()
     dtypes: dict[tuple[int, ...], set[str]] = {}
@@ -147,6 +152,10 @@ def render(info: Inspection) -> list[str]:
         lines.append(f"rule        {info.detection.reason}")
         if info.rule.note:
             lines.append(f"            note: {info.rule.note}")
+        if info.conditions is not None:
+            found, videos = info.conditions
+            lines.append(f"condition   {found} of {videos} video(s) store {CONDITION_FILE}.npy[.gz]/.pt[.gz]"
+                         + ("" if found == videos else "; the others decode without the image condition"))
         if info.rule.reads:
             given = {name: getattr(o, name) for name in info.rule.reads}
             lines.append("decode args " + ", ".join(f"{k} {'pipeline default' if v is None else v}"

@@ -56,16 +56,21 @@ def _blend_condition(z: "torch.Tensor", ctx: DecodeContext) -> "torch.Tensor":
     return z
 
 
-def load_condition(video_folder: Path) -> "torch.Tensor | None":
-    """The video's stored condition latent (``[1, C, 1, H, W]``, model space), if any."""
+def condition_path(video_folder: Path) -> tuple[Path, int] | None:
+    """The video's stored condition latent file and its mtime, if there is one."""
     for suffix in CONDITION_SUFFIXES:
         path = video_folder / f"{CONDITION_FILE}{suffix}"
         try:
-            stat = path.stat()
+            return path, path.stat().st_mtime_ns
         except OSError:
             continue
-        return _read_condition(str(path), stat.st_mtime_ns)
     return None
+
+
+def load_condition(video_folder: Path) -> "torch.Tensor | None":
+    """The video's stored condition latent (``[1, C, 1, H, W]``, model space), if any."""
+    found = condition_path(video_folder)
+    return None if found is None else _read_condition(str(found[0]), found[1])
 
 
 @lru_cache(maxsize=16)
