@@ -31,7 +31,7 @@ from .models import ResolvedModel, load_vae, resolve_model
 from .journal import StepRecord
 from .settings import OutputSettings
 from .video import encode_jpeg, encode_mp4, encode_png, png_frame_name
-from .wan_stream import NonFiniteOutput, decode_to_uint8, prepare_for_speed, video_to_uint8
+from .wan_stream import NonFiniteOutput, can_stream, decode_to_uint8, prepare_for_speed, video_to_uint8
 
 if TYPE_CHECKING:
     import torch
@@ -128,7 +128,7 @@ class DecodeWorker:
         self.detection = detect(self.model.class_name, self.model.pipeline, output.family)
         self.rule = self.detection.family
         self.vae = load_vae(self.model, self.device, self.dtype)
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and can_stream(self.vae):  # measured on Wan's VAE only
             prepare_for_speed(self.vae, self.device)
         self.host = socket.gethostname()
         self.device_name = (
