@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from ..latents import BSC
 from .base import DecodeContext, Family, causal_grid
-from .ltx_video import DECODE_TIMESTEP, buffer_denormalize, mix_decode_noise, unpack
+from .ltx_video import buffer_denormalize, decode_timestep, mix_decode_noise, unpack
 
 if TYPE_CHECKING:
     import torch
@@ -49,18 +49,13 @@ def to_grid(z: "torch.Tensor", ctx: DecodeContext) -> "torch.Tensor":
 def denormalize(z: "torch.Tensor", ctx: DecodeContext) -> "torch.Tensor":
     """The decode-noise mix (timestep-conditioned VAEs), then ``_denormalize_latents``."""
     if ctx.config.timestep_conditioning:
-        z, _ = mix_decode_noise(z, ctx)
+        z = mix_decode_noise(z, ctx)
     return buffer_denormalize(z, ctx)
 
 
 def decode(z: "torch.Tensor", ctx: DecodeContext) -> "torch.Tensor":
     """``vae.decode(latents, timestep)``: ``decode_timestep`` per video, or ``None`` without timestep conditioning."""
-    import torch
-
-    timestep = None
-    if ctx.config.timestep_conditioning:
-        t = DECODE_TIMESTEP if ctx.options.decode_timestep is None else ctx.options.decode_timestep
-        timestep = torch.tensor([t] * z.shape[0], device=z.device, dtype=z.dtype)
+    timestep = decode_timestep(z, ctx) if ctx.config.timestep_conditioning else None
     return ctx.vae.decode(z, timestep, return_dict=False)[0]
 
 

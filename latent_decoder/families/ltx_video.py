@@ -47,24 +47,33 @@ def decode_with_timestep(z: "torch.Tensor", ctx: DecodeContext) -> "torch.Tensor
     ``timestep_conditioning``; without it, ``vae.decode(latents, None)``."""
     if not ctx.config.timestep_conditioning:
         return ctx.vae.decode(z, None, return_dict=False)[0]
-    z, timestep = mix_decode_noise(z, ctx)
-    return ctx.vae.decode(z, timestep, return_dict=False)[0]
+    return ctx.vae.decode(mix_decode_noise(z, ctx), decode_timestep(z, ctx), return_dict=False)[0]
 
 
-def mix_decode_noise(z: "torch.Tensor", ctx: DecodeContext) -> tuple["torch.Tensor", "torch.Tensor"]:
-    """``(1 - s) * latents + s * noise`` and the decode timestep tensor, in ``z``'s dtype. No noise is
-    drawn when ``s`` is 0 (the pipeline's default), so the result does not depend on the seed."""
+def decode_timestep(z: "torch.Tensor", ctx: DecodeContext) -> "torch.Tensor":
+    """``decode_timestep`` (the pipeline's default when not given) per video, in ``z``'s dtype."""
     import torch
 
-    t = DECODE_TIMESTEP if ctx.options.decode_timestep is None else ctx.options.decode_timestep
-    s = t if ctx.options.decode_noise_scale is None else ctx.options.decode_noise_scale
-    timestep = torch.tensor([t] * z.shape[0], device=z.device, dtype=z.dtype)
-    if s:
-        generator = torch.Generator().manual_seed(NOISE_SEED)
-        noise = torch.randn(z.shape, generator=generator, dtype=z.dtype).to(z.device)
-        scale = torch.tensor([s] * z.shape[0], device=z.device, dtype=z.dtype)[:, None, None, None, None]
-        z = (1 - scale) * z + scale * noise
-    return z, timestep
+    return torch.tensor([_timestep(ctx)] * z.shape[0], device=z.device, dtype=z.dtype)
+
+
+def _timestep(ctx: DecodeContext) -> float:
+    return DECODE_TIMESTEP if ctx.options.decode_timestep is None else ctx.options.decode_timestep
+
+
+def mix_decode_noise(z: "torch.Tensor", ctx: DecodeContext) -> "torch.Tensor":
+    """``(1 - s) * latents + s * noise`` in ``z``'s dtype, ``s = decode_noise_scale`` (None: the decode
+    timestep). No noise is drawn when ``s`` is 0 (the pipeline's default), so the result does not
+    depend on the seed."""
+    import torch
+
+    s = _timestep(ctx) if ctx.options.decode_noise_scale is None else ctx.options.decode_noise_scale
+    if not s:
+        return z
+    generator = torch.Generator().manual_seed(NOISE_SEED)
+    noise = torch.randn(z.shape, generator=generator, dtype=z.dtype).to(z.device)
+    scale = torch.tensor([s] * z.shape[0], device=z.device, dtype=z.dtype)[:, None, None, None, None]
+    return (1 - scale) * z + scale * noise
 
 
 LTX_VIDEO = Family(
