@@ -193,6 +193,17 @@ def cli_frames(case: Case, tmp_path: Path, *args: str, extra_config: str = "") -
     return png_frames(exp / "latents_videos" / "prompt_000" / "vid_001" / "step_000"), summary
 
 
+def assert_inspect_says(case: Case, root: Path, words: list[str]) -> str:
+    """``latent-decoder inspect`` on an experiment of the case's latent exits 0 and prints every line
+    part in ``words``; returns its output."""
+    exp = write_experiment(root, case.model_dir, case.family.video, case.latent)
+    result = CliRunner().invoke(cli, ["inspect", str(exp)])
+    assert result.exit_code == 0, result.output
+    for word in words:
+        assert word in result.output, result.output
+    return result.output
+
+
 def in_memory(case: Case, latent: np.ndarray | None = None, dtype: str = "float32", **kwargs: Any) -> np.ndarray:
     v = case.family.video
     return decode_latent(case.latent if latent is None else latent, str(case.model_dir), device="cpu", dtype=dtype,

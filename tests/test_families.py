@@ -28,10 +28,10 @@ from latent_decoder.experiment import VideoSettings
 from latent_decoder.settings import OutputSettings
 from latent_decoder.worker import DecodeWorker
 
-from family_harness import (FPS, LOW_PRECISION_DB, PARITY_DB, Case, FamilyCase, assert_wrong_rules_caught,
-                            build_case as _build_case, capture, cli_frames, in_memory, postprocess, psnr,
-                            divide_by_std, random_stats, save_model, scaling_factor_only, store_and_decode,
-                            times_scaling_factor, tiny_hunyuan_vae, tiny_mochi_vae, write_experiment)
+from family_harness import (FPS, LOW_PRECISION_DB, PARITY_DB, Case, FamilyCase, assert_inspect_says,
+                            assert_wrong_rules_caught, build_case as _build_case, capture, cli_frames, divide_by_std,
+                            in_memory, postprocess, psnr, random_stats, save_model, scaling_factor_only,
+                            store_and_decode, times_scaling_factor, tiny_hunyuan_vae, tiny_mochi_vae, write_experiment)
 
 
 # --------------------------------------------------------------------------- tiny VAEs
@@ -185,7 +185,8 @@ FAMILY_CASES = {
     "cogvideox-even": FamilyCase("cogvideox", "AutoencoderKLCogVideoX", _cogvideox, (4, 2, 4, 6),
                                  VideoSettings(48, 32, FPS, 8), _ref_cogvideox,
                                  store=lambda g: g.transpose(0, 2, 1, 3, 4)),
-    "mochi": FamilyCase("mochi", "AutoencoderKLMochi", lambda: tiny_mochi_vae(4), (12, 2, 4, 6), VideoSettings(48, 32, FPS, 7),
+    "mochi": FamilyCase("mochi", "AutoencoderKLMochi", lambda: tiny_mochi_vae(4), (12, 2, 4, 6),
+                        VideoSettings(48, 32, FPS, 7),
                         _ref_mochi),
     "ltx-video": FamilyCase("ltx-video", "AutoencoderKLLTXVideo", _ltx(False), (8, 3, 4, 6),
                             VideoSettings(24, 16, FPS, 9), _ref_ltx, store=_ltx_packed),
@@ -392,12 +393,7 @@ def test_inspect_reads_packed_and_frames_first_latents(models_dir: Path, tmp_pat
         "cogvideox1.5": ["family      cogvideox (CogVideoX), mirrors diffusers.CogVideoXPipeline", "[1, T, 4, H, W]",
                          "[1, 4, 4, 4, 6] float16 x1 -> 9 frames 48x32"],
     }.items():
-        case = build_case(name, models_dir)
-        exp = write_experiment(tmp_path / name, case.model_dir, case.family.video, case.latent)
-        result = CliRunner().invoke(cli, ["inspect", str(exp)])
-        assert result.exit_code == 0, result.output
-        for word in words:
-            assert word in result.output, result.output
+        assert_inspect_says(build_case(name, models_dir), tmp_path / name, words)
 
 
 # --------------------------------------------------------------------------- a real pipeline run

@@ -20,17 +20,15 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from latent_decoder import families
-from latent_decoder.cli import cli
 from latent_decoder.demo import build_tiny_wan_vae
 from latent_decoder.experiment import VideoSettings
 from latent_decoder.families import PipelineFacts, detect
 
-from family_harness import (FPS, LOW_PRECISION_DB, PARITY_DB, Case, FamilyCase, assert_wrong_rules_caught,
-                            build_case as _build_case, capture, cli_frames, in_memory, postprocess, psnr,
-                            divide_by_std, random_stats, save_model, store_and_decode, write_experiment)
+from family_harness import (FPS, LOW_PRECISION_DB, PARITY_DB, Case, FamilyCase, assert_inspect_says,
+                            assert_wrong_rules_caught, build_case as _build_case, capture, cli_frames, divide_by_std,
+                            in_memory, postprocess, psnr, random_stats, save_model, store_and_decode)
 
 SIGMA_DATA = 0.7  # a scheduler config's sigma_data other than EDMEulerScheduler's default 0.5
 
@@ -335,11 +333,9 @@ def test_own_vae_classes_default_to_their_family(vae_class: str, family: str):
 def test_inspect_names_the_family_and_the_rule(name: str, label: str, mirrors: str, models_dir: Path,
                                                tmp_path: Path):
     case = build_case(name, models_dir)
-    exp = write_experiment(tmp_path / "exp", case.model_dir, case.family.video, case.latent)
-    result = CliRunner().invoke(cli, ["inspect", str(exp)])
-    assert result.exit_code == 0, result.output
-    assert f"family      {name} ({label}), mirrors {mirrors}" in result.output, result.output
-    assert f"rule        pipeline {case.family.pipeline} in {case.model_dir / 'model_index.json'}" in result.output
+    assert_inspect_says(case, tmp_path / "exp", [
+        f"family      {name} ({label}), mirrors {mirrors}",
+        f"rule        pipeline {case.family.pipeline} in {case.model_dir / 'model_index.json'}"])
 
 
 def test_wans_vae_without_model_index_is_wan_unless_told(models_dir: Path, tmp_path: Path):

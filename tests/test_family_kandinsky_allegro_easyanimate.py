@@ -19,20 +19,17 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from latent_decoder import families
-from latent_decoder.cli import cli
 from latent_decoder.errors import LatentShapeError
 from latent_decoder.experiment import VideoSettings
 from latent_decoder.settings import OutputSettings
 from latent_decoder.worker import DecodeWorker
 
-from family_harness import (FPS, LOW_PRECISION_DB, PARITY_DB, Case, FamilyCase, assert_run_decodes_to_its_own_frames,
-                            assert_wrong_rules_caught,
-                            build_case as _build_case, capture, cli_frames, in_memory, postprocess, psnr, save_model,
-                            times_scaling_factor, tiny_hunyuan_vae,
-                            write_experiment)
+from family_harness import (FPS, LOW_PRECISION_DB, PARITY_DB, Case, FamilyCase, assert_inspect_says,
+                            assert_run_decodes_to_its_own_frames, assert_wrong_rules_caught, build_case as _build_case,
+                            capture, cli_frames, in_memory, postprocess, psnr, save_model, times_scaling_factor,
+                            tiny_hunyuan_vae)
 
 C = 4  # latent channels of the tiny VAEs
 
@@ -134,14 +131,19 @@ def _channels_last(condition: bool, i2v: bool = False) -> Callable[[np.ndarray],
     return store
 
 
+def _hunyuan() -> Any:
+    """HunyuanVideo's VAE with C latent channels: Kandinsky 5's (and HunyuanVideo's, for comparison)."""
+    return tiny_hunyuan_vae(11, C)
+
+
 CASES = {
-    "kandinsky5": FamilyCase("kandinsky5", "AutoencoderKLHunyuanVideo", lambda: tiny_hunyuan_vae(11, C), (C, 3, 2, 6),
+    "kandinsky5": FamilyCase("kandinsky5", "AutoencoderKLHunyuanVideo", _hunyuan, (C, 3, 2, 6),
                              VideoSettings(48, 16, FPS, 9), _ref_kandinsky, store=_channels_last(True),
                              pipeline="Kandinsky5T2VPipeline"),
-    "kandinsky5-no-cond": FamilyCase("kandinsky5", "AutoencoderKLHunyuanVideo", lambda: tiny_hunyuan_vae(11, C), (C, 3, 2, 6),
+    "kandinsky5-no-cond": FamilyCase("kandinsky5", "AutoencoderKLHunyuanVideo", _hunyuan, (C, 3, 2, 6),
                                      VideoSettings(48, 16, FPS, 9), _ref_kandinsky, store=_channels_last(False),
                                      pipeline="Kandinsky5T2VPipeline"),
-    "kandinsky5-i2v": FamilyCase("kandinsky5-i2v", "AutoencoderKLHunyuanVideo", lambda: tiny_hunyuan_vae(11, C), (C, 6, 2, 6),
+    "kandinsky5-i2v": FamilyCase("kandinsky5-i2v", "AutoencoderKLHunyuanVideo", _hunyuan, (C, 6, 2, 6),
                                  VideoSettings(48, 16, FPS, 21), _ref_kandinsky_i2v,
                                  store=_channels_last(True, i2v=True), pipeline="Kandinsky5I2VPipeline"),
     "allegro": FamilyCase("allegro", "AutoencoderKLAllegro", _allegro, (C, 6, 16, 16),
@@ -358,12 +360,7 @@ def test_family_flag_overrides_the_pipeline(models_dir: Path, tmp_path: Path):
                      "rule        pipeline EasyAnimatePipeline in ", "[1, 4, 3, 4, 6] float16 x1 -> 9 frames 48x32"]),
 ])
 def test_inspect_names_the_family_and_why(name: str, words: list[str], models_dir: Path, tmp_path: Path):
-    case = build_case(name, models_dir)
-    exp = write_experiment(tmp_path / name, case.model_dir, case.family.video, case.latent)
-    result = CliRunner().invoke(cli, ["inspect", str(exp)])
-    assert result.exit_code == 0, result.output
-    for word in words + ["model_index.json"]:
-        assert word in result.output, result.output
+    assert_inspect_says(build_case(name, models_dir), tmp_path / name, words + ["model_index.json"])
 
 
 # --------------------------------------------------------------------------- real pipeline runs

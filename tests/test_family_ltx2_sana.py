@@ -33,10 +33,10 @@ from latent_decoder.errors import LatentShapeError
 from latent_decoder.experiment import VideoSettings
 from latent_decoder.families.ltx_video import NOISE_SEED, buffer_denormalize, decode_with_timestep
 
-from family_harness import (FPS, LOW_PRECISION_DB, PARITY_DB, Case, FamilyCase, assert_wrong_rules_caught,
-                            build_case as _build_case, capture, cli_frames, in_memory, png_frames, postprocess,
-                            psnr, random_stats, save_model, scaling_factor_only, divide_by_std, store_and_decode,
-                            torch_dtype, write_experiment)
+from family_harness import (FPS, LOW_PRECISION_DB, PARITY_DB, Case, FamilyCase, assert_inspect_says,
+                            assert_wrong_rules_caught, build_case as _build_case, capture, cli_frames, divide_by_std,
+                            in_memory, png_frames, postprocess, psnr, random_stats, save_model, scaling_factor_only,
+                            store_and_decode, torch_dtype, write_experiment)
 
 LTX2_VAE = "AutoencoderKLLTX2Video"
 
@@ -379,12 +379,7 @@ def test_inspect_names_the_family_and_the_rule(models_dir: Path, tmp_path: Path)
         "sana-video-wan": ["family      sana-video (Sana-Video)", "rule        pipeline SanaImageToVideoPipeline in "],
     }.items():
         case = build_case(name, models_dir)
-        exp = write_experiment(tmp_path / name, case.model_dir, case.family.video, case.latent)
-        result = CliRunner().invoke(cli, ["inspect", str(exp)])
-        assert result.exit_code == 0, result.output
-        for word in words:
-            assert word in result.output, result.output
-        assert f"{case.model_dir}/model_index.json" in result.output
+        assert_inspect_says(case, tmp_path / name, words + [f"{case.model_dir}/model_index.json"])
 
 
 def test_appended_condition_tokens_are_only_accepted_for_the_condition_pipelines(models_dir: Path):
