@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..latents import BCTHW
 from .base import DecodeContext, Family, channel_stats
+from .wan import WAN
 
 if TYPE_CHECKING:
     import torch
@@ -25,7 +26,7 @@ def _is_ltx2(vae: Any) -> bool:
 
 
 def _channels(vae: Any) -> int:
-    return vae.config.latent_channels if _is_ltx2(vae) else vae.config.z_dim
+    return vae.config.latent_channels if _is_ltx2(vae) else WAN.channels(vae)
 
 
 def _denormalize(z: "torch.Tensor", ctx: DecodeContext) -> "torch.Tensor":
@@ -47,8 +48,8 @@ SANA_VIDEO = Family(
     pipelines=("SanaVideoPipeline", "SanaImageToVideoPipeline"),
     layout=BCTHW,
     channels=_channels,
-    temporal_factor=lambda vae: vae.temporal_compression_ratio if _is_ltx2(vae) else vae.config.scale_factor_temporal,
-    spatial_factor=lambda vae: vae.spatial_compression_ratio if _is_ltx2(vae) else vae.config.scale_factor_spatial,
+    temporal_factor=lambda vae: vae.temporal_compression_ratio if _is_ltx2(vae) else WAN.temporal_factor(vae),
+    spatial_factor=lambda vae: vae.spatial_compression_ratio if _is_ltx2(vae) else WAN.spatial_factor(vae),
     denormalize=_denormalize,
     flow_matching=True,  # DPMSolverMultistepScheduler with use_flow_sigmas: timestep = sigma * 1000
     note="with use_resolution_binning (the default) the pipeline resizes and crops its frames to the requested "
