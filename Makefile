@@ -41,6 +41,7 @@ bench: install
 	$(PY) benchmarks/state_scale.py --items 20000
 	$(PY) benchmarks/ray_scaling.py
 	$(PY) benchmarks/ray_overlap.py
+	$(PY) benchmarks/wan_memory.py
 
 # On a GPU machine (after `make install TORCH=...` with a CUDA build): the full-size figures of
 # BENCHMARKS.md's GPU section in one go, plus the CUDA-only decode equivalence test.

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Wan decode paths: diffusers' ``vae.decode`` + the worker's uint8 conversion against
-``latent_decoder.wan_stream.decode_to_uint8``, without and with ``prepare_for_speed``.
+``latent_decoder.wan_stream``'s streamed decode with diffusers' grouping (4 frames per stage call) and
+one frame per call, then with ``lean_decoder`` (what the worker runs) and ``prepare_for_speed``
+(the worker adds it on CUDA).
 
 Each path runs in its own subprocess (fresh allocator, fresh ``cudnn.benchmark``) on the same seeded
 weights and latent: one warm-up decode, then ``--steps`` timed ones. Printed: the best of those in
@@ -33,7 +35,8 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-PATHS = ("vae.decode", "decode_to_uint8", "decode_to_uint8+channels_last_3d")
+PATHS = ("vae.decode", "streamed, 4 frames per call", "streamed, 1 frame per call", "streamed + lean modules",
+         "streamed + lean modules + channels_last_3d")
 
 
 def rss_bytes() -> int:
@@ -60,7 +63,8 @@ def run_path(args: argparse.Namespace) -> dict[str, Any]:
     from diffusers import AutoencoderKLWan
     from diffusers.utils import logging
 
-    from latent_decoder.wan_stream import decode_to_uint8, prepare_for_speed
+    from latent_decoder.wan_lean import lean_decoder
+    from latent_decoder.wan_stream import decode_to_device_uint8, prepare_for_speed
 
     logging.set_verbosity_error()  # the cast below warns about fp32 modules; Wan has none
 
@@ -70,9 +74,16 @@ def run_path(args: argparse.Namespace) -> dict[str, Any]:
     vae = (AutoencoderKLWan() if args.full else AutoencoderKLWan(base_dim=16)).eval().to(device, dtype)
     shape = (1, 16, 16, 60, 106) if args.full else (1, 16, 4, 8, 12)
     z = torch.randn(shape, generator=torch.Generator().manual_seed(1)).mul_(2.0).to(device, dtype)
+    if "lean modules" in args.path:
+        lean_decoder(vae)
     if args.path.endswith("channels_last_3d"):
         prepare_for_speed(vae, device)
-    decode = plain_decode if args.path == "vae.decode" else decode_to_uint8
+    per_call = 4 if "4 frames" in args.path else 1
+
+    def decode(vae: Any, z: Any) -> np.ndarray:
+        if args.path == "vae.decode":
+            return plain_decode(vae, z)
+        return decode_to_device_uint8(vae, z, frames_per_call=per_call).cpu().numpy()
 
     def sync() -> None:
         if device.type == "cuda":
@@ -149,11 +160,11 @@ def main() -> None:
           f" {args.dtype}; video {'x'.join(map(str, plain['shape']))} uint8; best of {args.steps} timed steps per path")
     print(f"peak: {'CUDA max_memory_allocated' if cuda else 'peak RSS'} above rest after the warm-up"
           + ("; reserved: max_memory_reserved, weights included" if cuda else ""))
-    print(f"{'path':34s} {'s/step':>8s} {'speed-up':>9s} {'peak MiB':>9s} {'ratio':>6s}"
+    print(f"{'path':42s} {'s/step':>8s} {'speed-up':>9s} {'peak MiB':>9s} {'ratio':>6s}"
           + (f" {'reserved MiB':>13s}" if cuda else "") + "  uint8 vs vae.decode")
     for path, r in results.items():
         diff = np.abs(r["frames"] - plain["frames"])
-        print(f"{path:34s} {r['seconds']:8.3f} {plain['seconds'] / r['seconds']:8.2f}x {r['peak'] / 2**20:9.1f} "
+        print(f"{path:42s} {r['seconds']:8.3f} {plain['seconds'] / r['seconds']:8.2f}x {r['peak'] / 2**20:9.1f} "
               f"{r['peak'] / plain['peak']:6.2f}" + (f" {r['reserved'] / 2**20:13.1f}" if cuda else "")
               + f"  max {diff.max()}, {np.count_nonzero(diff) / diff.size:.4%} differ")
 

@@ -1,18 +1,26 @@
-"""Decode an ``AutoencoderKLWan`` latent straight into uint8 frames, one decoder chunk at a time.
+"""Decode an ``AutoencoderKLWan`` latent straight into uint8 frames, one frame at a time through each stage.
 
 diffusers' ``AutoencoderKLWan._decode`` (``models/autoencoders/autoencoder_kl_wan.py``, 0.42.1) calls
 the decoder once per latent frame with a causal feature cache (the first call gives 1 frame, each
 later one ``2 ** sum(temperal_upsample)``, 4 for Wan2.1/2.2) and ``torch.cat``s every chunk onto the
-float video: quadratic copies, and the whole float video (twice during the last cat, again for
-unpatchify, clamp and the uint8 conversion) held on the device. ``decode_chunks`` makes the same
-calls in the same order but hands each chunk out; ``decode_to_uint8`` turns each into the worker's
-uint8 frames at once and writes them into one preallocated ``[F, H, W, 3]`` buffer. Same function,
-without the float video; the decoder's own working set for one chunk still sets the peak.
+float video: quadratic copies, the whole float video on the device, and every stage working on all
+four frames of a chunk at once (at 480x848 in bfloat16 that working set, not the weights or the cache,
+sets the peak: 3.98 GiB counted from shapes).
+
+Every causal convolution here keeps the last two frames of its input in the cache, and diffusers'
+cache rules (take the previous cache's last frame when a call brings one frame; zeros after the
+first chunk's ``"Rep"``) make a stage's output independent of how its input frames are grouped
+into calls. ``decode_chunks`` uses that: it runs the decoder's stages (``conv_in`` + mid block, each
+up block, the head) depth first, ``frames_per_call`` frames at a time, handing each finished frame
+out before the next is started. Same function, same modules and weights; with one frame per call
+only the cache (1.79 GiB) and one frame's working set per stage are on the device: 2.76 GiB counted
+for that latent in bfloat16, 2.39 GiB once ``wan_lean.lean_decoder`` has trimmed the copies the
+modules make (the worker installs it; ``benchmarks/wan_memory.py`` prints these figures).
 """
 from __future__ import annotations
 
 from contextlib import closing
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
@@ -36,26 +44,70 @@ def can_stream(vae: Any) -> bool:
             and not hasattr(vae, "_hf_hook"))
 
 
-def decode_chunks(vae: Any, z: "torch.Tensor") -> Iterator["torch.Tensor"]:
-    """Mirrors ``AutoencoderKLWan._decode`` (untiled): yields the clamped ``[B, 3, t, H, W]`` chunks
-    whose ``torch.cat`` along frames is ``vae.decode(z).sample``. Unpatchify and clamp act frame by
-    frame, so applying them per chunk is exact. The cache is cleared before and after (also when the
-    caller stops early or an error interrupts), so no decode sees another's frames."""
-    import torch
+def decode_chunks(vae: Any, z: "torch.Tensor", frames_per_call: int = 1) -> Iterator["torch.Tensor"]:
+    """Mirrors ``AutoencoderKLWan._decode`` (untiled): yields clamped ``[B, 3, t, H, W]`` pieces, in
+    order, whose ``torch.cat`` along frames is ``vae.decode(z).sample``. Each stage takes at most
+    ``frames_per_call`` frames per call (``>= 4``: diffusers' own grouping). Unpatchify and clamp act
+    frame by frame, so applying them per piece is exact. The cache is cleared before and after (also
+    when the caller stops early or an error interrupts), so no decode sees another's frames."""
     from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+
+    if frames_per_call < 1:
+        raise ValueError(f"frames_per_call must be >= 1, got {frames_per_call}")
+    decoder = vae.decoder
+    stages = [_entry_stage(decoder), *(_up_stage(block) for block in decoder.up_blocks), _head_stage(decoder)]
+    starts = [0] * (len(stages) + 1)  # each stage's first cache slot, learnt as the stages run
+
+    def run(stage: int, x: "torch.Tensor", first: bool) -> Iterator["torch.Tensor"]:
+        # Only views of x stay referenced, so its memory goes as soon as the last one has been used.
+        parts = [x[:, :, j : j + frames_per_call] for j in range(0, x.shape[2], frames_per_call)]
+        del x
+        while parts:
+            slot = [starts[stage]]
+            out = [stages[stage](parts.pop(0), vae._feat_map, slot, first)]
+            starts[stage + 1] = slot[0]
+            if stage + 1 < len(stages):
+                yield from run(stage + 1, out.pop(), first)  # held by the next stage only
+            else:
+                y = out.pop()
+                if vae.config.patch_size is not None:
+                    y = unpatchify(y, patch_size=vae.config.patch_size)
+                yield y.clamp_(-1.0, 1.0)
 
     vae.clear_cache()
     try:
         x = vae.post_quant_conv(z)
         for i in range(z.shape[2]):
-            vae._conv_idx = [0]
-            out = vae.decoder(x[:, :, i : i + 1, :, :], feat_cache=vae._feat_map, feat_idx=vae._conv_idx,
-                              first_chunk=i == 0)
-            if vae.config.patch_size is not None:
-                out = unpatchify(out, patch_size=vae.config.patch_size)
-            yield torch.clamp(out, min=-1.0, max=1.0)
+            yield from run(0, x[:, :, i : i + 1], i == 0)
+        del x
     finally:
         vae.clear_cache()
+
+
+Stage = Callable[["torch.Tensor", list, list, bool], "torch.Tensor"]
+
+
+def _entry_stage(decoder: Any) -> Stage:
+    from .wan_lean import cached_conv
+
+    def entry(x: "torch.Tensor", cache: list, slot: list, first: bool) -> "torch.Tensor":
+        x = cached_conv(decoder.conv_in, [x], cache, slot)
+        return decoder.mid_block(x, feat_cache=cache, feat_idx=slot)
+    return entry
+
+
+def _up_stage(block: Any) -> Stage:
+    def up(x: "torch.Tensor", cache: list, slot: list, first: bool) -> "torch.Tensor":
+        return block(x, feat_cache=cache, feat_idx=slot, first_chunk=first)
+    return up
+
+
+def _head_stage(decoder: Any) -> Stage:
+    from .wan_lean import cached_conv
+
+    def head(x: "torch.Tensor", cache: list, slot: list, first: bool) -> "torch.Tensor":
+        return cached_conv(decoder.conv_out, [decoder.nonlinearity(decoder.norm_out(x))], cache, slot)
+    return head
 
 
 def video_to_uint8(video: "torch.Tensor", scale: float = 1.0) -> "torch.Tensor":
@@ -68,6 +120,34 @@ def video_to_uint8(video: "torch.Tensor", scale: float = 1.0) -> "torch.Tensor":
     if scale != 1.0:
         video = F.interpolate(video, scale_factor=scale, mode="bilinear", antialias=scale < 1.0, align_corners=False)
     return ((video + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def decode_to_device_uint8(vae: Any, z: "torch.Tensor", scale: float = 1.0, frames_per_call: int = 1,
+                           buffer_for: Callable[[tuple[int, ...]], "torch.Tensor"] | None = None) -> "torch.Tensor":
+    """``decode_chunks`` turned into the worker's ``[F, H', W', 3]`` uint8 frames piece by piece, in one
+    buffer on ``z``'s device (from ``buffer_for(shape)`` when given): no float video is ever whole.
+    Raises ``NonFiniteOutput`` when the video holds NaN/Inf, as the worker refuses to write one."""
+    import torch
+
+    total = 1 + (z.shape[2] - 1) * 2 ** sum(vae.temperal_upsample)
+    finite = torch.ones((), dtype=torch.bool, device=z.device)
+    buffer = None
+    start = 0
+    with closing(decode_chunks(vae, z, frames_per_call)) as pieces:  # closed (cache freed) even if one fails
+        for piece in pieces:
+            finite &= torch.isfinite(piece).all()
+            frames = video_to_uint8(piece, scale)
+            del piece
+            if buffer is None:
+                shape = (total, *frames.shape[1:])
+                buffer = buffer_for(shape) if buffer_for else torch.empty(shape, dtype=torch.uint8, device=z.device)
+            buffer[start : start + len(frames)] = frames
+            start += len(frames)
+    if start != total:
+        raise RuntimeError(f"the Wan decoder gave {start} frames, expected {total}")
+    if z.device.type != "meta" and not bool(finite):
+        raise NonFiniteOutput("the VAE's output holds NaN/Inf values")
+    return buffer
 
 
 def _host_array(out: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
@@ -83,10 +163,9 @@ def decode_to_uint8(vae: Any, z: "torch.Tensor", out: np.ndarray | None = None, 
     """Decoder input ``z`` (``[1, C, T, H, W]`` in the VAE's dtype and device, as passed to
     ``vae.decode``) -> ``[F, H', W', 3]`` uint8 frames in ``out`` (allocated when ``None``).
 
-    Each chunk becomes uint8 on the device and lands in a device uint8 buffer, copied to the host
-    once at the end (on CPU, ``out`` itself is the buffer): no float video is ever whole. Falls back
-    to ``vae.decode`` where ``can_stream`` says no. Raises ``NonFiniteOutput`` when the video holds
-    NaN/Inf, as the worker refuses to write one."""
+    Streams through ``decode_to_device_uint8``, one frame per stage call, and copies to the host once
+    at the end (on CPU the frames land in ``out`` directly). Falls back to ``vae.decode`` where
+    ``can_stream`` says no. Raises ``NonFiniteOutput`` when the video holds NaN/Inf."""
     import torch
 
     if z.dim() != 5 or z.shape[0] != 1:
@@ -100,27 +179,18 @@ def decode_to_uint8(vae: Any, z: "torch.Tensor", out: np.ndarray | None = None, 
             host = _host_array(out, tuple(frames.shape))
             torch.from_numpy(host).copy_(frames)
             return host
+        if z.device.type == "cpu":
+            holder: list[np.ndarray] = []
 
-        total = 1 + (z.shape[2] - 1) * 2 ** sum(vae.temperal_upsample)
-        finite = torch.ones((), dtype=torch.bool, device=z.device)
-        host = buffer = None
-        start = 0
-        with closing(decode_chunks(vae, z)) as chunks:  # closed (cache freed) even if a chunk's conversion fails
-            for chunk in chunks:
-                finite &= torch.isfinite(chunk).all()
-                frames = video_to_uint8(chunk, scale)
-                if buffer is None:
-                    host = _host_array(out, (total, *frames.shape[1:]))
-                    buffer = (torch.from_numpy(host) if frames.device.type == "cpu"
-                              else torch.empty(host.shape, dtype=torch.uint8, device=frames.device))
-                buffer[start : start + len(frames)] = frames
-                start += len(frames)
-        if start != total:
-            raise RuntimeError(f"the Wan decoder gave {start} frames, expected {total}")
-        if not bool(finite):
-            raise NonFiniteOutput("the VAE's output holds NaN/Inf values")
-        if buffer.device.type != "cpu":
-            torch.from_numpy(host).copy_(buffer)
+            def on_host(shape: tuple[int, ...]) -> "torch.Tensor":
+                holder.append(_host_array(out, shape))
+                return torch.from_numpy(holder[0])
+
+            decode_to_device_uint8(vae, z, scale, buffer_for=on_host)
+            return holder[0]
+        frames = decode_to_device_uint8(vae, z, scale)
+        host = _host_array(out, tuple(frames.shape))
+        torch.from_numpy(host).copy_(frames)
         return host
 
 

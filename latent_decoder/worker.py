@@ -128,8 +128,12 @@ class DecodeWorker:
         self.detection = detect(self.model.class_name, self.model.pipeline, output.family)
         self.rule = self.detection.family
         self.vae = load_vae(self.model, self.device, self.dtype)
-        if self.device.type == "cuda" and can_stream(self.vae):  # measured on Wan's VAE only
-            prepare_for_speed(self.vae, self.device)
+        if can_stream(self.vae):  # Wan: decode_to_uint8 streams frame by frame through lean modules
+            from .wan_lean import lean_decoder
+
+            lean_decoder(self.vae)
+            if self.device.type == "cuda":  # channels-last kernels: measured on Wan's VAE only
+                prepare_for_speed(self.vae, self.device)
         self.host = socket.gethostname()
         self.device_name = (
             f"{self.device} ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda" else str(self.device)

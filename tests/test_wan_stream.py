@@ -3,6 +3,7 @@ conversion: real diffusers VAEs (random weights, strict float32 on CPU) decode t
 from __future__ import annotations
 
 import copy
+import types
 from typing import Any
 
 import numpy as np
@@ -12,8 +13,10 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKLWan
 
 from latent_decoder.demo import build_tiny_wan_vae
-from latent_decoder.wan_stream import (NonFiniteOutput, can_stream, decode_chunks, decode_to_uint8,
-                                       prepare_for_speed)
+from latent_decoder.memory_count import LiveTensorBytes
+from latent_decoder.wan_lean import lean_decoder
+from latent_decoder.wan_stream import (NonFiniteOutput, can_stream, decode_chunks, decode_to_device_uint8,
+                                       decode_to_uint8, prepare_for_speed)
 
 TOLERANCE = 1e-3  # max abs diff in [-1, 1] space
 
@@ -62,11 +65,11 @@ def reference(vae: Any, z: torch.Tensor) -> torch.Tensor:
         return vae.decode(z).sample
 
 
-def streamed(vae: Any, z: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
-    """The concatenated chunks of ``decode_chunks`` and the frame count of each."""
+def streamed(vae: Any, z: torch.Tensor, frames_per_call: int = 1) -> tuple[torch.Tensor, list[int]]:
+    """The concatenated pieces of ``decode_chunks`` and the frame count of each."""
     with torch.inference_mode():
-        chunks = list(decode_chunks(vae, z))
-    return torch.cat(chunks, 2), [c.shape[2] for c in chunks]
+        pieces = list(decode_chunks(vae, z, frames_per_call))
+    return torch.cat(pieces, 2), [p.shape[2] for p in pieces]
 
 
 def rounded(video: torch.Tensor, scale: float = 1.0) -> np.ndarray:
@@ -90,9 +93,12 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max())
 
 
-def test_chunks_are_diffusers_decode(case: Case) -> None:
-    video, frames = streamed(case.vae, case.z)
-    assert frames == [1] + [4] * (case.z.shape[2] - 1)  # one latent frame per decoder call
+@pytest.mark.parametrize("frames_per_call", [1, 2, 4])
+def test_pieces_are_diffusers_decode(case: Case, frames_per_call: int) -> None:
+    """One frame per stage call (the default), two, or diffusers' own four: the same video."""
+    video, frames = streamed(case.vae, case.z, frames_per_call)
+    later = case.z.shape[2] - 1
+    assert frames == [1] + {1: [1] * 4, 2: [2] * 2, 4: [4]}[frames_per_call] * later
     assert max_diff(video, case.reference) <= TOLERANCE
     assert float(case.reference.std()) > 0.05  # a real picture, not a flat one that anything would match
 
@@ -116,26 +122,63 @@ def test_channels_last_3d_weights_keep_the_function(tiny: Case) -> None:
     assert_frames_match(decode_to_uint8(vae, tiny.z), rounded(tiny.reference))
 
 
+def test_lean_decoder_keeps_the_function(case: Case) -> None:
+    vae = copy.deepcopy(case.vae)
+    lean_decoder(vae)
+    lean = [m for m in vae.modules() if isinstance(getattr(m, "forward", None), types.MethodType)
+            and m.forward.__func__ is not type(m).forward]
+    assert {type(m).__name__ for m in lean} >= {"WanCausalConv3d", "WanResidualBlock", "WanUpsample"}
+    assert max_diff(streamed(vae, case.z)[0], case.reference) <= TOLERANCE
+    assert max_diff(reference(vae, case.z), case.reference) <= TOLERANCE  # vae.decode goes through them too
+
+
+def counted_peak(vae: Any, z: torch.Tensor, decode: Any) -> int:
+    with torch.inference_mode(), LiveTensorBytes() as count:
+        decode(vae, z)
+    assert count.live == 0  # nothing left behind: the cache is freed, the buffer and frames dropped
+    return count.peak
+
+
+def test_streaming_keeps_one_frame_per_stage_on_the_device() -> None:
+    """Counted from shapes on the meta device, Wan2.1's real structure at 480x848: one frame per stage
+    call needs far less than diffusers' decode, and the frames given to a call are what sets it."""
+    with torch.device("meta"):
+        vae = AutoencoderKLWan().eval().to(torch.bfloat16)
+    z = torch.empty((1, 16, 4, 60, 106), device="meta", dtype=torch.bfloat16)
+    plain = counted_peak(vae, z, lambda v, x: v.decode(x).sample)
+    four = counted_peak(vae, z, lambda v, x: decode_to_device_uint8(v, x, frames_per_call=4))
+    one = counted_peak(vae, z, decode_to_device_uint8)
+    lean_decoder(vae)
+    lean = counted_peak(vae, z, decode_to_device_uint8)
+    assert one < 0.75 * four and one < 0.75 * plain
+    assert lean < one - 256 * 2**20  # the padded copy, an old cache and a norm copy of 96-channel 480x848 frames
+
+
 def test_bfloat16_gives_the_rounded_bfloat16_decode(tiny: Case) -> None:
     vae, z = copy.deepcopy(tiny.vae).to(torch.bfloat16), tiny.z.to(torch.bfloat16)
     assert_frames_match(decode_to_uint8(vae, z), rounded(reference(vae, z)))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_channels_last_and_cudnn_benchmark_in_strict_fp32() -> None:
-    """On CUDA the NDHWC kernels and autotuned algorithms may change the arithmetic: still the same function."""
+def test_cuda_worker_path_in_strict_fp32_and_bfloat16() -> None:
+    """What the worker runs on CUDA (lean modules, NDHWC kernels, autotuned algorithms) may change the
+    arithmetic: still the same function in strict float32, and the same frames in bfloat16."""
     backends = torch.backends
     saved = backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32, backends.cudnn.benchmark
     backends.cudnn.allow_tf32 = backends.cuda.matmul.allow_tf32 = backends.cudnn.benchmark = False
     try:
         for build, shape in MODELS.values():
-            vae = build().to("cuda")
-            z = torch.randn(shape, generator=torch.Generator().manual_seed(7)).mul_(2.0).to("cuda")
-            expected = reference(vae, z)
-            prepare_for_speed(vae, "cuda")
-            assert backends.cudnn.benchmark
-            assert max_diff(streamed(vae, z)[0], expected) <= TOLERANCE
-            assert_frames_match(decode_to_uint8(vae, z), rounded(expected))
+            for dtype in (torch.float32, torch.bfloat16):
+                vae = build().to("cuda", dtype)
+                z = torch.randn(shape, generator=torch.Generator().manual_seed(7)).mul_(2.0).to("cuda", dtype)
+                expected = reference(vae, z)
+                lean_decoder(vae)
+                prepare_for_speed(vae, "cuda")
+                assert backends.cudnn.benchmark
+                if dtype == torch.float32:
+                    assert max_diff(streamed(vae, z)[0], expected) <= TOLERANCE
+                assert_frames_match(decode_to_uint8(vae, z), rounded(expected))
+                backends.cudnn.benchmark = False
     finally:
         backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32, backends.cudnn.benchmark = saved
 
