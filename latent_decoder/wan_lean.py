@@ -24,12 +24,13 @@ CACHE_FRAMES = 2  # diffusers' CACHE_T: a 3-frame causal kernel needs the two fr
 
 
 def lean_decoder(vae: Any) -> None:
-    """Install the lean forwards on ``vae``'s modules of exactly diffusers' types (a subclass may
-    compute something else). Changes this instance only; ``vae.decode`` uses them too."""
+    """Install the lean forwards on the modules of ``vae.decoder`` of exactly diffusers' types (a
+    subclass may compute something else). Changes this instance only; ``vae.decode`` (tiled too)
+    uses them as well; the encoder keeps diffusers' forwards."""
     from diffusers.models.autoencoders.autoencoder_kl_wan import (WanCausalConv3d, WanResidualBlock, WanRMS_norm,
                                                                   WanUpsample)
 
-    for module in vae.modules():
+    for module in vae.decoder.modules():
         if type(module) is WanCausalConv3d and module.padding_mode == "zeros":
             module.forward = types.MethodType(_causal_conv_forward, module)
         elif type(module) is WanResidualBlock:

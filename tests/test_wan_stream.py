@@ -130,6 +130,20 @@ def test_lean_decoder_keeps_the_function(case: Case) -> None:
     assert {type(m).__name__ for m in lean} >= {"WanCausalConv3d", "WanResidualBlock", "WanUpsample"}
     assert max_diff(streamed(vae, case.z)[0], case.reference) <= TOLERANCE
     assert max_diff(reference(vae, case.z), case.reference) <= TOLERANCE  # vae.decode goes through them too
+    assert not any(isinstance(m.__dict__.get("forward"), types.MethodType) for m in vae.encoder.modules())
+
+
+def test_lean_decoder_keeps_the_tiled_decode() -> None:
+    """The out-of-memory fallback decodes tiles through the same (now lean) modules."""
+    case = Case("mid")
+    plain, lean = case.vae, copy.deepcopy(case.vae)
+    lean_decoder(lean)
+    for vae in (plain, lean):
+        vae.enable_tiling(tile_sample_min_height=32, tile_sample_min_width=32, tile_sample_stride_height=16,
+                          tile_sample_stride_width=16)
+    tiled = reference(plain, case.z)
+    assert max_diff(tiled, case.reference) > 1e-3  # tiles really were blended: a different function
+    assert max_diff(reference(lean, case.z), tiled) <= TOLERANCE
 
 
 def counted_peak(vae: Any, z: torch.Tensor, decode: Any) -> int:
