@@ -47,10 +47,7 @@ bench: install
 # BENCHMARKS.md's GPU section in one go, plus the CUDA-only decode equivalence test.
 bench-gpu: install
 	$(PY) -m pip install --quiet -e ".[bench]"
-	$(PY) -m pytest -q tests/test_wan_stream.py
-	$(VENV)/bin/latent-decoder bench --full --device cuda
-	$(PY) benchmarks/wan_decode_path.py --full --dtype float32
-	$(PY) benchmarks/wan_decode_path.py --full --dtype bfloat16
+	PYTHON=$(PY) bash benchmarks/gpu_run.sh
 
 clean:
 	rm -rf $(VENV) $(DEMO) *.egg-info .pytest_cache

@@ -11,9 +11,8 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from .errors import ExperimentError, OutputDirError, RunStoppedError
 from .executors import InlineExecutor
@@ -25,66 +24,13 @@ from .lock import OutputLock
 from .models import resolve_model
 from .plan import ItemState, Plan, make_plan
 from .settings import RunSettings
+from .stop import Interrupted, StopSignals
 from .summary import RunInfo, build_summary, figures_differ, read_summary, write_summary
 from .video import remove_stale_temps
 from .watch import rounds as watch_rounds
 from .worker import DecodeWorker, resolve_device
 
 log = logging.getLogger(__name__)
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM: stop starting items, keep finished ones."""
-
-    def __init__(self, signum: int = signal.SIGINT) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-class StopSignals:
-    """Ctrl-C (SIGINT) and ``kill PID`` (SIGTERM) stop a run as ``Interrupted``, but never inside a
-    ``critical()`` section (committing one result and counting it): there the signal waits until
-    the section ends, so the report and the journal always agree. Only the main thread gets signals."""
-
-    def __init__(self) -> None:
-        self.depth = 0
-        self.pending: int | None = None
-        self.raised: int | None = None  # the last signal turned into Interrupted (Ray re-raises it plainly)
-        self.previous: dict[int, Any] = {}
-        self.pid = os.getpid()
-
-    def _handler(self, signum: int, _frame: Any) -> None:
-        if os.getpid() != self.pid:  # a child between fork and exec (an encoder starting): not ours to stop
-            return
-        if self.depth:
-            self.pending = signum
-        else:
-            self.raised = signum
-            raise Interrupted(signum)
-
-    @contextmanager
-    def critical(self) -> Iterator[None]:
-        self.depth += 1
-        try:
-            yield
-        finally:
-            self.depth -= 1
-            if not self.depth and self.pending is not None:
-                signum, self.pending = self.pending, None
-                self.raised = signum
-                raise Interrupted(signum)
-
-    def __enter__(self) -> "StopSignals":
-        try:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self.previous[signum] = signal.signal(signum, self._handler)
-        except ValueError:  # not the main thread: leave signals alone
-            pass
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
 
 
 SUMMARY_EVERY_S = 60.0  # a long run refreshes decode_summary.json this often

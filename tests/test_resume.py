@@ -383,7 +383,7 @@ def test_second_run_is_refused_while_one_holds_the_lock(make_experiment, runs) -
 
 
 def test_ctrl_c_and_sigterm_keep_finished_items(make_experiment, runs) -> None:
-    exp = make_experiment("intr", **BIG)
+    exp = make_experiment("intr", **{**BIG, "steps": 12})  # room for two interrupts to land mid-run
     out = exp / "latents_videos"
     total = len(expected_keys(exp))
 

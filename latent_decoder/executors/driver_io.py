@@ -12,6 +12,7 @@ from typing import Callable, Iterable
 from ..experiment import LatentStep
 from ..journal import StepRecord
 from ..lifecycle import ItemWork, prepare
+from ..stop import critical
 
 READ_THREADS = 2  # reading and fsync'd writing wait on the disk, not the CPU
 WRITE_THREADS = 4
@@ -46,12 +47,21 @@ class DriverIO:
         return read.result()
 
     def write(self, step: LatentStep, work: ItemWork) -> None:
-        self.writes[self.writers.submit(self.commit, work)] = step
+        with critical():  # tracked as soon as it is submitted: an interrupt cannot orphan its files
+            self.writes[self.writers.submit(self.commit, work)] = step
 
-    def collect(self, block: bool = False) -> list[tuple[LatentStep, Future]]:
-        """Writes that are over (all of them, with ``block``), each with its step."""
+    def finished(self, block: bool = False) -> list[tuple[LatentStep, Future]]:
+        """Writes that are over (all of them, with ``block``), each with its step; still tracked
+        until ``hand_on`` passes each record on."""
         done = wait(self.writes).done if block and self.writes else [f for f in self.writes if f.done()]
-        return [(self.writes.pop(future), future) for future in done]
+        return [(self.writes[future], future) for future in done]
+
+    def hand_on(self, step: LatentStep, written: Future, on_result: Callable[[LatentStep, StepRecord], None]) -> None:
+        """One finished write's record to ``on_result``; untracked in the same critical section, so an
+        interrupt leaves it either still tracked (the drain hands it on) or committed."""
+        with critical():
+            del self.writes[written]
+            on_result(step, written.result())
 
     def busy(self) -> bool:
         """Whether a read or a write is still running (the loop then looks again soon)."""

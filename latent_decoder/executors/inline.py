@@ -17,6 +17,7 @@ from ..journal import StepRecord
 from ..layout import OutputLayout
 from ..lifecycle import ItemWork, prepare, write_outputs
 from ..resources import usable_cpus
+from ..stop import critical
 from ..worker import DecodeWorker
 
 log = logging.getLogger(__name__)
@@ -59,10 +60,11 @@ class InlineExecutor:
                 return
             done, _ = wait([*encodes, *writes], timeout=None if block else 0, return_when=FIRST_COMPLETED)
             for future in done:
-                if future in encodes:
-                    writes[writer.submit(self._write, future.result())] = encodes.pop(future)
-                else:
-                    on_result(writes.pop(future), future.result())
+                with critical():  # an interrupt never lands between an item's files and its record
+                    if future in encodes:
+                        writes[writer.submit(self._write, future.result())] = encodes.pop(future)
+                    else:
+                        on_result(writes.pop(future), future.result())
 
         try:
             while pending_steps or reads:
@@ -94,7 +96,8 @@ class InlineExecutor:
         """Stopping: commit what is already decoded, as far as the disk allows."""
         for future, step in [*writes.items(), *encodes.items()]:
             try:
-                record = future.result() if future in writes else self._write(future.result())
-                on_result(step, record)
+                with critical():  # a second Ctrl-C waits for the item being committed
+                    record = future.result() if future in writes else self._write(future.result())
+                    on_result(step, record)
             except Exception as exc:
                 log.warning("item %s not committed while stopping: %s", step.key, exc)

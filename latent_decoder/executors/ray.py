@@ -46,6 +46,7 @@ from ..lifecycle import ItemWork, write_outputs
 from ..models import ResolvedModel, resolve_model
 from ..resources import usable_cpus
 from ..settings import RunSettings
+from ..stop import critical
 from ..worker import DecodeWorker
 from .driver_io import DriverIO
 from .inline import ResultCallback
@@ -314,18 +315,19 @@ class RayExecutor:
         ray = self._ray
         failed: list[tuple[_Call, int]] = []
         for position, ref in enumerate(slot.outstanding):
-            call = calls.pop(ref)
             ready, _ = ray.wait([ref], timeout=0)
-            if ready:
-                try:
-                    self._finish(call, ray.get(ref), on_result)
-                    continue
-                except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError):
-                    pass
-                except ray.exceptions.RayTaskError as exc:
-                    self._failed_in_worker(call, exc, on_result)
-                    continue
-            failed.append((call, call.tries + (1 if position == 0 or not hung else 0)))
+            with critical():  # untracked and handed on together, as in _result
+                call = calls.pop(ref)
+                if ready:
+                    try:
+                        self._finish(call, ray.get(ref), on_result)
+                        continue
+                    except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError):
+                        pass
+                    except ray.exceptions.RayTaskError as exc:
+                        self._failed_in_worker(call, exc, on_result)
+                        continue
+                failed.append((call, call.tries + (1 if position == 0 or not hung else 0)))
         self.pool.lose(slot, reason)
         for call, tries in reversed(failed):
             if tries >= self.poison_after:
@@ -406,8 +408,8 @@ class RayExecutor:
 
     def _written(self, on_result: ResultCallback, block: bool = False) -> None:
         """Hand on the records of the outputs written so far (of all being written, with ``block``)."""
-        for step, written in self._io.collect(block) if self._io is not None else ():
-            on_result(step, written.result())
+        for step, written in self._io.finished(block) if self._io is not None else ():
+            self._io.hand_on(step, written, on_result)
 
     @staticmethod
     def _takes(slot: Slot, tries: int, calls: dict[Any, _Call]) -> bool:
@@ -427,12 +429,13 @@ class RayExecutor:
             return
         except ray.exceptions.RayTaskError as exc:
             value = exc
-        del calls[ref]
-        self.pool.finished(call.slot, ref, time.monotonic())
-        if isinstance(value, Exception):
-            self._failed_in_worker(call, value, on_result)
-        else:
-            self._finish(call, value, on_result)
+        with critical():  # untracked and handed on together: with worker io its files are written
+            del calls[ref]
+            self.pool.finished(call.slot, ref, time.monotonic())
+            if isinstance(value, Exception):
+                self._failed_in_worker(call, value, on_result)
+            else:
+                self._finish(call, value, on_result)
 
     def _drain(self, calls: dict[Any, _Call], on_result: ResultCallback) -> None:
         """Stopping: commit the results already back (and outputs being written); items still
@@ -442,12 +445,13 @@ class RayExecutor:
         ready, _ = ray.wait(items, num_returns=len(items), timeout=0) if items else ([], [])
         for ref in ready:
             try:
-                self._finish(calls[ref], ray.get(ref), on_result)
+                with critical():
+                    self._finish(calls[ref], ray.get(ref), on_result)
             except (ray.exceptions.RayError, LatentDecoderError, OSError):
                 log.exception("item %s lost while stopping", calls[ref].step.key)
-        for step, written in self._io.collect(block=True) if self._io is not None else ():
+        for step, written in self._io.finished(block=True) if self._io is not None else ():
             try:
-                on_result(step, written.result())
+                self._io.hand_on(step, written, on_result)
             except (LatentDecoderError, OSError):
                 log.exception("item %s lost while stopping", step.key)
         if len(ready) < len(items):
