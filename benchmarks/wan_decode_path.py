@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Wan decode paths: diffusers' ``vae.decode`` + the worker's uint8 conversion against
-``latent_decoder.wan_stream``'s streamed decode with diffusers' grouping (4 frames per stage call) and
+``latent_decoder.wan_stream``'s streamed decode with 4 frames per stage call (4 latent frames per entry call) and
 one frame per call, then with ``lean_decoder`` (what the worker runs) and ``prepare_for_speed``
 (the worker adds it on CUDA).
 

@@ -5,7 +5,7 @@ No GPU needed: ``latent_decoder.memory_count.LiveTensorBytes`` adds up every ten
 while it lives. The figure is what ``torch.cuda.max_memory_allocated`` would show above the weights
 and the latent, without cuDNN workspaces or allocator rounding (add the weights, printed, for the
 whole). Paths: diffusers' ``vae.decode`` + the worker's uint8 conversion; ``wan_stream``'s streamed
-decode with diffusers' grouping (4 frames per stage call), with 2, with 1, then with
+decode with 16, 4, 2 and 1 frames per stage call (latent frames at the entry stage), then with
 ``lean_decoder`` (what the worker runs).
 
     python benchmarks/wan_memory.py                       # 61x480x848 ([1,16,16,60,106]), both dtypes
@@ -55,7 +55,7 @@ def main() -> None:
               f"decoder weights {weights / GIB:.2f} GiB (not in the peaks below)")
         rows = [("vae.decode + uint8", lambda v, x: video_to_uint8(v.decode(x).sample))]
         rows += [(f"streamed, {n} frame{'s' if n > 1 else ''} per call",
-                  lambda v, x, n=n: decode_to_device_uint8(v, x, frames_per_call=n)) for n in (4, 2, 1)]
+                  lambda v, x, n=n: decode_to_device_uint8(v, x, frames_per_call=n)) for n in (16, 4, 2, 1)]
         plain = None
         print(f"  {'path':42s} {'peak GiB':>9s} {'+ weights':>10s} {'vs plain':>9s}")
         for label, decode in rows + [("streamed, 1 frame per call + lean modules", None)]:

@@ -11,8 +11,9 @@ Every causal convolution here keeps the last two frames of its input in the cach
 cache rules (take the previous cache's last frame when a call brings one frame; zeros after the
 first chunk's ``"Rep"``) make a stage's output independent of how its input frames are grouped
 into calls. ``decode_chunks`` uses that: it runs the decoder's stages (``conv_in`` + mid block, each
-up block, the head) depth first, ``frames_per_call`` frames at a time, handing each finished frame
-out before the next is started. Same function, same modules and weights; with one frame per call
+up block, the head) depth first, ``frames_per_call`` frames at a time (latent frames at the entry:
+several per call is the temporal-chunk lever of TensorRT-LLM and maxdiffusion), handing each
+finished frame out before the next is started. Same function, same modules and weights; with one frame per call
 only the cache (1.79 GiB) and one frame's working set per stage are on the device: 2.76 GiB counted
 for that latent in bfloat16, 2.39 GiB once ``wan_lean.lean_decoder`` has trimmed the copies the
 modules make (the worker installs it; ``benchmarks/wan_memory.py`` prints these figures).
@@ -47,7 +48,10 @@ def can_stream(vae: Any) -> bool:
 def decode_chunks(vae: Any, z: "torch.Tensor", frames_per_call: int = 1) -> Iterator["torch.Tensor"]:
     """Mirrors ``AutoencoderKLWan._decode`` (untiled): yields clamped ``[B, 3, t, H, W]`` pieces, in
     order, whose ``torch.cat`` along frames is ``vae.decode(z).sample``. Each stage takes at most
-    ``frames_per_call`` frames per call (``>= 4``: diffusers' own grouping). Unpatchify and clamp act
+    ``frames_per_call`` frames per call, the entry stage latent frames (diffusers: 1 latent frame, then
+    4 frames at every later stage; more per call batches bigger convolutions and holds more, one
+    frame holds least). The first latent frame always goes alone (diffusers' ``first_chunk``).
+    Unpatchify and clamp act
     frame by frame, so applying them per piece is exact. The cache is cleared before and after (also
     when the caller stops early or an error interrupts), so no decode sees another's frames."""
     from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
@@ -77,8 +81,9 @@ def decode_chunks(vae: Any, z: "torch.Tensor", frames_per_call: int = 1) -> Iter
     vae.clear_cache()
     try:
         x = vae.post_quant_conv(z)
-        for i in range(z.shape[2]):
-            yield from run(0, x[:, :, i : i + 1], i == 0)
+        yield from run(0, x[:, :, :1], True)  # the first latent frame alone, as diffusers' first chunk
+        if z.shape[2] > 1:
+            yield from run(0, x[:, :, 1:], False)  # the rest, frames_per_call latent frames per call
         del x
     finally:
         vae.clear_cache()
