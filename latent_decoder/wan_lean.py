@@ -41,6 +41,13 @@ def lean_decoder(vae: Any) -> None:
             module.forward = types.MethodType(_rms_norm_forward, module)
 
 
+def plain_decoder(vae: Any) -> None:
+    """Undo ``lean_decoder``: every module of ``vae.decoder`` back to its class's forward."""
+    for module in vae.decoder.modules():
+        if isinstance(module.__dict__.get("forward"), types.MethodType):
+            del module.forward
+
+
 def _convolve(conv: Any, joined: torch.Tensor) -> torch.Tensor:
     """``conv`` on frames already holding their causal context; spatial zero padding in the kernel."""
     pad_w, _, pad_h, _, _, _ = conv._padding

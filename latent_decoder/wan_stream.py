@@ -45,6 +45,45 @@ def can_stream(vae: Any) -> bool:
             and not hasattr(vae, "_hf_hook"))
 
 
+SELF_CHECK_LATENT = (2, 4, 4)  # latent frames, height, width: 5 frames, a few ms to decode twice
+SELF_CHECK_TOLERANCE = {"float32": 2e-2, "half": 1e-1}  # in [-1, 1]: kernel choice (TF32, bf16), not a bug
+
+
+def streams_correctly(vae: Any, device: "torch.device | str") -> bool:
+    """Set a Wan VAE up for the streamed decode (``wan_lean.lean_decoder``; on CUDA ``prepare_for_speed``)
+    and check that it still gives this VAE's own ``vae.decode`` on one small random latent, before and
+    after: the stream follows diffusers' cache protocol (0.42.1), which another diffusers version may
+    change. False (with a warning; the lean forwards removed) means: use ``vae.decode``."""
+    import warnings
+
+    import torch
+
+    from .wan_lean import lean_decoder, plain_decoder
+
+    if not can_stream(vae):
+        return False
+    dtype = next(vae.parameters()).dtype
+    z = torch.randn((1, vae.config.z_dim, *SELF_CHECK_LATENT), generator=torch.Generator().manual_seed(0))
+    z = z.mul_(2.0).to(device, dtype)
+    with torch.inference_mode():
+        expected = vae.decode(z, return_dict=False)[0].float()
+        lean_decoder(vae)
+        if torch.device(device).type == "cuda":
+            prepare_for_speed(vae, device)
+        streamed = torch.cat(list(decode_chunks(vae, z)), 2).float()
+    tolerance = SELF_CHECK_TOLERANCE["float32" if dtype == torch.float32 else "half"]
+    if streamed.shape == expected.shape and float((streamed - expected).abs().max()) <= tolerance:
+        return True
+    plain_decoder(vae)
+    found = (f"max difference {float((streamed - expected).abs().max()):.3g}" if streamed.shape == expected.shape
+             else f"shape {tuple(streamed.shape)} instead of {tuple(expected.shape)}")
+    import diffusers
+
+    warnings.warn(f"the streamed Wan decode does not reproduce vae.decode with diffusers {diffusers.__version__} "
+                  f"({found}): decoding with vae.decode (more memory)", stacklevel=2)
+    return False
+
+
 def decode_chunks(vae: Any, z: "torch.Tensor", frames_per_call: int = 1) -> Iterator["torch.Tensor"]:
     """Mirrors ``AutoencoderKLWan._decode`` (untiled): yields clamped ``[B, 3, t, H, W]`` pieces, in
     order, whose ``torch.cat`` along frames is ``vae.decode(z).sample``. Each stage takes at most

@@ -31,7 +31,7 @@ from .models import ResolvedModel, load_vae, resolve_model
 from .journal import StepRecord
 from .settings import OutputSettings
 from .video import encode_jpeg, encode_mp4, encode_png, png_frame_name
-from .wan_stream import NonFiniteOutput, can_stream, decode_to_uint8, prepare_for_speed, video_to_uint8
+from .wan_stream import NonFiniteOutput, decode_to_uint8, streams_correctly, video_to_uint8
 
 if TYPE_CHECKING:
     import torch
@@ -128,12 +128,8 @@ class DecodeWorker:
         self.detection = detect(self.model.class_name, self.model.pipeline, output.family)
         self.rule = self.detection.family
         self.vae = load_vae(self.model, self.device, self.dtype)
-        if can_stream(self.vae):  # Wan: decode_to_uint8 streams frame by frame through lean modules
-            from .wan_lean import lean_decoder
-
-            lean_decoder(self.vae)
-            if self.device.type == "cuda":  # channels-last kernels: measured on Wan's VAE only
-                prepare_for_speed(self.vae, self.device)
+        # Wan: decode_to_uint8 streams frame by frame through lean modules, once shown to give vae.decode here
+        self.streams = streams_correctly(self.vae, self.device)
         self.host = socket.gethostname()
         self.device_name = (
             f"{self.device} ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda" else str(self.device)
@@ -164,7 +160,7 @@ class DecodeWorker:
         with torch.inference_mode():
             z = torch.from_numpy(np.ascontiguousarray(latent)).to(self.device, torch.float32)
             try:
-                if self.rule.decode is plain_decode:  # vae.decode(z): Wan's streams its frames out
+                if self.rule.decode is plain_decode and self.streams:  # vae.decode(z), streamed
                     return decode_to_uint8(self.vae, self.rule.to_decoder_input(z, ctx), scale=self.output.scale)
                 video = self.rule.decode_latent(z, ctx)  # [1, 3, F, H, W] in [-1, 1]
                 if not bool(torch.isfinite(video).all()):

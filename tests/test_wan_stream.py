@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import types
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,12 +12,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLWan
+from diffusers.models.autoencoders.vae import DecoderOutput
 
 from latent_decoder.demo import build_tiny_wan_vae
 from latent_decoder.memory_count import LiveTensorBytes
+from latent_decoder.settings import OutputSettings
 from latent_decoder.wan_lean import lean_decoder
+from latent_decoder.worker import DecodeWorker
 from latent_decoder.wan_stream import (NonFiniteOutput, can_stream, decode_chunks, decode_to_device_uint8,
-                                       decode_to_uint8, prepare_for_speed)
+                                       decode_to_uint8, prepare_for_speed, streams_correctly)
 
 TOLERANCE = 1e-3  # max abs diff in [-1, 1] space
 
@@ -133,6 +137,44 @@ def test_lean_decoder_keeps_the_function(case: Case) -> None:
     assert max_diff(streamed(vae, case.z)[0], case.reference) <= TOLERANCE
     assert max_diff(reference(vae, case.z), case.reference) <= TOLERANCE  # vae.decode goes through them too
     assert not any(isinstance(m.__dict__.get("forward"), types.MethodType) for m in vae.encoder.modules())
+
+
+def lean_modules(vae: Any) -> list[Any]:
+    return [m for m in vae.decoder.modules() if isinstance(m.__dict__.get("forward"), types.MethodType)]
+
+
+def test_self_check_takes_the_stream_where_it_is_diffusers_decode(tiny: Case) -> None:
+    vae = copy.deepcopy(tiny.vae)
+    assert streams_correctly(vae, "cpu")
+    assert lean_modules(vae)  # the worker's decode is set up
+    assert max_diff(streamed(vae, tiny.z)[0], tiny.reference) <= TOLERANCE
+
+
+def test_self_check_falls_back_where_diffusers_decodes_otherwise(tiny: Case) -> None:
+    """A diffusers whose Wan decode differs from the protocol the stream follows (here: one that
+    drops the first frame) gets its own vae.decode, said in a warning, with its modules untouched."""
+    vae = copy.deepcopy(tiny.vae)
+    own = vae._decode
+    vae._decode = lambda z, return_dict=True: DecoderOutput(sample=own(z).sample[:, :, 1:])
+    with pytest.warns(UserWarning, match="does not reproduce vae.decode .*shape"):
+        assert not streams_correctly(vae, "cpu")
+    assert not lean_modules(vae)
+
+    vae = copy.deepcopy(tiny.vae)
+    other = vae._decode
+    vae._decode = lambda z, return_dict=True: DecoderOutput(sample=other(z).sample.flip(2))  # same shape
+    with pytest.warns(UserWarning, match="max difference"):
+        assert not streams_correctly(vae, "cpu")
+
+
+def test_the_worker_streams_a_wan_vae_it_has_checked(tiny_model_dir: Path) -> None:
+    worker = DecodeWorker(OutputSettings(model=str(tiny_model_dir)), device="cpu")
+    assert worker.streams and lean_modules(worker.vae)
+    latent = np.random.default_rng(3).standard_normal((1, 16, 3, 4, 6), dtype=np.float32)
+    with torch.inference_mode():
+        z = worker.rule.to_decoder_input(torch.from_numpy(latent), worker.context("<array>"))
+        expected = rounded(worker.vae.decode(z).sample)
+    assert_frames_match(worker.decode(latent), expected)
 
 
 def test_lean_decoder_keeps_the_tiled_decode() -> None:
