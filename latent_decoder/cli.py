@@ -6,7 +6,7 @@ import sys
 import warnings
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import click
 
@@ -26,9 +26,16 @@ EXIT_SETUP = 2
 EXIT_INTERRUPTED = 130
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      file: Any = None, line: str | None = None) -> None:
+    """A warning of ours (float16 on CPU, the Wan stream refused, ...) as one line, like the rest."""
+    log.warning("warning: %s", message)
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
-    if not verbose:
+    if not verbose:  # -v keeps Python's own form: file, line and the source line
+        warnings.showwarning = _one_line_warning
         for noisy in ("diffusers", "huggingface_hub", "imageio_ffmpeg", "urllib3", "filelock"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", module="diffusers")

@@ -131,3 +131,13 @@ def test_setup_error_in_a_real_process_prints_one_line(make_experiment):
     assert "Traceback" not in proc.stderr
     verbose = run_cli("decode", str(exp), "--model", "Some-Org/not-cached-model", "-v")
     assert verbose.returncode == 2 and "Traceback" in verbose.stderr
+
+
+def test_a_warning_is_one_line_in_a_real_process(make_experiment, tmp_path):
+    """Our warnings read like the rest of the output: one line, no file name or source line."""
+    exp = make_experiment(prompts=1, steps=1)
+    proc = run_cli("decode", str(exp), "--dtype", "float16", "--output-dir", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "float16" in line and "slow" in line]
+    assert lines == ["warning: float16 on CPU is slow and poorly supported; prefer float32 or bfloat16"], proc.stderr
+    assert "UserWarning" not in proc.stderr and "worker_cls(" not in proc.stderr
