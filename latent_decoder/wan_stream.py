@@ -56,6 +56,7 @@ def streams_correctly(vae: Any, device: "torch.device | str") -> bool:
     change. False (with a warning; the lean forwards removed) means: use ``vae.decode``."""
     import warnings
 
+    import diffusers
     import torch
 
     from .wan_lean import lean_decoder, plain_decoder
@@ -77,8 +78,6 @@ def streams_correctly(vae: Any, device: "torch.device | str") -> bool:
     plain_decoder(vae)
     found = (f"max difference {float((streamed - expected).abs().max()):.3g}" if streamed.shape == expected.shape
              else f"shape {tuple(streamed.shape)} instead of {tuple(expected.shape)}")
-    import diffusers
-
     warnings.warn(f"the streamed Wan decode does not reproduce vae.decode with diffusers {diffusers.__version__} "
                   f"({found}): decoding with vae.decode (more memory)", stacklevel=2)
     return False

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..latents import BCTHW
-from .base import DecodeContext, Family
+from .base import DecodeContext, Family, latent_channels, spatial_ratio
 
 if TYPE_CHECKING:
     import torch
@@ -49,9 +49,9 @@ ALLEGRO = Family(
     vae_classes=("AutoencoderKLAllegro",),
     pipelines=("AllegroPipeline",),
     layout=BCTHW,
-    channels=lambda vae: vae.config.latent_channels,
+    channels=latent_channels,
     temporal_factor=_temporal,
-    spatial_factor=lambda vae: vae.spatial_compression_ratio,
+    spatial_factor=spatial_ratio,
     denormalize=_denormalize,
     decode=_decode,
     decoded_frames=_frames,

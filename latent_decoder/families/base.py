@@ -79,6 +79,28 @@ def channel_stats(values: Any, z: "torch.Tensor", channels: int) -> "torch.Tenso
     return torch.as_tensor(values).view(1, channels, 1, 1, 1).to(z.device, z.dtype)
 
 
+# Where most video VAEs state their geometry: the latent channels and compression ratios in their config,
+# some (the *_compression_ratio properties of LTX, Magvit, Allegro) as attributes of the model.
+def latent_channels(vae: Any) -> int:
+    return vae.config.latent_channels
+
+
+def config_temporal_ratio(vae: Any) -> int:
+    return vae.config.temporal_compression_ratio
+
+
+def config_spatial_ratio(vae: Any) -> int:
+    return vae.config.spatial_compression_ratio
+
+
+def temporal_ratio(vae: Any) -> int:
+    return vae.temporal_compression_ratio
+
+
+def spatial_ratio(vae: Any) -> int:
+    return vae.spatial_compression_ratio
+
+
 def causal_frames(t: int, ctx: DecodeContext, factor: int) -> int:
     """A causal video VAE: the first latent frame gives one frame, every other one ``factor``."""
     return (t - 1) * factor + 1

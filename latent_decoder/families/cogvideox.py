@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..latents import BTCHW
-from .base import DecodeContext, Family, causal_frames
+from .base import DecodeContext, Family, causal_frames, config_temporal_ratio, latent_channels
 
 if TYPE_CHECKING:
     import torch
@@ -48,8 +48,8 @@ COGVIDEOX = Family(
     pipelines=("CogVideoXPipeline", "CogVideoXImageToVideoPipeline", "CogVideoXVideoToVideoPipeline",
                "CogVideoXFunControlPipeline", "ConsisIDPipeline"),
     layout=BTCHW,
-    channels=lambda vae: vae.config.latent_channels,
-    temporal_factor=lambda vae: vae.config.temporal_compression_ratio,
+    channels=latent_channels,
+    temporal_factor=config_temporal_ratio,
     spatial_factor=_spatial,
     denormalize=_denormalize,
     to_grid=_to_grid,

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..latents import BCTHW
-from .base import DecodeContext, Family
+from .base import DecodeContext, Family, config_spatial_ratio, config_temporal_ratio, latent_channels
 
 if TYPE_CHECKING:
     import torch
@@ -48,9 +48,9 @@ COSMOS1 = Family(
     vae_classes=("AutoencoderKLCosmos",),
     pipelines=("CosmosTextToWorldPipeline", "CosmosVideoToWorldPipeline"),
     layout=BCTHW,
-    channels=lambda vae: vae.config.latent_channels,
-    temporal_factor=lambda vae: vae.config.temporal_compression_ratio,
-    spatial_factor=lambda vae: vae.config.spatial_compression_ratio,
+    channels=latent_channels,
+    temporal_factor=config_temporal_ratio,
+    spatial_factor=config_spatial_ratio,
     denormalize=_denormalize,
     cast_first=False,
 )

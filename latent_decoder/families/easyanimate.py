@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..latents import BCTHW
-from .base import DecodeContext, Family
+from .base import DecodeContext, Family, latent_channels, spatial_ratio, temporal_ratio
 
 if TYPE_CHECKING:
     import torch
@@ -30,9 +30,9 @@ EASYANIMATE = Family(
     vae_classes=("AutoencoderKLMagvit",),
     pipelines=("EasyAnimatePipeline", "EasyAnimateInpaintPipeline", "EasyAnimateControlPipeline"),
     layout=BCTHW,
-    channels=lambda vae: vae.config.latent_channels,
-    temporal_factor=lambda vae: vae.temporal_compression_ratio,
-    spatial_factor=lambda vae: vae.spatial_compression_ratio,
+    channels=latent_channels,
+    temporal_factor=temporal_ratio,
+    spatial_factor=spatial_ratio,
     denormalize=_denormalize,
     flow_matching=True,  # FlowMatchEulerDiscreteScheduler
 )

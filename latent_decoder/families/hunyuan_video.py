@@ -12,7 +12,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ..latents import BCTHW
-from .base import DecodeContext, Family, causal_frames, divide_by_scaling_factor, plain_decode
+from .base import (DecodeContext, Family, causal_frames, config_spatial_ratio, config_temporal_ratio,
+                    divide_by_scaling_factor, latent_channels, plain_decode)
 
 if TYPE_CHECKING:
     import torch
@@ -39,9 +40,9 @@ HUNYUANVIDEO = Family(
     vae_classes=("AutoencoderKLHunyuanVideo",),
     pipelines=("HunyuanVideoPipeline", "HunyuanSkyreelsImageToVideoPipeline", "HunyuanVideoFramepackPipeline"),
     layout=BCTHW,
-    channels=lambda vae: vae.config.latent_channels,
-    temporal_factor=lambda vae: vae.config.temporal_compression_ratio,
-    spatial_factor=lambda vae: vae.config.spatial_compression_ratio,
+    channels=latent_channels,
+    temporal_factor=config_temporal_ratio,
+    spatial_factor=config_spatial_ratio,
     denormalize=divide_by_scaling_factor,
     flow_matching=True,
 )

@@ -9,7 +9,7 @@ per-step latents are captured by wrapping ``pipe.scheduler.step`` (its output is
 from __future__ import annotations
 
 from ..latents import BCTHW
-from .base import Family, divide_by_scaling_factor
+from .base import Family, config_spatial_ratio, config_temporal_ratio, divide_by_scaling_factor, latent_channels
 
 HUNYUANVIDEO15 = Family(
     name="hunyuanvideo1.5",
@@ -18,9 +18,9 @@ HUNYUANVIDEO15 = Family(
     vae_classes=("AutoencoderKLHunyuanVideo15",),
     pipelines=("HunyuanVideo15Pipeline", "HunyuanVideo15ImageToVideoPipeline"),
     layout=BCTHW,
-    channels=lambda vae: vae.config.latent_channels,
-    temporal_factor=lambda vae: vae.config.temporal_compression_ratio,
-    spatial_factor=lambda vae: vae.config.spatial_compression_ratio,
+    channels=latent_channels,
+    temporal_factor=config_temporal_ratio,
+    spatial_factor=config_spatial_ratio,
     denormalize=divide_by_scaling_factor,
     flow_matching=True,
     note="the pipeline has no callback_on_step_end: store the output of a wrapped pipe.scheduler.step",

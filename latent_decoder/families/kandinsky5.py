@@ -15,7 +15,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ..latents import Layout
-from .base import DecodeContext, Family, divide_by_scaling_factor
+from .base import (DecodeContext, Family, config_spatial_ratio, config_temporal_ratio, divide_by_scaling_factor,
+                    latent_channels)
 
 if TYPE_CHECKING:
     import torch
@@ -59,9 +60,9 @@ KANDINSKY5 = Family(
     vae_classes=("AutoencoderKLHunyuanVideo",),
     pipelines=("Kandinsky5T2VPipeline",),
     layout=BTHWC,
-    channels=lambda vae: vae.config.latent_channels,
-    temporal_factor=lambda vae: vae.config.temporal_compression_ratio,
-    spatial_factor=lambda vae: vae.config.spatial_compression_ratio,
+    channels=latent_channels,
+    temporal_factor=config_temporal_ratio,
+    spatial_factor=config_spatial_ratio,
     denormalize=divide_by_scaling_factor,
     to_grid=_channels_first,
     stored_channels=lambda c: (c, 2 * c + 1),

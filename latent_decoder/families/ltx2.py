@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ..latents import BSC
-from .base import DecodeContext, Family, causal_grid
+from .base import DecodeContext, Family, causal_grid, latent_channels, spatial_ratio, temporal_ratio
 from .ltx_video import buffer_denormalize, decode_timestep, mix_decode_noise, unpack
 
 if TYPE_CHECKING:
@@ -67,9 +67,9 @@ LTX2 = Family(
     vae_classes=("AutoencoderKLLTX2Video",),
     pipelines=("LTX2Pipeline", "LTX2ImageToVideoPipeline"),
     layout=BSC,
-    channels=lambda vae: vae.config.latent_channels,
-    temporal_factor=lambda vae: vae.temporal_compression_ratio,
-    spatial_factor=lambda vae: vae.spatial_compression_ratio,
+    channels=latent_channels,
+    temporal_factor=temporal_ratio,
+    spatial_factor=spatial_ratio,
     denormalize=denormalize,
     to_grid=to_grid,
     decode=decode,

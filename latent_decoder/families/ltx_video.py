@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..latents import BSC
-from .base import DecodeContext, Family, causal_grid
+from .base import DecodeContext, Family, causal_grid, latent_channels, spatial_ratio, temporal_ratio
 
 if TYPE_CHECKING:
     import torch
@@ -84,9 +84,9 @@ LTX_VIDEO = Family(
     vae_classes=("AutoencoderKLLTXVideo",),
     pipelines=("LTXPipeline", "LTXImageToVideoPipeline", "LTXConditionPipeline", "LTXI2VLongMultiPromptPipeline"),
     layout=BSC,
-    channels=lambda vae: vae.config.latent_channels,
-    temporal_factor=lambda vae: vae.temporal_compression_ratio,
-    spatial_factor=lambda vae: vae.spatial_compression_ratio,
+    channels=latent_channels,
+    temporal_factor=temporal_ratio,
+    spatial_factor=spatial_ratio,
     denormalize=buffer_denormalize,
     cast_first=False,
     flow_matching=True,

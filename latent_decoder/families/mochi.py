@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..latents import BCTHW
-from .base import DecodeContext, Family, channel_stats
+from .base import DecodeContext, Family, channel_stats, latent_channels
 
 if TYPE_CHECKING:
     import torch
@@ -37,7 +37,7 @@ MOCHI = Family(
     vae_classes=("AutoencoderKLMochi",),
     pipelines=("MochiPipeline",),
     layout=BCTHW,
-    channels=lambda vae: vae.config.latent_channels,
+    channels=latent_channels,
     temporal_factor=lambda vae: _prod(vae.config.temporal_expansions),
     spatial_factor=lambda vae: _prod(vae.config.spatial_expansions),
     denormalize=_denormalize,

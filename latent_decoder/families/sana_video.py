@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..latents import BCTHW
 from .base import DecodeContext, Family, channel_stats
+from .ltx2 import LTX2
 from .wan import WAN
 
 if TYPE_CHECKING:
@@ -25,8 +26,13 @@ def _is_ltx2(vae: Any) -> bool:
     return type(vae).__name__ == LTX2_VAE
 
 
+def _geometry(vae: Any) -> Family:
+    """The rule that knows this VAE's channels and compression ratios."""
+    return LTX2 if _is_ltx2(vae) else WAN
+
+
 def _channels(vae: Any) -> int:
-    return vae.config.latent_channels if _is_ltx2(vae) else WAN.channels(vae)
+    return _geometry(vae).channels(vae)
 
 
 def _denormalize(z: "torch.Tensor", ctx: DecodeContext) -> "torch.Tensor":
@@ -48,8 +54,8 @@ SANA_VIDEO = Family(
     pipelines=("SanaVideoPipeline", "SanaImageToVideoPipeline"),
     layout=BCTHW,
     channels=_channels,
-    temporal_factor=lambda vae: vae.temporal_compression_ratio if _is_ltx2(vae) else WAN.temporal_factor(vae),
-    spatial_factor=lambda vae: vae.spatial_compression_ratio if _is_ltx2(vae) else WAN.spatial_factor(vae),
+    temporal_factor=lambda vae: _geometry(vae).temporal_factor(vae),
+    spatial_factor=lambda vae: _geometry(vae).spatial_factor(vae),
     denormalize=_denormalize,
     flow_matching=True,  # DPMSolverMultistepScheduler with use_flow_sigmas: timestep = sigma * 1000
     note="with use_resolution_binning (the default) the pipeline resizes and crops its frames to the requested "
