@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import warnings
 from dataclasses import replace
@@ -18,7 +19,7 @@ from .plan import ItemState, Plan
 from .runner import RunReport, plan_run, run_decode
 from .settings import (DECODERS, DEFAULT_CRF, DEFAULT_PRESET, DTYPES, EXECUTORS, FORMATS, IO_MODES, PRESETS, VIEWS,
                        CliOptions, RunSettings, resolve_settings, resolve_views)
-from .watch import WatchOptions
+from .watch import DEFAULT_REFRESH_S, WatchOptions
 
 log = logging.getLogger("latent_decoder")
 
@@ -47,6 +48,20 @@ def _fail(err: BaseException, verbose: bool) -> None:
         log.exception("")
     click.echo(f"error: {err}", err=True)
     sys.exit(getattr(err, "exit_code", 1))
+
+
+def interruptible(work: Callable[[], Any]) -> Any:
+    """``work()`` with Ctrl-C and SIGTERM ending it cleanly (temp files removed as the stack unwinds),
+    the process then exiting 130 or 143 with one line, like an interrupted decode."""
+    from .stop import Interrupted, StopSignals
+
+    signals = StopSignals()
+    try:
+        with signals:
+            return work()
+    except KeyboardInterrupt as exc:
+        click.echo("interrupted", err=True)
+        sys.exit(128 + (exc.signum if isinstance(exc, Interrupted) else signals.raised or signal.SIGINT))
 
 
 def model_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -130,6 +145,9 @@ def cli() -> None:
 @click.option("--idle-exit", type=click.FloatRange(0, min_open=True), default=600, show_default=True,
               metavar="SECONDS", help="--watch: stop after this long without a new complete step.")
 @click.option("--poll", is_flag=True, help="--watch: rescan every second instead of filesystem events (NFS).")
+@click.option("--refresh-every", type=click.FloatRange(0, min_open=True), default=DEFAULT_REFRESH_S, show_default=True,
+              metavar="SECONDS", help="--watch: redraw the summary and the views of the videos that changed at "
+                                      "most this often (and always when the watch stops).")
 @click.option("--force", is_flag=True, help="Decode again items that are already done.")
 @click.option("--dry-run", is_flag=True, help="Print what would be decoded and what is already done; decode nothing.")
 @click.option("--executor", type=click.Choice(EXECUTORS), default="auto", show_default=True,
@@ -153,7 +171,8 @@ def cli() -> None:
 def decode(experiment: Path, output_dir: Path | None, prompt_filter: str | None, video_filter: str | None,
            step_filter: str | None, device: str, dtype: str, fmt: str, fps: float | None, crf: int | None,
            quality: float | None, preset: str, scale: float, model: str | None, vae_subfolder: str | None,
-           vae_config: str | None, view: str, watch: bool, idle_exit: float, poll: bool, force: bool, dry_run: bool, executor: str, gpus: int | None,
+           vae_config: str | None, view: str, watch: bool, idle_exit: float, poll: bool, refresh_every: float,
+           force: bool, dry_run: bool, executor: str, gpus: int | None,
            actors_per_gpu: int | None, workers: int | None, address: str | None, io: str,
            start_timeout: float | None, item_timeout: float | None, verbose: bool, decoder: str = "vae",
            family: str | None = None, decode_timestep: float | None = None,
@@ -180,11 +199,11 @@ def decode(experiment: Path, output_dir: Path | None, prompt_filter: str | None,
                       decoder=decoder, family=family, decode_timestep=decode_timestep,
                       decode_noise_scale=decode_noise_scale)
     reports: list[tuple[RunSettings, RunReport]] = []
-    watching = WatchOptions(idle_exit=idle_exit, poll=poll) if watch else None
+    watching = WatchOptions(idle_exit=idle_exit, poll=poll, refresh_every=refresh_every) if watch else None
     try:
         if watching is not None and (dry_run or view == "both"):
             raise SetupError("--watch decodes one view as it is written: not with --dry-run or --view both")
-        for settings in resolve_views(Experiment.load(experiment), opts):
+        for settings in resolve_views(Experiment.load(experiment, latents_required=watching is None), opts):
             settings = replace(settings, watch=watching)
             if dry_run:
                 print_plan(settings, plan_run(settings), verbose)
@@ -300,17 +319,24 @@ def _duration(seconds: float) -> str:
 
 def print_report(settings: RunSettings, report: RunReport) -> None:
     _warn_duplicates(report.plan)
-    n = len(report.records)
+    n = report.attempts
     rate = f" ({n / report.wall_seconds:.2f} items/s)" if n and report.wall_seconds > 0 else ""
     head = "interrupted" if report.interrupted is not None else "stopped" if report.stopped else "finished"
     if report.stopped is not None:
         click.echo(f"error: {report.stopped}", err=True)
-    click.echo(f"{head}: decoded {n} item(s) in {_duration(report.wall_seconds)}{rate}: "
+    steps = len(report.records)
+    again = f" ({steps} steps, {n - steps} decoded again after they changed)" if n > steps else ""
+    click.echo(f"{head}: decoded {n} item(s){again} in {_duration(report.wall_seconds)}{rate}: "
                f"{report.succeeded} ok, {len(report.failed)} failed, {report.skipped} already done", err=True)
     for rec in report.failed[:10]:
         click.echo(f"  failed {rec.item}: {rec.error}", err=True)
     if len(report.failed) > 10:
         click.echo(f"  ... and {len(report.failed) - 10} more (see decode_summary.json)", err=True)
+    if report.incomplete:
+        shown = ", ".join(report.incomplete[:5]) + (f" and {len(report.incomplete) - 5} more"
+                                                     if len(report.incomplete) > 5 else "")
+        click.echo(f"not decoded: {len(report.incomplete)} step(s) still incomplete (being written?) when the "
+                   f"watch ended: {shown}", err=True)
     if report.summary is not None:
         s = report.summary
         pending = f", {s['pending_steps']} pending" if s.get("pending_steps") else ""
@@ -534,15 +560,16 @@ def gallery(experiment: Path, output_dir: Path | None, force: bool, verbose: boo
 
     Per video: progression.png (one row per step), progression.mp4 (the steps in turn),
     latent_stats.json and a page; index.html links them all and opens from disk. Every decode run
-    does this at its end; only videos whose steps changed are rebuilt. Exit status: 0 built,
-    1 some videos' views could not be built, 2 nothing decoded there yet or not writable.
+    does this at its end; only videos whose views are missing or behind the journal are drawn.
+    Exit status: 0 built, 1 some videos' views could not be built, 2 nothing decoded there yet, not
+    writable, or another run holds the folder; 130/143 interrupted by Ctrl-C/SIGTERM.
     """
-    from .views import build_views
+    from .views import update_gallery
 
     _setup_logging(verbose)
     try:
         exp = Experiment.load(experiment)
-        result = build_views(output_dir or exp.default_output_dir, force=force)
+        result = interruptible(lambda: update_gallery(output_dir or exp.default_output_dir, force=force))
     except LatentDecoderError as err:
         _fail(err, verbose)
         return

@@ -149,7 +149,9 @@ class Experiment:
     config: dict[str, Any]
 
     @classmethod
-    def load(cls, root: str | Path) -> "Experiment":
+    def load(cls, root: str | Path, latents_required: bool = True) -> "Experiment":
+        """The experiment at ``root``; its latents folder may be missing only where the caller waits for
+        it (``--watch`` on a generation that has not written a step yet)."""
         root = Path(root).expanduser().absolute()
         if not root.is_dir():
             raise ExperimentError(f"experiment folder not found: {root}")
@@ -162,7 +164,7 @@ class Experiment:
             raise ExperimentError(f"cannot parse {config_path}: {first_line(exc)}") from exc
         if not isinstance(config, dict):
             raise ExperimentError(f"{config_path} must hold a mapping, found {type(config).__name__}")
-        if not (root / LATENTS_DIRNAME).is_dir():
+        if latents_required and not (root / LATENTS_DIRNAME).is_dir():
             raise ExperimentError(f"latents folder not found: {root / LATENTS_DIRNAME}")
         return cls(root=root, config=config)
 
@@ -231,6 +233,8 @@ class Experiment:
         have more than one file, which are reported rather than silently reduced to one."""
         filters = filters or Filters()
         found = Discovery()
+        if not self.latents_dir.is_dir():  # a watched generation that has not written anything yet
+            return found
         for prompt in _subdirs(self.latents_dir):
             if not PROMPT_DIR_RE.match(prompt) or not filters.prompts.matches(prompt):
                 continue

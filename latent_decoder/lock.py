@@ -33,12 +33,9 @@ class OutputLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = self._holder(fd)
+            message = self._refusal(fd)
             os.close(fd)
-            raise RunLockedError(
-                f"another latent-decoder run{holder} is writing to {self.path.parent}; "
-                "wait for it to finish or stop it first"
-            ) from None
+            raise RunLockedError(message) from None
         except OSError as exc:  # ENOLCK / EOPNOTSUPP: some network filesystems have no locks
             os.close(fd)
             raise OutputDirError(f"cannot lock {self.path}: {exc.strerror or exc}; the output folder's "
@@ -56,6 +53,27 @@ class OutputLock:
             return f" (pid {info['pid']} on {info['host']}, started {started})"
         except (OSError, ValueError, KeyError, TypeError):
             return ""
+
+    def ensure_free(self) -> None:
+        """Refuse now (``RunLockedError``) when another run holds the folder, without creating anything:
+        a run checks this before it spends time loading a model or starting Ray workers."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:  # no lock file (or not readable): acquire() will tell
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except BlockingIOError:
+            raise RunLockedError(self._refusal(fd)) from None
+        except OSError:
+            return
+        finally:
+            os.close(fd)
+
+    def _refusal(self, fd: int) -> str:
+        return (f"another latent-decoder run{self._holder(fd)} is writing to {self.path.parent}; "
+                "wait for it to finish or stop it first")
 
     def release(self) -> None:
         if self._fd is not None:

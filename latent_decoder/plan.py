@@ -112,6 +112,10 @@ class Plan:
     x0_label: str | None = None  # x0 view: exact or approximate, and where sigma came from
     entries: dict[str, ItemEntry] = field(default_factory=dict, repr=False)  # the journal's, when planned
 
+    def sync(self, journal: Journal) -> bool:
+        """Bring the journal's items to this plan's view of the experiment (see ``Journal.sync``)."""
+        return journal.sync(self.present, self.stored, self.refreshed, self.entries)
+
     @property
     def todo(self) -> list[LatentStep]:
         return [s for s in self.items if self.states[s.key] is not ItemState.DONE]
@@ -121,9 +125,10 @@ class Plan:
 
 
 def make_plan(settings: RunSettings, journal: Journal) -> Plan:
-    """States of the steps passing the filters. The whole experiment is scanned (names and stat only)
-    so that the journal, and the summary made from it, count every step there is now; steps outside
-    the filters keep the state the journal has for them (pending if none)."""
+    """States of the steps passing the filters. The whole experiment is scanned and judged by the same
+    rule (names and stat, plus one listing per output folder; a file is read only when its stat
+    changed), so that the journal, and the summary made from it, tell the state of every step there
+    is now, whatever the filters."""
     found = settings.experiment.scan()
     present = found.steps
     unavailable: dict[str, str] = {}
@@ -145,14 +150,14 @@ def make_plan(settings: RunSettings, journal: Journal) -> Plan:
     plan.unavailable = {k: why for k, why in unavailable.items() if everything or covers(*k.split("/"))}
     for step in present:
         key = step.key
-        entry = entries.get(key)
-        if not everything and not covers(step.prompt, step.video, step.step):
-            plan.stored[key] = entry.state if entry is not None and entry.state else "pending"
-            continue
-        state, refreshed = item_state(entry, step, fingerprint, outputs, settings.force)
-        plan.items.append(step)
-        plan.states[key] = state
+        covered = everything or covers(step.prompt, step.video, step.step)
+        # Steps outside the filters are checked too (stat only, as a dry run does), so the journal, and
+        # the summary, status and gallery made from it, never certify what this run did not look at.
+        state, refreshed = item_state(entries.get(key), step, fingerprint, outputs, settings.force and covered)
         plan.stored[key] = state.stored
         if refreshed is not None:
             plan.refreshed[key] = refreshed
+        if covered:
+            plan.items.append(step)
+            plan.states[key] = state
     return plan

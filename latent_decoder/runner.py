@@ -1,7 +1,16 @@
-"""One decode run: plan -> lock -> journal -> worker -> executor -> commit -> summary, with progress.
+"""One decode run, in the steps ``run_decode`` reads as:
 
-Everything a user-facing entry point (CLI, API, compat script) needs goes through
-``run_decode``; they differ only in how they build ``RunSettings`` and print the report.
+1. plan (read-only: the experiment as scanned now against the journal);
+2. nothing to do: bring the journal, summary and views up to date where they are behind, else write
+   nothing at all;
+3. otherwise start the executor: everything that can refuse the run (device, model, family rule,
+   weights, Ray workers) happens here, before any file is created;
+4. under the folder lock: decode every item (in rounds with ``--watch``), committing each;
+5. close the run in the journal, write the summary, and draw the views of every video whose views are
+   missing or behind its journal (also after an interrupt: a second signal skips them).
+
+Every user-facing entry point (CLI, API, demo, bench) goes through ``run_decode``; they differ only
+in how they build ``RunSettings`` and print the report.
 """
 from __future__ import annotations
 
@@ -12,9 +21,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
-from .errors import ExperimentError, OutputDirError, RunStoppedError
+from .errors import ExperimentError, OutputDirError, RunLockedError, RunStoppedError
 from .executors import InlineExecutor
 from .experiment import LatentStep
 from .journal import Journal, Migration, StepRecord
@@ -27,7 +36,7 @@ from .settings import RunSettings
 from .stop import Interrupted, StopSignals
 from .summary import RunInfo, build_summary, figures_differ, read_summary, write_summary
 from .video import remove_stale_temps
-from .watch import rounds as watch_rounds
+from .watch import Watcher
 from .worker import DecodeWorker, resolve_device
 
 log = logging.getLogger(__name__)
@@ -39,11 +48,13 @@ SUMMARY_EVERY_S = 60.0  # a long run refreshes decode_summary.json this often
 @dataclass
 class RunReport:
     plan: Plan
-    records: dict[str, StepRecord] = field(default_factory=dict)  # this run's, by item key
+    records: dict[str, StepRecord] = field(default_factory=dict)  # this run's latest attempt per item key
+    attempts: int = 0  # decode attempts this run made (a watch may decode a changed step twice)
     skipped: int = 0
     summary: dict[str, Any] | None = None
     interrupted: int | None = None  # signal number
     stopped: RunStoppedError | None = None  # why the run stopped before the end (disk full, broken device)
+    incomplete: list[str] = field(default_factory=list)  # --watch: steps still torn when the watch ended
     wall_seconds: float = 0.0
 
     @property
@@ -58,7 +69,7 @@ class RunReport:
     def exit_code(self) -> int:
         if self.interrupted is not None:
             return 128 + self.interrupted
-        return 1 if self.failed or self.stopped is not None else 0
+        return 1 if self.failed or self.stopped is not None or self.incomplete else 0
 
 
 class Progress:
@@ -104,7 +115,7 @@ def plan_run(settings: RunSettings) -> Plan:
     layout = OutputLayout(settings.output_dir)
     with Journal.open(layout, write=False, migration=_migration(settings)) as journal:
         plan = make_plan(settings, journal)
-        plan.journal_behind = journal.sync(plan.present, plan.stored, plan.refreshed, plan.entries)
+        plan.journal_behind = plan.sync(journal)
     if not plan.items and settings.watch is None:  # watching, an empty start just waits for steps
         raise _nothing_to_decode(settings, plan)
     return plan
@@ -132,116 +143,262 @@ def run_decode(
     on_result: Callable[[LatentStep, StepRecord], None] | None = None,
     worker_cls: type[DecodeWorker] = DecodeWorker,
 ) -> RunReport:
-    """Decode every planned item that is not done, committing each to the journal as it finishes,
-    then update the summary.
+    """Decode every planned item that is not done, committing each to the journal as it finishes;
+    then update the summary and the views.
 
-    Nothing is created before the setup is known good (experiment, filters, output folder, device,
-    model). A run with nothing to do writes only what has changed (the journal's view of deleted or
-    touched latents, the summary), and nothing at all on a read-only folder.
-    ``settings.executor.decided()`` picks in-process decoding or a Ray actor pool of ``worker_cls``;
-    a given ``worker`` is always used in-process.
+    Nothing is created before the setup is known good (experiment, filters, settings, output folder,
+    device, model, family rule, weights, Ray workers): a refused run leaves no output folder. A run
+    with nothing to do writes only what is behind (the journal's view of deleted or touched latents,
+    the summary, views), and nothing at all on a read-only folder. ``settings.executor.decided()``
+    picks in-process decoding or a Ray actor pool of ``worker_cls``; a given ``worker`` is always
+    used in-process.
     """
     start = time.perf_counter()
     check_output_dir(settings.output_dir)
-    plan = plan_run(settings)
-    report = RunReport(plan, skipped=plan.count(ItemState.DONE))
-    layout = OutputLayout(settings.output_dir)
-    todo = plan.todo
-    run_info = RunInfo(settings=settings.output.to_dict(), experiment=str(settings.experiment.root),
-                       output_dir=str(settings.output_dir), duplicates=tuple(plan.all_duplicates),
-                       view=settings.output.view, x0=plan.x0_label,
-                       unavailable=tuple(f"{k}: {why}" for k, why in plan.unavailable.items()))
-    if not todo and settings.watch is None:
-        if _update_without_decoding(layout, settings, plan, run_info, report):
-            refresh_views(layout, report)  # the gallery follows the journal; never fails the run
-        report.wall_seconds = time.perf_counter() - start
-        return report
-    model = None
-    if worker is None and settings.output.decoder == "preview":
-        # A preview needs no model, no device and no Ray: in-process, and it fails fast here too.
-        from .previews.worker import PreviewWorker
-
-        worker = PreviewWorker(settings.output, settings.output_dir)
-    use_ray = worker is None and settings.executor.decided().kind == "ray"
-    if worker is None and not use_ray:
-        # Fail fast on a bad device or model, before touching the output folder.
-        resolve_device(settings.device)
-        model = resolve_model(settings.output.model, settings.output.vae_subfolder, settings.output.vae_config)
-    executor: InlineExecutor | Any = None
+    run = Run(settings, plan_run(settings), progress, on_result, start)
     with StopSignals() as signals:
         try:
-            if use_ray:  # workers that cannot start are a setup error: before anything is created
-                from .executors.ray import RayExecutor
-
-                executor = RayExecutor(settings, worker_cls=worker_cls)
-                run_info.model = executor.start()
-            with OutputLock(settings.output_dir):
-                removed = remove_stale_temps(settings.output_dir)
-                if removed:
-                    log.info("removed %d temp file(s) left by an interrupted run", removed)
-                bar: Progress | None = None
-                run_id: int | None = None
-                committer: GroupCommit | None = None
-                last_summary = time.monotonic()
-                journal: Journal | None = None
+            if not run.plan.todo and settings.watch is None:
+                run.reconcile()
+            else:
+                OutputLock(settings.output_dir).ensure_free()  # before a model load or a Ray start
+                executor = start_executor(settings, run.info, worker, worker_cls)
                 try:
-                    journal = Journal.open(layout, write=True, migration=_migration(settings))
-                    journal.sync(plan.present, plan.stored, plan.refreshed, plan.entries)
-                    run_id = journal.begin_run(run_info.to_dict())
-                    committer = GroupCommit(journal, layout, run_id)
-                    if not use_ray:
-                        if worker is None:
-                            worker = worker_cls(settings.output, settings.output_dir, settings.device, model=model)
-                        else:
-                            worker.layout = layout
-                        run_info.model = worker.describe()
-                        executor = InlineExecutor(worker, layout)
-                    bar = Progress(len(todo) if settings.watch is None else 0, progress)
-
-                    def record(step: LatentStep, rec: StepRecord) -> None:
-                        nonlocal last_summary
-                        with signals.critical():
-                            committer.add(rec)
-                            report.records[step.key] = rec
-                        bar.update(step, rec)
-                        if on_result is not None:
-                            on_result(step, rec)
-                        if time.monotonic() - last_summary > SUMMARY_EVERY_S:
-                            committer.flush()
-                            write_summary(layout, build_summary(journal, run_info))
-                            last_summary = time.monotonic()
-
-                    if settings.watch is None:
-                        executor.run(todo, record)
-                    else:
-                        def replan() -> list[LatentStep]:
-                            committer.flush()
-                            fresh = make_plan(settings, journal)
-                            journal.sync(fresh.present, fresh.stored, fresh.refreshed, fresh.entries)
-                            return fresh.todo
-
-                        for batch in watch_rounds(todo, replan, settings.experiment.latents_dir, settings.watch):
-                            bar.grow(len(batch))
-                            executor.run(batch, record)
-                except KeyboardInterrupt as exc:
-                    report.interrupted = exc.signum if isinstance(exc, Interrupted) else signals.raised or signal.SIGINT
-                except RunStoppedError as exc:
-                    report.stopped = exc
+                    with OutputLock(settings.output_dir):
+                        run.decode(executor, signals)
                 finally:
-                    if bar is not None:
-                        bar.close()
-                    report.stopped = _flush(committer, report.stopped)
-                    report.wall_seconds = time.perf_counter() - start
-                    run_info.wall_seconds = report.wall_seconds
-                    run_info.interrupted = report.interrupted is not None
-                    run_info.stopped = str(report.stopped) if report.stopped is not None else None
-                    if journal is not None:
-                        report.summary = _finish(journal, layout, run_info, run_id)
-                        refresh_views(layout, report)  # the gallery and per-video views (see views/)
+                    executor.close()
+        except KeyboardInterrupt as exc:
+            if not run.started:
+                raise  # before anything was written: the caller says "interrupted"
+            run.report.interrupted = _signum(exc, signals)
+    run.report.wall_seconds = time.perf_counter() - start
+    return run.report
+
+
+def _signum(exc: BaseException, signals: StopSignals) -> int:
+    """The signal behind an interrupt: ours carry it; a plain KeyboardInterrupt (re-raised by Ray or
+    watchfiles from inside their calls) is the last signal the handlers saw."""
+    return exc.signum if isinstance(exc, Interrupted) else signals.raised or signal.SIGINT
+
+
+class Executor(Protocol):
+    """Where an item's compute stage runs: this process (``InlineExecutor``) or a Ray actor pool
+    (``executors.ray.RayExecutor``). Both are started (model or workers loaded) before the run holds
+    its folder, and report each finished item through ``on_result``."""
+
+    def run(self, steps: list[LatentStep], on_result: Callable[[LatentStep, StepRecord], None]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def start_executor(settings: RunSettings, info: RunInfo, worker: Any = None,
+                   worker_cls: type[DecodeWorker] = DecodeWorker) -> Executor:
+    """Everything that can refuse the run, before the output folder is touched: the device, the model,
+    its family rule and weights (in-process), or the Ray workers, which load them. A given ``worker``
+    stays its caller's; one made here is closed with the executor."""
+    layout = OutputLayout(settings.output_dir)
+    if worker is not None:
+        info.model = worker.describe()
+        return InlineExecutor(worker, layout)
+    if settings.output.decoder == "preview":
+        from .previews.worker import PreviewWorker  # no model, no device, no Ray: in-process
+
+        worker = PreviewWorker(settings.output, settings.output_dir)
+    elif settings.executor.decided().kind == "ray":
+        from .executors.ray import RayExecutor
+
+        executor = RayExecutor(settings, worker_cls=worker_cls)
+        try:
+            info.model = executor.start()
+        except BaseException:
+            executor.close()
+            raise
+        return executor
+    else:
+        resolve_device(settings.device)
+        model = resolve_model(settings.output.model, settings.output.vae_subfolder, settings.output.vae_config)
+        worker = worker_cls(settings.output, settings.output_dir, settings.device, model=model)
+    info.model = worker.describe()
+    return InlineExecutor(worker, layout, owns_worker=True)
+
+
+class Run:
+    """One run's plan, report and summary facts, and the work done under the folder lock."""
+
+    def __init__(self, settings: RunSettings, plan: Plan, progress: bool,
+                 on_result: Callable[[LatentStep, StepRecord], None] | None, started_at: float) -> None:
+        self.settings = settings
+        self.plan = plan
+        self.layout = OutputLayout(settings.output_dir)
+        self.progress = progress
+        self.on_result = on_result
+        self.report = RunReport(plan, skipped=plan.count(ItemState.DONE))
+        self.info = RunInfo(settings=settings.output.to_dict(), experiment=str(settings.experiment.root),
+                            output_dir=str(settings.output_dir), duplicates=tuple(plan.all_duplicates),
+                            view=settings.output.view, x0=plan.x0_label,
+                            unavailable=tuple(f"{k}: {why}" for k, why in plan.unavailable.items()))
+        self.started = False  # the output folder is ours: a signal now ends the run, not the setup
+        self.started_at = started_at
+
+    # ------------------------------------------------------------------ nothing to decode
+
+    def reconcile(self) -> None:
+        """Nothing to decode: bring the journal, the summary and the views up to date where they are
+        behind, else write nothing. A read-only folder is left as it is (one warning when its views
+        are behind); a folder another run holds is left to that run."""
+        from .views import stale_videos
+
+        with Journal.open(self.layout, write=False) as journal:
+            summary = build_summary(journal, self.info)
+        self.report.summary = summary
+        summary_behind = self.plan.journal_behind or figures_differ(read_summary(self.layout), summary)
+        views_behind = stale_videos(self.layout)
+        if not summary_behind and not views_behind:
+            return
+        out = self.settings.output_dir
+        if not os.access(out, os.W_OK):
+            if views_behind:
+                log.warning("warning: the views of %d video(s) in %s are out of date, but the folder is read-only: "
+                            "not redrawn", len(views_behind), out)
+            else:
+                log.info("%s is read-only: nothing decoded, nothing written", out)
+            return
+        try:
+            lock = OutputLock(out).acquire()
+        except RunLockedError as exc:
+            log.warning("warning: %s; the summary and views are left to it", exc)
+            return
+        with lock:
+            self.started = True
+            remove_stale_temps(out)
+            if summary_behind:
+                with Journal.open(self.layout, write=True, migration=_migration(self.settings)) as journal:
+                    self.plan.sync(journal)
+                    self.report.summary = build_summary(journal, self.info)
+                write_summary(self.layout, self.report.summary)
+            self.refresh_views()
+
+    # ------------------------------------------------------------------ decoding
+
+    def decode(self, executor: Executor, signals: StopSignals) -> None:
+        """Under the folder lock: decode every item the plan (or the watch) hands out, committing each as
+        it finishes; then close the run and draw the views. An interrupt or a run-level stop (full
+        disk, broken device) ends the decoding; what finished is kept either way."""
+        self.started = True
+        out = self.settings.output_dir
+        removed = remove_stale_temps(out)
+        if removed:
+            log.info("removed %d temp file(s) left by an interrupted run", removed)
+        journal = Journal.open(self.layout, write=True, migration=_migration(self.settings))
+        bar: Progress | None = None
+        committer: GroupCommit | None = None
+        run_id: int | None = None
+        try:
+            self.plan.sync(journal)
+            run_id = journal.begin_run(self.info.to_dict())
+            committer = GroupCommit(journal, self.layout, run_id)
+            bar = Progress(len(self.plan.todo) if self.settings.watch is None else 0, self.progress)
+            record = self._recorder(journal, committer, bar, signals)
+            if self.settings.watch is None:
+                executor.run(self.plan.todo, record)
+            else:
+                self._watch(executor, journal, committer, bar, record)
+        except KeyboardInterrupt as exc:
+            self.report.interrupted = _signum(exc, signals)
+        except RunStoppedError as exc:
+            self.report.stopped = exc
         finally:
-            if use_ray and executor is not None:
-                executor.close()
-    return report
+            if bar is not None:
+                bar.close()
+            self.report.stopped = _flush(committer, self.report.stopped)
+            self.report.summary = self._close(journal, run_id)
+        self.refresh_views()
+
+    def _recorder(self, journal: Journal, committer: GroupCommit, bar: Progress,
+                  signals: StopSignals) -> Callable[[LatentStep, StepRecord], None]:
+        """What each finished item goes through: committed and counted together (an interrupt waits),
+        then shown; a long run also refreshes its summary now and then."""
+        last_summary = [time.monotonic()]
+
+        def record(step: LatentStep, rec: StepRecord) -> None:
+            with signals.critical():
+                committer.add(rec)
+                self.report.records[step.key] = rec
+                self.report.attempts += 1
+            bar.update(step, rec)
+            if self.on_result is not None:
+                self.on_result(step, rec)
+            if time.monotonic() - last_summary[0] > SUMMARY_EVERY_S:
+                committer.flush()
+                write_summary(self.layout, build_summary(journal, self.info))
+                last_summary[0] = time.monotonic()
+        return record
+
+    def _watch(self, executor: Executor, journal: Journal, committer: GroupCommit, bar: Progress,
+               record: Callable[[LatentStep, StepRecord], None]) -> None:
+        """``--watch``: decode what becomes ready, round after round, with the summary and the views of
+        the videos that changed redrawn at most every ``refresh_every`` seconds."""
+        options = self.settings.watch
+
+        def replan() -> list[LatentStep]:
+            committer.flush()
+            fresh = make_plan(self.settings, journal)
+            fresh.sync(journal)
+            return fresh.todo
+
+        watcher = Watcher(self.settings.experiment.latents_dir, options)
+        last_refresh = time.monotonic()
+        drawn = self.report.attempts
+        try:
+            for batch in watcher.rounds(self.plan.todo, replan):
+                bar.grow(len(batch))
+                executor.run(batch, record)
+                if self.report.attempts != drawn and time.monotonic() - last_refresh >= options.refresh_every:
+                    committer.flush()
+                    write_summary(self.layout, build_summary(journal, self.info))
+                    draw_views(self.layout)
+                    last_refresh, drawn = time.monotonic(), self.report.attempts
+        finally:
+            self.report.incomplete = watcher.incomplete
+
+    def _close(self, journal: Journal, run_id: int | None) -> dict[str, Any] | None:
+        """Close the run in the journal and write the summary: as much as the disk still allows."""
+        self.report.wall_seconds = time.perf_counter() - self.started_at
+        self.info.wall_seconds = self.report.wall_seconds
+        self.info.interrupted = self.report.interrupted is not None
+        self.info.stopped = str(self.report.stopped) if self.report.stopped is not None else None
+        try:
+            if run_id is not None:
+                journal.end_run(run_id, self.info.to_dict())
+            summary = build_summary(journal, self.info)
+            write_summary(self.layout, summary)
+            return summary
+        except (OSError, RunStoppedError) as exc:
+            log.warning("could not write %s: %s", self.layout.summary_path, exc)
+            return None
+        finally:
+            journal.close()
+
+    # ------------------------------------------------------------------ views
+
+    def refresh_views(self) -> None:
+        """Draw the views of every video whose views are missing or behind the journal. After an
+        interrupt too (saying so: a second signal skips them, and the next run draws them)."""
+        if self.report.interrupted is not None:
+            log.info("stopping: drawing the views of the videos decoded so far (interrupt again to skip)")
+        try:
+            draw_views(self.layout)
+        except KeyboardInterrupt as exc:
+            if self.report.interrupted is None:
+                self.report.interrupted = getattr(exc, "signum", signal.SIGINT)
+
+
+def draw_views(layout: OutputLayout) -> None:
+    """The views (``views/``), imported only when a run has something to show; never fails the run."""
+    from .views import refresh_views
+
+    refresh_views(layout)
 
 
 def _flush(committer: GroupCommit | None, stopped: RunStoppedError | None) -> RunStoppedError | None:
@@ -252,50 +409,6 @@ def _flush(committer: GroupCommit | None, stopped: RunStoppedError | None) -> Ru
     except RunStoppedError as exc:
         return stopped or exc
     return stopped
-
-
-def _finish(journal: Journal, layout: OutputLayout, run_info: RunInfo, run_id: int | None) -> dict[str, Any] | None:
-    """Close the run in the journal and write the summary: as much as the disk still allows."""
-    try:
-        if run_id is not None:
-            journal.end_run(run_id, run_info.to_dict())
-        summary = build_summary(journal, run_info)
-        write_summary(layout, summary)
-        return summary
-    except (OSError, RunStoppedError) as exc:
-        log.warning("could not write %s: %s", layout.summary_path, exc)
-        return None
-    finally:
-        journal.close()
-
-
-def _update_without_decoding(layout: OutputLayout, settings: RunSettings, plan: Plan, run_info: RunInfo,
-                             report: RunReport) -> bool:
-    """Nothing to decode: bring the journal and summary up to date if they are behind, else write
-    nothing. Returns whether anything was written."""
-    if not plan.journal_behind:
-        with Journal.open(layout, write=False) as journal:
-            summary = build_summary(journal, run_info)
-        report.summary = summary
-        if not figures_differ(read_summary(layout), summary):
-            return False
-    if not os.access(settings.output_dir, os.W_OK):
-        log.info("%s is read-only: nothing decoded, nothing written", settings.output_dir)
-        return False
-    with OutputLock(settings.output_dir):
-        remove_stale_temps(settings.output_dir)
-        with Journal.open(layout, write=True, migration=_migration(settings)) as journal:
-            journal.sync(plan.present, plan.stored, plan.refreshed)
-            report.summary = build_summary(journal, run_info)
-        write_summary(layout, report.summary)
-    return True
-
-
-def refresh_views(layout: OutputLayout, report: RunReport) -> None:
-    """The gallery and per-video views (``views/``), imported only when a run has something to show."""
-    from .views import refresh_views as refresh
-
-    refresh(layout, report)
 
 
 def check_output_dir(path: Path) -> None:

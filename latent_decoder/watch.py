@@ -6,7 +6,8 @@ holds the bytes its header declares, a gzip stream reaches its trailer, a ``torc
 central directory). A torn file is never decoded and never recorded failed: it is looked at again
 when it changes. New files are noticed through filesystem events (``watchfiles``: inotify and its
 kin) or, on NFS or with ``--poll``, by rescanning every ``POLL_S``; each round decodes what became
-ready with the same worker (or Ray pool) as the first.
+ready with the same worker (or Ray pool) as the first. The summary and the views of the videos
+that changed are redrawn every ``refresh_every`` seconds at most, and at every stop.
 """
 from __future__ import annotations
 
@@ -24,12 +25,14 @@ log = logging.getLogger(__name__)
 SETTLE_S = 0.5  # a file must keep its size and mtime this long before it counts as written
 POLL_S = 1.0  # rescan interval without filesystem events (NFS, --poll)
 DEFAULT_IDLE_EXIT_S = 600.0
+DEFAULT_REFRESH_S = 30.0
 
 
 @dataclass(frozen=True)
 class WatchOptions:
     idle_exit: float = DEFAULT_IDLE_EXIT_S  # stop after this long without a new complete step
     poll: bool = False  # rescan on a timer instead of filesystem events
+    refresh_every: float = DEFAULT_REFRESH_S  # redraw the summary and the views at most this often
 
 
 def is_complete(path: Path) -> bool:
@@ -74,39 +77,55 @@ def ready_steps(todo: list[LatentStep], settling: Settling, done_files: set[str]
     return ready
 
 
-def _waiter(latents_dir: Path, options: WatchOptions) -> Callable[[float], None]:
-    """``wait(seconds)``: return on the next filesystem change under ``latents_dir`` or after ``seconds``."""
-    if not options.poll:
-        try:
-            import watchfiles
-        except ImportError:
-            log.info("watchfiles is not installed: polling %s every %.0fs", latents_dir, POLL_S)
+class Watcher:
+    """Hands out rounds of complete steps until the generation has been idle for ``idle_exit``; then
+    ``incomplete`` lists the steps still torn (never decoded: the run says so and exits non-zero).
+
+    With filesystem events, a Ctrl-C or SIGTERM while waiting reaches the caller as KeyboardInterrupt
+    (``raise_interrupt``: watchfiles would otherwise swallow it, end its generator and leave the loop
+    spinning on an exhausted watch). A latents folder that does not exist yet is waited for by polling."""
+
+    def __init__(self, latents_dir: Path, options: WatchOptions) -> None:
+        self.latents_dir = latents_dir
+        self.options = options
+        self.incomplete: list[str] = []
+        self._changes: Iterator | None = None
+
+    def wait(self, seconds: float) -> None:
+        """Return on the next filesystem change under the latents folder, or after ``seconds``."""
+        if self._changes is None and not self.options.poll and self.latents_dir.is_dir():
+            try:
+                import watchfiles
+            except ImportError:
+                log.info("watchfiles is not installed: polling %s every %.0fs", self.latents_dir, POLL_S)
+                self.options = WatchOptions(self.options.idle_exit, True, self.options.refresh_every)
+            else:
+                self._changes = watchfiles.watch(self.latents_dir, debounce=200, step=50,
+                                                 rust_timeout=int(POLL_S * 1000), yield_on_timeout=True,
+                                                 raise_interrupt=True)
+        if self._changes is None:
+            time.sleep(seconds)
         else:
-            changes: Iterator = watchfiles.watch(latents_dir, debounce=200, step=50, rust_timeout=int(POLL_S * 1000),
-                                                 yield_on_timeout=True, raise_interrupt=False)
-            return lambda _seconds: next(changes, None)
-    return time.sleep
+            next(self._changes)
 
-
-def rounds(first: list[LatentStep], replan: Callable[[], list[LatentStep]], latents_dir: Path,
-           options: WatchOptions) -> Iterator[list[LatentStep]]:
-    """Batches of complete steps to decode: what is ready now, then what becomes ready, until no new
-    complete step has appeared for ``options.idle_exit`` seconds. ``replan()`` gives the steps not yet
-    done (a fresh plan against the journal)."""
-    settling, handed = Settling(), set()
-    wait = _waiter(latents_dir, options)
-    todo = first
-    last_new = time.monotonic()
-    log.info("watching %s for new steps (exits after %.0fs without one; Ctrl-C stops)", latents_dir,
-             options.idle_exit)
-    while True:
-        batch = ready_steps(todo, settling, handed)
-        if batch:
-            yield batch
-            last_new = time.monotonic()
-        elif time.monotonic() - last_new >= options.idle_exit:
-            log.info("no new step for %.0fs: done watching", options.idle_exit)
-            return
-        pending = any(f"{s.file}:{s.size}:{s.mtime_ns}" not in handed for s in todo)
-        wait(SETTLE_S if pending else POLL_S)
-        todo = replan()
+    def rounds(self, first: list[LatentStep], replan: Callable[[], list[LatentStep]]) -> Iterator[list[LatentStep]]:
+        """Batches of complete steps to decode: what is ready now, then what becomes ready, until no new
+        complete step has appeared for ``idle_exit`` seconds. ``replan()`` gives the steps not yet done
+        (a fresh plan against the journal)."""
+        settling, handed = Settling(), set()
+        todo = first
+        last_new = time.monotonic()
+        log.info("watching %s for new steps (exits after %.0fs without one; Ctrl-C stops)", self.latents_dir,
+                 self.options.idle_exit)
+        while True:
+            batch = ready_steps(todo, settling, handed)
+            if batch:
+                yield batch
+                last_new = time.monotonic()
+            waiting = [s for s in todo if f"{s.file}:{s.size}:{s.mtime_ns}" not in handed]
+            if not batch and time.monotonic() - last_new >= self.options.idle_exit:
+                self.incomplete = [s.key for s in waiting]
+                log.info("no new step for %.0fs: done watching", self.options.idle_exit)
+                return
+            self.wait(SETTLE_S if waiting else POLL_S)
+            todo = replan()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import shutil
 import os
 import signal
 import sqlite3
@@ -147,3 +148,73 @@ def test_watch_feeds_new_steps_to_a_running_ray_pool(make_experiment):
     assert sorted(tries) == [f"prompt_000/vid_001/step_{i:03d}" for i in range(4)], err
     assert [len(tries[f"prompt_000/vid_001/step_{i:03d}"]) for i in range(4)] == [2, 2, 1, 1]
     assert all(status == "ok" for statuses in tries.values() for status in statuses)
+
+
+def start_watcher(exp: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "latent_decoder", "decode", str(exp), "--device", "cpu", "--watch", *args],
+        cwd=REPO_ROOT, env=SUB_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+
+
+def wait_for(what: str, predicate, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"{what}: {proc.communicate()}")
+        time.sleep(0.05)
+
+
+def write_step(video_dir: Path, index: int, seed: int = 0) -> None:
+    buf = io.BytesIO()
+    np.save(buf, np.random.default_rng(seed).standard_normal((1, 16, 3, 4, 6)).astype(np.float16))
+    video_dir.mkdir(parents=True, exist_ok=True)
+    tmp = video_dir / f".tmp_{index}"
+    tmp.write_bytes(gzip.compress(buf.getvalue()))
+    tmp.rename(video_dir / f"step_{index:03d}.npy.gz")
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_one_signal_stops_a_watch_on_filesystem_events_and_draws_the_views(make_experiment, signum, code):
+    """Reproduced on the old main: with watchfiles (the default), the first Ctrl-C printed
+    'KeyboardInterrupt caught, stopping watch' and the process went on spinning a core; it left no
+    index.html."""
+    exp = make_experiment(prompts=1, steps=2)
+    out = exp / "latents_videos"
+    watcher = start_watcher(exp, "--idle-exit", "600", "--refresh-every", "600")
+    wait_for("two steps decoded", lambda: (out / ".latent-decoder.db").exists() and len(attempts(out)) == 2, watcher)
+    time.sleep(0.5)  # into the wait for filesystem events
+    os.killpg(watcher.pid, signum)
+    _, err = watcher.communicate(timeout=60)
+    assert watcher.returncode == code, err
+    assert "KeyboardInterrupt caught" not in err and "Traceback" not in err, err
+    assert (out / "index.html").is_file() and (out / "prompt_000" / "vid_001" / "progression.png").is_file()
+    summary = json.loads((out / "decode_summary.json").read_text())
+    assert summary["successful_steps"] == 2 and summary["last_run"]["interrupted"] is True
+
+
+def test_a_watch_shows_its_progress_while_it_runs(make_experiment):
+    """The summary and the views appear during the watch (throttled), a changed step decoded again is
+    counted as such, a latents folder that does not exist yet is waited for, and a step still torn when
+    the watch ends is reported and makes the exit status 1."""
+    exp = make_experiment(prompts=1, steps=1)
+    shutil.rmtree(exp / "latents")  # the generation has not started yet
+    out = exp / "latents_videos"
+    video_dir = exp / "latents" / "prompt_000" / "vid_001"
+    watcher = start_watcher(exp, "--idle-exit", "3", "--refresh-every", "0.5")
+    wait_for("the watch to start", lambda: (out / ".latent-decoder.db").exists(), watcher)
+    write_step(video_dir, 0)
+    write_step(video_dir, 1)
+    wait_for("the gallery drawn during the watch", lambda: (out / "index.html").is_file()
+             and (out / "prompt_000" / "vid_001" / "progression.png").is_file(), watcher)
+    summary = json.loads((out / "decode_summary.json").read_text())
+    assert summary["successful_steps"] == 2 and watcher.poll() is None
+    write_step(video_dir, 0, seed=1)  # regenerated: decoded again
+    wait_for("step 0 decoded again", lambda: len(attempts(out).get("prompt_000/vid_001/step_000", [])) == 2, watcher)
+    (video_dir / "step_002.npy.gz").write_bytes(b"\x1f\x8b\x08\x00torn")  # a write that never completes
+    _, err = watcher.communicate(timeout=120)
+    assert watcher.returncode == 1, err
+    assert "decoded 3 item(s) (2 steps, 1 decoded again after they changed)" in err, err
+    assert "[3/3]" in err and "[3/4]" not in err, err
+    assert "1 step(s) still incomplete" in err and "prompt_000/vid_001/step_002" in err, err

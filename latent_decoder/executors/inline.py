@@ -30,9 +30,10 @@ WRITE_THREADS = 4  # writing is fsync-bound, not CPU-bound: a few threads overla
 
 class InlineExecutor:
     def __init__(self, worker: DecodeWorker, layout: OutputLayout, encode_threads: int | None = None,
-                 prefetch: int = 2) -> None:
+                 prefetch: int = 2, owns_worker: bool = False) -> None:
         self.worker = worker
         self.layout = layout
+        self.owns_worker = owns_worker  # close() frees the worker's model (not a worker lent by the caller)
         self.encode_threads = encode_threads or max(1, min(4, usable_cpus() // 2))
         self.prefetch = max(1, prefetch)
 
@@ -90,6 +91,10 @@ class InlineExecutor:
             reader.shutdown(wait=True, cancel_futures=True)
             encoder.shutdown(wait=True, cancel_futures=True)
             writer.shutdown(wait=True, cancel_futures=True)
+
+    def close(self) -> None:
+        if self.owns_worker:
+            self.worker.close()
 
     def _drain(self, encodes: dict[Future, LatentStep], writes: dict[Future, LatentStep],
                on_result: ResultCallback) -> None:

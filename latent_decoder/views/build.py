@@ -25,7 +25,7 @@ from ..settings import X0_SUFFIX
 from ..video import write_file_atomic
 from .collect import StepView, VideoDigest, VideoView, short_reason, video_digests, video_views
 from .frames import FrameReadError, read_frames
-from .gallery import PAGE_NAME, VideoEntry, entries_in_order, render_index, render_video_page
+from .gallery import PAGE_NAME, VideoEntry, entries_in_order, render_index, render_video_page, view_note
 from .progression_video import PROGRESSION_NAME, ProgressionWriter, progression_format
 from .sheet import DEFAULT_GEOMETRY, SHEET_NAME, SHEET_THUMB_NAME, Sheet, sheet_geometry
 from .stats import STATS_NAME, stats_bytes
@@ -94,7 +94,7 @@ def _remove(path: Path) -> None:
         pass
 
 
-def build_video(root: Path, view: VideoView) -> VideoEntry:
+def build_video(root: Path, view: VideoView, note: str | None = None) -> VideoEntry:
     """A video's views: ``progression.png``, ``progression.mp4``, ``latent_stats.json`` and its page.
     A video with nothing attempted yet gets none (and no folder): the index lists it as pending."""
     d = view.digest
@@ -126,7 +126,7 @@ def build_video(root: Path, view: VideoView) -> VideoEntry:
     if not entry.progression:
         _remove(folder / PROGRESSION_NAME)
     sibling, is_x0 = _sibling_view(root, d.prompt, d.video)
-    write_file_atomic(folder / PAGE_NAME, render_video_page(view, entry, sibling, is_x0).encode())
+    write_file_atomic(folder / PAGE_NAME, render_video_page(view, entry, sibling, is_x0, note).encode())
     return entry
 
 
@@ -182,14 +182,30 @@ def _draw(root: Path, folder: Path, rows: list[StepView], decoded: list[StepView
     return True, writer is not None
 
 
-def build_views(root: Path, force: bool = False, touched: set[str] | None = None) -> ViewsResult:
-    """Bring the views of the output folder ``root`` up to date (all of them with ``force``).
+def stale_videos(layout: OutputLayout) -> list[str]:
+    """The videos (``prompt/video``) whose views are missing or behind the journal, read-only: one
+    aggregate journal query, the state file and a stat per view file, so a run with nothing new costs
+    no per-step work. ``index.html`` is listed too when the gallery itself is missing or lists videos
+    the journal no longer has."""
+    if not layout.journal_path.is_file():
+        return []
+    root = layout.root
+    known = _read_state(root)["videos"]
+    with Journal.open(layout, write=False) as journal:
+        digests = video_digests(journal)
+    stale = [d.key for d in digests if not _current(root, d, known.get(d.key))]
+    if not (root / PAGE_NAME).is_file() or set(known) - {d.key for d in digests}:
+        stale.append(PAGE_NAME)
+    return stale
 
-    ``touched``: the videos (``prompt/video``) a run just decoded. Given, only those and videos that
-    already have views are brought up to date, so a run never starts drawing a large experiment it
-    did not touch (``latent-decoder gallery`` does that); the index lists the others as not drawn
-    yet. Reads the journal (read-only) and ``decode_summary.json``; a video whose views cannot be
-    built is reported in ``problems``, retried by the next run, and the others are built anyway.
+
+def build_views(root: Path, force: bool = False) -> ViewsResult:
+    """Bring the views of the output folder ``root`` up to date: exactly the videos whose views are
+    missing or behind the journal (all of them with ``force``), then the index if its text changed.
+
+    The caller holds the folder's lock (a run's temp-file cleanup would delete files being drawn).
+    Reads the journal (read-only) and ``decode_summary.json``; a video whose views cannot be built is
+    reported in ``problems``, retried by the next run, and the others are built anyway.
     """
     layout = OutputLayout(Path(root))
     root = layout.root
@@ -204,22 +220,16 @@ def build_views(root: Path, force: bool = False, touched: set[str] | None = None
     family = (model or {}).get("family")
     old: dict[str, Any] = state["videos"]
 
-    def wanted(d: VideoDigest) -> bool:
-        entry = old.get(d.key)
-        if not force and _current(root, d, entry):
-            return False
-        return force or touched is None or d.key in touched or bool(entry and entry.get("built"))
-
     with Journal.open(layout, write=False) as journal:
         digests = video_digests(journal)
-        stale = [d for d in digests if wanted(d)]
+        stale = [d for d in digests if force or not _current(root, d, old.get(d.key))]
         views = video_views(journal, root, stale, family)
         failures = [(r.item, r.prompt, r.video, r.error)
                     for r in journal.records(state="failed", limit=FAILURES_LISTED)]
     result = ViewsResult(root / PAGE_NAME)
     entries = {d.key: VideoEntry.from_dict(old[d.key]) if d.key in old else VideoEntry(d.prompt, d.video, "")
                for d in digests}
-    for view, outcome in zip(views, _build_all(root, views)):
+    for view, outcome in zip(views, _build_all(root, views, view_note(summary))):
         if isinstance(outcome, VideoEntry):
             entries[view.key] = outcome
             result.rebuilt.append(view.key)
@@ -239,7 +249,7 @@ def build_views(root: Path, force: bool = False, touched: set[str] | None = None
     return result
 
 
-def _build_all(root: Path, views: list[VideoView]) -> list[VideoEntry | Exception]:
+def _build_all(root: Path, views: list[VideoView], note: str | None) -> list[VideoEntry | Exception]:
     """``build_video`` for each view, a few at a time (the work is mostly in ffmpeg processes)."""
     if not views:
         return []
@@ -247,7 +257,7 @@ def _build_all(root: Path, views: list[VideoView]) -> list[VideoEntry | Exceptio
 
     def one(view: VideoView) -> VideoEntry | Exception:
         try:
-            return build_video(root, view)
+            return build_video(root, view, note)
         except Exception as exc:  # noqa: BLE001 - one video's views never stop the others'
             return exc
 

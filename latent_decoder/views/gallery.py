@@ -37,7 +37,7 @@ class VideoEntry:
     failed: int = 0
     decode_seconds: float = 0.0
     rows: int = 0
-    built: bool = False  # its views were drawn (False: listed only, until a run touches it or `gallery`)
+    built: bool = False  # its views were drawn (an older version's state may say False: they are drawn again)
     page: bool = False  # its own index.html (not for a video with nothing attempted yet)
     problem: str | None = None  # why its views could not be drawn (retried by the next run)
     sheet: bool = False
@@ -78,6 +78,8 @@ a{color:var(--accent);text-decoration:none}a:hover{text-decoration:underline}
 header.top{padding:18px 28px 10px;border-bottom:1px solid var(--line);background:var(--panel)}
 header.top h1{margin:0 0 2px;font-size:20px;font-weight:650}
 .sub{color:var(--muted);font-size:13px;overflow-wrap:anywhere}
+.view-note{margin:8px 0 0;padding:6px 10px;border-left:3px solid var(--warn);background:rgba(240,184,73,.08);
+font-size:13px}
 main{padding:18px 28px 40px;max-width:1600px}
 .figures{display:flex;flex-wrap:wrap;gap:10px;margin:14px 0 6px}
 .pair{display:grid;grid-template-columns:1fr 1fr;gap:12px}.pair img{width:100%}.pair figure{margin:0}
@@ -241,8 +243,6 @@ def _card(entry: VideoEntry) -> str:
                  f'alt="progression of {escape(base)}"></a>')
     elif entry.problem:
         media = f'<div class="empty">its views could not be drawn: {escape(entry.problem)}</div>'
-    elif not entry.built and (entry.done or entry.failed):
-        media = '<div class="empty">not drawn yet: <code>latent-decoder gallery EXP</code></div>'
     elif entry.page:
         media = '<div class="empty">no decoded step to show</div>'
     else:
@@ -294,8 +294,9 @@ def render_index(summary: dict[str, Any], entries: list[VideoEntry], failures: l
             f'<summary>{escape(prompt)}<span class="counts">{len(videos)} video{plural}'
             f'{_badges(done, failed, pending)}</span>{quoted}</summary>'
             f'<div class="cards">{"".join(_card(v) for v in videos)}</div></details>')
-    body = (f'<header class="top"><h1>Denoising gallery: {escape(name)}</h1>'
-            f'<div class="sub">{escape(str(experiment))}</div></header><main>'
+    note = view_note(summary)
+    body = (f'<header class="top"><h1>Denoising gallery: {escape(name)}{" (x0 view)" if note else ""}</h1>'
+            f'<div class="sub">{escape(str(experiment))}</div>{_note(note)}</header><main>'
             f'{_figures(summary, entries)}{_run_meta(summary, model)}'
             f'{_failures(failures, failed_total, {e.key for e in entries if e.page})}'
             '<div class="tools"><input type="search" id="filter" placeholder="filter by prompt or video" '
@@ -352,9 +353,25 @@ def _side_by_side(base: str, sibling: str | None, is_x0: bool) -> str:
     return f'<h2>x_t and x0 side by side</h2><div class="panel pair">{pair}</div>'
 
 
-def render_video_page(view: VideoView, entry: VideoEntry, sibling: str | None = None, is_x0: bool = False) -> str:
+def view_note(summary: dict[str, Any]) -> str | None:
+    """What a page of the x0 view says it shows (the summary's ``view`` and ``x0`` label: exact, or
+    approximate for multistep solvers, and where sigma came from); None for the stored x_t."""
+    if summary.get("view") != "x0":
+        return None
+    label = summary.get("x0") or "exact for Euler flow-matching steps, the step's effective x0 otherwise"
+    return ("x0 view: each step shows the model's prediction of the clean video at that step, recovered from "
+            f"two consecutive stored steps (no model call); {label}")
+
+
+def _note(note: str | None) -> str:
+    return f'<p class="view-note">{escape(note)}</p>' if note else ""
+
+
+def render_video_page(view: VideoView, entry: VideoEntry, sibling: str | None = None, is_x0: bool = False,
+                      note: str | None = None) -> str:
     """One video: its progression (video, sheet, statistics) and every step; beside the sheet of the
-    other view (x_t or x0) when ``sibling`` (that tree's folder name) has this video."""
+    other view (x_t or x0) when ``sibling`` (that tree's folder name) has this video. ``note``: what
+    the view shows, when it is not the stored latents (``view_note``)."""
     base = f"{view.digest.prompt}/{view.digest.video}"
     d = view.digest
     quote_text = f"<blockquote>{escape(view.prompt_text)}</blockquote>" if view.prompt_text else ""
@@ -371,7 +388,8 @@ def render_video_page(view: VideoView, entry: VideoEntry, sibling: str | None = 
     waiting = (f'<p class="meta">not decoded (yet): {escape(", ".join(hidden[:50]))}'
                f'{" ..." if len(hidden) > 50 else ""}</p>' if hidden else "")
     body = (f'<header class="top"><nav class="crumbs"><a href="../../{PAGE_NAME}">&larr; gallery</a> / '
-            f'{escape(d.prompt)}</nav><h1>{escape(base)}</h1>{quote_text}</header><main>'
+            f'{escape(d.prompt)}</nav><h1>{escape(base)}{" (x0)" if note else ""}</h1>{quote_text}{_note(note)}'
+            '</header><main>'
             f'<div class="figures">{_figure(str(d.items), "steps")}{_figure(str(d.done), "decoded", "ok")}'
             f'{_figure(str(d.failed), "failed", "bad" if d.failed else "")}'
             f'{_figure(str(d.pending), "pending", "warn" if d.pending else "")}'
