@@ -12,7 +12,7 @@ import click
 
 from . import __version__
 from .errors import LatentDecoderError, SetupError
-from .experiment import Experiment
+from .experiment import Experiment, absolute_path
 from .families import FAMILIES
 from .plan import ItemState, Plan
 from .runner import RunReport, plan_run, run_decode
@@ -379,13 +379,21 @@ def status(experiment: Path, output_dir: Path | None, prompt: str | None, video:
     States: done, failed (the last attempt; an earlier good output stays until replaced), pending
     (never decoded), changed (the latent file changed since it was decoded), stale (decoded with
     other settings).
+
+    An output folder shared by several experiments holds the items of the one decoded last: when
+    that is another experiment, a warning line on stderr names it, and what the folder holds is
+    shown all the same.
     """
-    from .status import render_status, status_records
+    from .status import other_experiment, render_status, status_records
 
     _setup_logging(verbose)
     try:
         exp = Experiment.load(experiment)
-        out = output_dir or exp.default_output_dir
+        out = absolute_path(output_dir) if output_dir else exp.default_output_dir
+        other = other_experiment(exp, out)
+        if other is not None:
+            click.echo(f"warning: {out} was last decoded from {other}, not {exp.root}: the steps below are "
+                       "that experiment's", err=True)
         if as_json:
             for line in status_records(exp, out, prompt, video, failed):
                 click.echo(line)
