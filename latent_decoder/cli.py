@@ -13,7 +13,7 @@ import click
 
 from . import __version__
 from .errors import LatentDecoderError, SetupError
-from .experiment import Experiment
+from .experiment import Experiment, absolute_path
 from .families import FAMILIES
 from .plan import ItemState, Plan
 from .runner import RunReport, plan_run, run_decode
@@ -35,6 +35,9 @@ def _one_line_warning(message: Warning | str, category: type[Warning], filename:
 
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+    # torch sets its loggers to WARNING when its import completes; one cut short by Ctrl-C leaves them on
+    # our INFO root, and torch's exit hook then prints "FakeTensor cache stats" (fake_tensor.dump_cache_stats)
+    logging.getLogger("torch").setLevel(logging.WARNING)
     if not verbose:  # -v keeps Python's own form: file, line and the source line
         warnings.showwarning = _one_line_warning
         for noisy in ("diffusers", "huggingface_hub", "imageio_ffmpeg", "urllib3", "filelock"):
@@ -405,13 +408,21 @@ def status(experiment: Path, output_dir: Path | None, prompt: str | None, video:
     States: done, failed (the last attempt; an earlier good output stays until replaced), pending
     (never decoded), changed (the latent file changed since it was decoded), stale (decoded with
     other settings).
+
+    An output folder shared by several experiments holds the items of the one decoded last: when
+    that is another experiment, a warning line on stderr names it, and what the folder holds is
+    shown all the same.
     """
-    from .status import render_status, status_records
+    from .status import other_experiment, render_status, status_records
 
     _setup_logging(verbose)
     try:
         exp = Experiment.load(experiment)
-        out = output_dir or exp.default_output_dir
+        out = absolute_path(output_dir) if output_dir else exp.default_output_dir
+        other = other_experiment(exp, out)
+        if other is not None:
+            click.echo(f"warning: {out} was last decoded from {other}, not {exp.root}: the steps below are "
+                       "that experiment's", err=True)
         if as_json:
             for line in status_records(exp, out, prompt, video, failed):
                 click.echo(line)
@@ -522,12 +533,14 @@ def bench(full: bool, items: int, device: str, dtypes: tuple[str, ...], verbose:
 @click.argument("experiment", type=click.Path(path_type=Path))
 @model_options
 @click.option("--steps", type=click.IntRange(1), default=8, show_default=True,
-              help="Fit on the last (clean) step of up to this many videos.")
+              help="Fit on the final (clean) step of up to this many videos.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N, for the full decodes.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True, help="VAE precision.")
+@click.option("--force", is_flag=True,
+              help="Replace the model's stored map even when it predicts these decodes better than the new fit.")
 @click.option("--verbose", "-v", is_flag=True, help="More logging; tracebacks on errors.")
 def calibrate_preview(experiment: Path, model: str | None, vae_subfolder: str | None, vae_config: str | None,
-                      steps: int, device: str, dtype: str, verbose: bool) -> None:
+                      steps: int, device: str, dtype: str, force: bool, verbose: bool) -> None:
     """Fit the linear latent->RGB map that `decode --decoder preview` uses for EXPERIMENT's model.
 
     Decodes the final step of a few videos with the full VAE, average-pools each video onto the
@@ -535,19 +548,32 @@ def calibrate_preview(experiment: Path, model: str | None, vae_subfolder: str | 
     family's published factors). The map is stored per model under
     $LATENT_DECODER_PREVIEW_DIR (default ~/.cache/latent-decoder/previews) and from then on preferred
     over the published factors; models without published factors (CogVideoX) need it.
+
+    Only final steps are fitted: a video's last stored step counts when its metadata says it is the
+    last (step == total_steps - 1); other videos are skipped with a warning, and so is a step that
+    cannot be read. A stored map that predicts these decodes better than the new fit does (on videos
+    it was not fitted to) is kept unless --force. Exit status: 0 saved, 1 the stored map was kept,
+    2 nothing to calibrate on or bad setup, 130/143 interrupted by Ctrl-C/SIGTERM (nothing written).
     """
-    from .previews.calibrate import calibrate_preview as calibrate
+    from .stop import StopSignals
 
-    _setup_logging(verbose)
-    try:
-        settings = resolve_settings(Experiment.load(experiment), CliOptions(
-            model=model, vae_subfolder=vae_subfolder, vae_config=vae_config, dtype=dtype, device=device))
-        result = calibrate(settings.experiment, settings.output, device, steps)
-    except LatentDecoderError as err:
-        _fail(err, verbose)
-        return
+    with StopSignals():
+        _setup_logging(verbose)
+        try:
+            from .previews.calibrate import calibrate_preview as calibrate
+
+            settings = resolve_settings(Experiment.load(experiment), CliOptions(
+                model=model, vae_subfolder=vae_subfolder, vae_config=vae_config, dtype=dtype, device=device))
+            result = calibrate(settings.experiment, settings.output, device, steps, force=force)
+        except LatentDecoderError as err:
+            _fail(err, verbose)
+            return
+        except KeyboardInterrupt as exc:
+            click.echo("interrupted", err=True)
+            sys.exit(128 + getattr(exc, "signum", EXIT_INTERRUPTED - 128))
     click.echo(result.summary())
-
+    click.echo(result.outcome(), err=not result.saved)
+    sys.exit(0 if result.saved else 1)
 
 
 @cli.command()

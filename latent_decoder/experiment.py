@@ -7,6 +7,7 @@ An experiment looks like ``EXP/configs/generation_config.yaml`` plus
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -150,9 +151,11 @@ class Experiment:
 
     @classmethod
     def load(cls, root: str | Path, latents_required: bool = True) -> "Experiment":
-        """The experiment at ``root``; its latents folder may be missing only where the caller waits for
-        it (``--watch`` on a generation that has not written a step yet)."""
-        root = Path(root).expanduser().absolute()
+        """Read the experiment folder and check its config's values once, here, so that a wrong type
+        stops the run before anything is written instead of failing every step later. The latents
+        folder may be missing only where the caller waits for it (``--watch`` on a generation that
+        has not written a step yet)."""
+        root = absolute_path(root)
         if not root.is_dir():
             raise ExperimentError(f"experiment folder not found: {root}")
         config_path = root / CONFIG_RELPATH
@@ -166,7 +169,13 @@ class Experiment:
             raise ExperimentError(f"{config_path} must hold a mapping, found {type(config).__name__}")
         if latents_required and not (root / LATENTS_DIRNAME).is_dir():
             raise ExperimentError(f"latents folder not found: {root / LATENTS_DIRNAME}")
-        return cls(root=root, config=config)
+        experiment = cls(root=root, config=config)
+        experiment.check_config()
+        return experiment
+
+    def check_config(self) -> None:
+        """Read every config value the tool uses: a wrong one is one line naming it, now."""
+        _ = self.model_id, self.video_settings, self.inference_steps, self.decode_arguments
 
     @property
     def config_path(self) -> Path:
@@ -180,30 +189,66 @@ class Experiment:
     def default_output_dir(self) -> Path:
         return self.root / "latents_videos"
 
-    @property
+    def _section(self, name: str) -> dict[str, Any]:
+        """A mapping of the config (``model_settings``, ``video_settings``); absent or null is empty."""
+        raw = self.config.get(name)
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            raise ExperimentError(f"{self.config_path}: {name} must be a mapping, got {raw!r}")
+        return raw
+
+    @cached_property
     def model_id(self) -> str | None:
         """``model_settings.model_id``, else a top-level ``model_id``."""
-        settings = self.config.get("model_settings")
-        if isinstance(settings, dict) and settings.get("model_id"):
-            return str(settings["model_id"])
-        if self.config.get("model_id"):
-            return str(self.config["model_id"])
+        for key, value in (("model_settings.model_id", self._section("model_settings").get("model_id")),
+                           ("model_id", self.config.get("model_id"))):
+            if value is None or value == "":
+                continue
+            if not isinstance(value, str):
+                raise ExperimentError(f"{self.config_path}: {key} must be a string (a repo id or a path), "
+                                      f"got {value!r}")
+            return value
         return None
 
-    @property
+    @cached_property
     def video_settings(self) -> VideoSettings:
-        raw = self.config.get("video_settings")
-        if not isinstance(raw, dict):
-            return VideoSettings()
+        """``video_settings``, each value checked: width, height and frames whole numbers of at least 1
+        (``480.0`` is 480; ``9.7``, ``true`` and strings are refused), fps a finite number above 0."""
+        raw = self._section("video_settings")
 
-        def num(key: str, kind: type) -> Any:
+        def bad(key: str, want: str) -> ExperimentError:
+            return ExperimentError(f"{self.config_path}: video_settings.{key} must be {want}, got {raw[key]!r}")
+
+        def count(key: str) -> int | None:
             value = raw.get(key)
-            try:
-                return kind(value) if value is not None else None
-            except (TypeError, ValueError):
-                raise ExperimentError(f"{self.config_path}: video_settings.{key} must be a number, got {value!r}")
+            if value is None:
+                return None
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+                raise bad(key, "a whole number")
+            if value < 1:
+                raise bad(key, "at least 1")
+            return int(value)
 
-        return VideoSettings(num("width", int), num("height", int), num("fps", float), num("frames", int))
+        fps = raw.get("fps")
+        if fps is not None:
+            if isinstance(fps, bool) or not isinstance(fps, (int, float)):
+                raise bad("fps", "a number")
+            if not (math.isfinite(fps) and fps > 0):
+                raise bad("fps", "a finite number above 0")
+        return VideoSettings(count("width"), count("height"), None if fps is None else float(fps), count("frames"))
+
+    @cached_property
+    def inference_steps(self) -> int | None:
+        """``generation_settings.num_inference_steps``: how many steps the generation ran, for steps
+        whose metadata does not say (``total_steps``)."""
+        value = self._section("generation_settings").get("num_inference_steps")
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ExperimentError(f"{self.config_path}: generation_settings.num_inference_steps must be a whole "
+                                  f"number of at least 1, got {value!r}")
+        return value
 
     @property
     def decode_arguments(self) -> dict[str, float]:
@@ -211,9 +256,7 @@ class Experiment:
         from ``video_settings`` or ``model_settings`` (the first that has it)."""
         found: dict[str, float] = {}
         for section in ("video_settings", "model_settings"):
-            raw = self.config.get(section)
-            if not isinstance(raw, dict):
-                continue
+            raw = self._section(section)
             for key in ("decode_timestep", "decode_noise_scale"):
                 if key in found or raw.get(key) is None:
                     continue
@@ -248,6 +291,12 @@ class Experiment:
 class Discovery:
     steps: list[LatentStep] = field(default_factory=list)
     duplicates: list[tuple[str, str, str, str]] = field(default_factory=list)  # (prompt, video, step, message)
+
+
+def absolute_path(path: str | Path) -> Path:
+    """``path`` with ``~`` expanded, made absolute and normalised (``out/..`` is the current folder):
+    every later ``.name`` or sibling of it is then what the user meant (``.`` has no name)."""
+    return Path(os.path.abspath(Path(path).expanduser()))
 
 
 def _subdirs(folder: Path) -> list[str]:

@@ -60,16 +60,29 @@ def parse_latent(data: bytes, path: Path | str, layout: Layout = BCTHW) -> np.nd
     Sizes are checked before anything is allocated (size limit, bytes present); nothing is ever
     unpickled beyond tensors. A bfloat16 ``.pt`` latent comes back as float32 (exactly).
     """
-    return validate_latent(read_array(data, path), path, layout)
+    return parse_stored_latent(data, path, layout)[0]
+
+
+def parse_stored_latent(data: bytes, path: Path | str, layout: Layout = BCTHW) -> tuple[np.ndarray, str]:
+    """``parse_latent``, and the dtype the file stores (``bfloat16`` for a bfloat16 ``.pt``, whose
+    array is float32): what the journal records as the step's ``latent_dtype``."""
+    array, stored = read_stored(data, path)
+    return validate_latent(array, path, layout), stored
 
 
 def read_array(data: bytes, path: Path | str) -> np.ndarray:
     """A stored latent's bytes as an array, by the file's suffix; not yet validated."""
+    return read_stored(data, path)[0]
+
+
+def read_stored(data: bytes, path: Path | str) -> tuple[np.ndarray, str]:
+    """``read_array`` and the stored dtype's name (numpy has no bfloat16: those come back float32)."""
     if is_torch_file(path):
         from .torchfile import parse_torch
 
-        return parse_torch(data, path)[0]
-    return parse_npy_payload(data, path)
+        return parse_torch(data, path)
+    array = parse_npy_payload(data, path)
+    return array, str(array.dtype)
 
 
 def validate_latent(array: np.ndarray, path: Path | str, layout: Layout = BCTHW) -> np.ndarray:

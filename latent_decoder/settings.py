@@ -5,13 +5,15 @@ with different output settings is not "done" and is decoded again on resume.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from .errors import SetupError
-from .experiment import DEFAULT_FPS, Experiment, Filters, VideoSettings
+from .experiment import DEFAULT_FPS, Experiment, Filters, VideoSettings, absolute_path
 from .families.base import DecodeOptions
+from .video import FrameSizeError, scaled_size
 from .watch import WatchOptions
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -210,9 +212,10 @@ def resolve_settings(experiment: Experiment, opts: CliOptions) -> RunSettings:
         raise SetupError(
             f"no model id: {experiment.config_path} has no model_settings.model_id (nor model_id); pass --model"
         )
-    fps = opts.fps if opts.fps is not None else experiment.video_settings.fps or DEFAULT_FPS
-    if fps <= 0:
-        raise SetupError(f"fps must be positive, got {fps}")
+    video = experiment.video_settings  # checked when the experiment was loaded: fps is None or above 0
+    fps = opts.fps if opts.fps is not None else video.fps if video.fps is not None else DEFAULT_FPS
+    if not (math.isfinite(fps) and fps > 0):
+        raise SetupError(f"--fps must be a finite number above 0, got {fps}")
     if opts.dtype not in DTYPES:
         raise SetupError(f"--dtype must be one of {', '.join(DTYPES)}, got {opts.dtype}")
     if opts.format not in FORMATS:
@@ -229,10 +232,14 @@ def resolve_settings(experiment: Experiment, opts: CliOptions) -> RunSettings:
         crf = DEFAULT_CRF
     if not 0 < opts.scale <= 4:
         raise SetupError(f"--scale must be in (0, 4], got {opts.scale}")
+    if video.height and video.width:  # the config's size; a decode whose size differs is checked per item
+        try:
+            scaled_size(video.height, video.width, opts.scale)
+        except FrameSizeError as exc:
+            raise SetupError(f"{exc} (the config's video_settings size)") from None
     if opts.view not in VIEWS:
         raise SetupError(f"--view must be one of {', '.join(VIEWS)}, got {opts.view}")
     view = "x0" if opts.view == "x0" else "xt"
-    video = experiment.video_settings
     if opts.preset not in PRESETS:
         raise SetupError(f"--preset must be one of {', '.join(PRESETS)}, got {opts.preset}")
     configured = experiment.decode_arguments
@@ -257,7 +264,7 @@ def resolve_settings(experiment: Experiment, opts: CliOptions) -> RunSettings:
         output = preview_output(experiment, output, opts.family,
                                 Filters.parse(opts.prompt_filter, opts.video_filter, opts.step_filter))
     if opts.output_dir:
-        output_dir = Path(opts.output_dir)
+        output_dir = absolute_path(opts.output_dir)
     else:
         output_dir = experiment.default_output_dir
         if output.decoder == "preview":
@@ -287,6 +294,8 @@ def resolve_views(experiment: Experiment, opts: CliOptions) -> list[RunSettings]
     if opts.view != "both":
         return [resolve_settings(experiment, opts)]
     xt = resolve_settings(experiment, replace(opts, view="xt"))
+    if not xt.output_dir.name:
+        raise SetupError(f"--view both: the output folder {xt.output_dir} has no name to put the x0 tree beside")
     x0 = resolve_settings(experiment, replace(opts, view="x0", output_dir=None))
     if opts.output_dir:
         x0 = replace(x0, output_dir=xt.output_dir.with_name(xt.output_dir.name + X0_SUFFIX))

@@ -22,6 +22,18 @@ def _open(experiment: Experiment, output_dir: Path) -> Journal:
     return Journal.open(layout, write=False, migration=Migration(experiment.latents_dir, geometry))
 
 
+def other_experiment(experiment: Experiment, output_dir: Path) -> str | None:
+    """The experiment the folder's last run decoded, when it is not this one: an output folder two
+    experiments share holds the items of whichever ran last, and ``status`` must not pass them off
+    as this experiment's. None when it is this one's (or no run recorded an experiment)."""
+    with _open(experiment, output_dir) as journal:
+        run = journal.last_run() or {}
+    recorded = run.get("experiment")
+    if not recorded or Path(recorded).resolve() == experiment.root.resolve():
+        return None
+    return str(recorded)
+
+
 def status_records(experiment: Experiment, output_dir: Path, prompt: str | None = None, video: str | None = None,
                    failed: bool = False) -> Iterator[str]:
     """One JSON line per step: its state and latest attempt (status, input, outputs, timings, error)."""

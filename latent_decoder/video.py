@@ -24,6 +24,23 @@ SCRATCH_LOCK = "owner.lock"  # inside a scratch folder; flock'd by the owning pr
 UNLOCKED_SCRATCH_MAX_AGE_S = 24 * 3600  # a scratch folder without a lock file (older layout) is stale after this
 
 
+class FrameSizeError(ValueError):
+    """``--scale`` leaves a side of the frames without a pixel: nothing can be encoded."""
+
+
+def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """The frame size ``--scale`` resizes ``height x width`` to, rounded down as torch's
+    ``interpolate(scale_factor=...)`` rounds. One pixel is enough for every encoder (yuv420p is padded
+    to even sizes by ``_even``); zero is refused here, naming the size, instead of failing later."""
+    if scale == 1.0:
+        return height, width
+    size = int(height * scale), int(width * scale)
+    if min(size) < 1:
+        raise FrameSizeError(f"--scale {scale:g} makes {width}x{height} frames {size[1]}x{size[0]}: "
+                             "use a larger --scale")
+    return size
+
+
 def _even(frames: np.ndarray) -> np.ndarray:
     """yuv420p needs even width and height: repeat the last row/column where needed."""
     pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import numpy as np
 
 from .errors import DecodeError
+from .video import scaled_size
 
 if TYPE_CHECKING:
     import torch
@@ -161,6 +162,7 @@ def video_to_uint8(video: "torch.Tensor", scale: float = 1.0) -> "torch.Tensor":
 
     video = video[0].permute(1, 0, 2, 3).float()
     if scale != 1.0:
+        scaled_size(video.shape[2], video.shape[3], scale)  # a side rounded to zero: one clear item error
         video = F.interpolate(video, scale_factor=scale, mode="bilinear", antialias=scale < 1.0, align_corners=False)
     return ((video + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import DecodeError, DeviceError, DeviceFailure, ItemError, describe_error, first_line
-from .latents import latent_stats, parse_latent, validate_latent
+from .latents import latent_stats, parse_stored_latent, validate_latent
 from .layout import OutputLayout
 from .lifecycle import ItemWork, WorkerIdentity, prepare, write_outputs
 from .families import DecodeContext, detect
@@ -203,12 +203,12 @@ class DecodeWorker:
         start = time.perf_counter()
         try:
             if work.latent is None:
-                work.latent = parse_latent(work.data, work.step.path, self.rule.layout)
+                work.latent, work.latent_dtype = parse_stored_latent(work.data, work.step.path, self.rule.layout)
             else:  # already parsed (the x0 view): validate it like a stored latent
                 work.latent = validate_latent(work.latent, work.step.path, self.rule.layout)
+                work.latent_dtype = str(work.latent.dtype)
             work.data = None
             work.latent_shape = list(work.latent.shape)
-            work.latent_dtype = str(work.latent.dtype)
             work.latent_stats = latent_stats(work.latent, self.rule.layout)
             work.frames = self._decode_with_fallback(work.latent, str(work.step.path))
             work.frames_shape = list(work.frames.shape)

@@ -356,6 +356,8 @@ def test_cogvideox_has_no_published_factors_until_calibrated(tmp_path: Path) -> 
     for p in range(2):  # CogVideoX stores frames first: [1, T, C, H, W]
         latent = clean_latent(4, 3, 4, 6, phase=p).transpose(0, 2, 1, 3, 4).astype(np.float16)
         save_npy_gz(exp / "latents" / f"prompt_{p:03d}" / "vid_001" / "step_000.npy.gz", latent)
+        (exp / "latents" / f"prompt_{p:03d}" / "vid_001" / "step_000_metadata.json").write_text(
+            json.dumps({"step": 0, "total_steps": 1}))  # the last step: what calibrate-preview fits on
 
     before = run_cli("decode", str(exp), "--decoder", "preview")
     assert before.returncode == 2
@@ -372,3 +374,157 @@ def test_cogvideox_has_no_published_factors_until_calibrated(tmp_path: Path) -> 
     assert mp4_frames(video) == (full.shape[0], (full.shape[2], full.shape[1]))
     model_info = json.loads((exp / "latents_previews" / "decode_summary.json").read_text())["model"]
     assert model_info["family"] == "cogvideox" and model_info["factors"] == "calibrated"
+
+
+def _stop_at(video_dir: Path, last: int) -> None:
+    """Leave the steps up to ``last`` (their metadata still says how many the generation had)."""
+    for path in video_dir.glob("step_*"):
+        if int(path.name[5:8]) > last:
+            path.unlink()
+
+
+def _calibrate(exp: Path, *args: str):
+    return CliRunner().invoke(cli, ["calibrate-preview", str(exp), "--device", "cpu", *args])
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The warning lines the command printed (in-process, logging goes to pytest's handler)."""
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    caplog.clear()
+    return lines
+
+
+def test_calibration_fits_only_final_steps_and_never_spoils_the_stored_map(make_experiment, isolated_caches: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """Reproduced: on an experiment stopped at step 5 of 20, calibrate-preview called steps 0-5 "final
+    steps", fitted their noisy decodes and overwrote the model's good map."""
+    good = make_experiment("good", prompts=2, steps=2, height=64, width=96)
+    assert _calibrate(good).exit_code == 0
+    [stored] = isolated_caches.glob("*.json")
+    before = stored.read_bytes()
+
+    stopped = make_experiment("stopped", prompts=2, steps=20)
+    for p in range(2):
+        _stop_at(stopped / "latents" / f"prompt_{p:03d}" / "vid_001", 5)
+    caplog.clear()
+    refused = _calibrate(stopped, "--force")
+    assert refused.exit_code == 2, refused.output
+    assert _warnings(caplog) == ["warning: skipping 2 video(s) whose final step is not stored: "
+                                 "prompt_000/vid_001 (last stored step 5 of 20), "
+                                 "prompt_001/vid_001 (last stored step 5 of 20)"]
+    [error] = refused.stderr.splitlines()
+    assert error.startswith("error: no video under") and "has its final step stored" in error, refused.stderr
+    assert stored.read_bytes() == before
+
+    # A stopped video, and a finished one whose final step cannot be read, are skipped, each with one
+    # line; the fit uses what is left.
+    mixed = make_experiment("mixed", prompts=3, steps=20)
+    _stop_at(mixed / "latents" / "prompt_001" / "vid_001", 5)
+    broken = mixed / "latents" / "prompt_002" / "vid_001" / "step_019.npy.gz"
+    broken.write_bytes(broken.read_bytes()[:40])
+    fitted = _calibrate(mixed, "--force")
+    assert fitted.exit_code == 0, fitted.output
+    warnings = _warnings(caplog)
+    assert len(warnings) == 2, warnings
+    assert "prompt_001/vid_001 (last stored step 5 of 20)" in warnings[0]
+    assert warnings[1].startswith(f"warning: skipping prompt_002/vid_001/step_019: {broken}")
+    assert json.loads(stored.read_text())["fit"]["steps"] == ["prompt_000/vid_001/step_019"]
+
+
+def test_a_stored_map_that_fits_better_is_kept_unless_forced(make_experiment, isolated_caches: Path) -> None:
+    """A fit to a few small videos (48 latent pixels for 17 numbers per colour) predicts the other
+    video worse than the map fitted before on many more pixels: the stored map stays (exit 1, one line
+    saying so), and ``--force`` replaces it."""
+    good = make_experiment("good", prompts=3, steps=2, height=64, width=96)
+    assert _calibrate(good).exit_code == 0
+    [stored] = isolated_caches.glob("*.json")
+    before = stored.read_bytes()
+
+    small = make_experiment("small", prompts=2, steps=2, frames=1)
+    kept = _calibrate(small)
+    assert kept.exit_code == 1, kept.output
+    assert kept.stderr.splitlines()[-1].startswith(f"kept the stored map {stored}: ")
+    assert kept.stderr.splitlines()[-1].endswith("--force replaces it")
+    assert "the stored map: R^2" in kept.stdout
+    assert stored.read_bytes() == before
+
+    forced = _calibrate(small, "--force")
+    assert forced.exit_code == 0, forced.output
+    assert json.loads(stored.read_text())["fit"]["samples"] == 2 * 4 * 6
+
+
+INTERRUPT_AT_TORCH_LOGGING = """
+import importlib.abc, importlib.util, os, signal, sys
+
+class CtrlCWhileTorchImports(importlib.abc.MetaPathFinder):
+    '''Ctrl-C at the moment torch would set up its loggers, at the end of its import.'''
+
+    def find_spec(self, name, path, target=None):
+        if name != "torch._logging":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            module._init_logs = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGINT)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, CtrlCWhileTorchImports())
+from latent_decoder.cli import main
+sys.argv = ["latent-decoder", *sys.argv[1:]]
+main()
+"""
+
+
+def test_ctrl_c_while_torch_imports_exits_130_with_one_line(make_experiment, isolated_caches: Path) -> None:
+    """Reproduced: Ctrl-C exited 1 with click's "Aborted!", and a Ctrl-C during torch's import also
+    printed torch's "FakeTensor cache stats" at exit. A real process and a real SIGINT, sent when
+    torch's loggers are not yet set up."""
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    exp = make_experiment(prompts=1, steps=1)
+    proc = subprocess.run([sys.executable, "-c", INTERRUPT_AT_TORCH_LOGGING, "calibrate-preview", str(exp),
+                           "--device", "cpu"], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.splitlines() == ["interrupted"], proc.stderr
+    assert not isolated_caches.exists() or not list(isolated_caches.iterdir())
+
+
+def test_sigterm_during_calibration_exits_143_with_one_line(make_experiment, isolated_caches: Path,
+                                                            tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO_ROOT
+
+    exp = make_experiment(prompts=3, steps=1, frames=17, height=128, width=192)
+    err = tmp_path / "calibrate.err"
+    with open(err, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "latent_decoder", "calibrate-preview", str(exp), "--device",
+                                 "cpu"], stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=REPO_ROOT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while "loaded" not in err.read_text() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    lines = err.read_text().splitlines()
+    assert proc.returncode == 128 + signal.SIGTERM, lines
+    assert lines[0].startswith("loaded ") and lines[-1] == "interrupted", lines
+    assert not any("FakeTensor" in line or "Aborted" in line or "Traceback" in line for line in lines), lines
+    assert not isolated_caches.exists() or not list(isolated_caches.iterdir())

@@ -21,6 +21,7 @@ from ..experiment import VideoSettings
 from ..latents import Layout
 from ..families import DecodeContext, Family, detect, supported_vae_classes
 from ..models import ResolvedModel, resolve_model, vae_skeleton
+from ..video import scaled_size
 from .factors import CALIBRATED, PUBLISHED, PreviewMap, load_calibration, model_key, published_map
 from .families import PREVIEW_FAMILIES, PreviewFamily, families_from_model_id, family_for_class
 
@@ -46,9 +47,7 @@ class Geometry:
         """(frames, height, width) of the full VAE's decode, resized by ``scale`` like the VAE path."""
         t, h, w = grid_shape[2:]
         height, width = h * self.spatial, w * self.spatial
-        if scale != 1.0:
-            height, width = int(height * scale), int(width * scale)
-        return self.decoded_frames(t), height, width
+        return (self.decoded_frames(t), *scaled_size(height, width, scale))
 
 
 def geometry_from_rule(rule: Family, vae: Any, video: VideoSettings, source: str) -> Geometry:

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import DecodeError, ItemError, describe_error
 from ..journal import StepRecord
-from ..latents import latent_stats, parse_latent, validate_latent
+from ..latents import latent_stats, parse_stored_latent, validate_latent
 from ..layout import OutputLayout
 from ..lifecycle import ItemWork, WorkerIdentity, prepare, write_outputs
 from ..settings import OutputSettings
@@ -67,12 +67,12 @@ class PreviewWorker:
         try:
             layout = self.geometry.layout
             if work.latent is None:
-                work.latent = parse_latent(work.data, work.step.path, layout)
+                work.latent, work.latent_dtype = parse_stored_latent(work.data, work.step.path, layout)
             else:  # already parsed (the x0 view): validate it like a stored latent
                 work.latent = validate_latent(work.latent, work.step.path, layout)
+                work.latent_dtype = str(work.latent.dtype)
             work.data = None
             work.latent_shape = list(work.latent.shape)
-            work.latent_dtype = str(work.latent.dtype)
             work.latent_stats = latent_stats(work.latent, layout)
             work.frames, size = self.project(work.latent, str(work.step.path))
             work.frames_shape = [*size, 3]
