@@ -69,9 +69,9 @@ def slow_worker_cls(seconds: float):
     from latent_decoder.worker import DecodeWorker
 
     class SlowWorker(DecodeWorker):
-        def decode(self, latent, source="<array>"):
+        def decode(self, latent, source="<array>", condition=None):
             time.sleep(seconds)
-            return super().decode(latent, source)
+            return super().decode(latent, source, condition)
 
     return SlowWorker
 

@@ -46,10 +46,10 @@ def ray_settings(exp: Path, **opts) -> RunSettings:
 def poison_worker_cls(poison: str) -> type[DecodeWorker]:
     """A worker whose process dies (no exception, no cleanup) whenever it decodes ``poison``."""
     class PoisonWorker(DecodeWorker):
-        def decode(self, latent, source="<array>"):
+        def decode(self, latent, source="<array>", condition=None):
             if source.endswith(poison):
                 os._exit(3)
-            return super().decode(latent, source)
+            return super().decode(latent, source, condition)
 
     return PoisonWorker
 
