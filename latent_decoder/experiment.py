@@ -7,6 +7,7 @@ An experiment looks like ``EXP/configs/generation_config.yaml`` plus
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -18,6 +19,8 @@ from typing import Any
 import yaml
 
 from .errors import ExperimentError, first_line
+
+log = logging.getLogger(__name__)
 
 CONFIG_RELPATH = Path("configs") / "generation_config.yaml"
 LATENTS_DIRNAME = "latents"
@@ -52,8 +55,9 @@ class LatentStep:
     """One stored latent: the (prompt, video, step) a work item decodes.
 
     ``size``/``mtime_ns`` are the file's stat when it was discovered (-1: not taken): the fast half
-    of the input identity that resume compares (see ``identity.py``). ``file`` is the absolute path
-    as a string: planning 100,000 items must not build 100,000 ``Path`` objects.
+    of the input identity that resume compares (see ``identity.py``). An item that reads more files
+    than its latent (``inputs``) has them cover all of those. ``file`` is the absolute path as a
+    string: planning 100,000 items must not build 100,000 ``Path`` objects.
     """
 
     prompt: str
@@ -64,6 +68,12 @@ class LatentStep:
     size: int = -1
     mtime_ns: int = -1
     x0: X0Inputs | None = None  # set for the x0 view; size/mtime_ns then cover both files
+    condition: str | None = None  # the video's condition file (a family's ``condition_file``), read with the latent
+
+    @property
+    def inputs(self) -> list[str]:
+        """Every file the item reads, in this order: the latent, the x0 view's previous step, the condition."""
+        return [self.file, *([self.x0.previous] if self.x0 else []), *([self.condition] if self.condition else [])]
 
     @cached_property
     def path(self) -> Path:
@@ -96,6 +106,33 @@ class LatentStep:
         except (OSError, ValueError) as exc:
             return {"_error": f"unreadable metadata {path}: {exc}"}
         return data if isinstance(data, dict) else {"value": data}
+
+
+def metadata_timestep(meta: dict[str, Any]) -> float | None:
+    """A step metadata's ``timestep``: a finite number, or one in a one-element list (what
+    ``tensor.tolist()`` stores, nested or not). None when the metadata has none; ``ValueError`` for
+    anything else (``null``, a string, several values), which callers report as "no timestep"."""
+    if "timestep" not in meta:
+        return None
+    value = meta["timestep"]
+    while isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"timestep {json.dumps(meta['timestep'])} is not a number")
+    return float(value)
+
+
+_told_timesteps: set[str] = set()  # metadata already reported: a watch plans every round, inspect twice
+
+
+def tell_bad_timesteps(bad: dict[str, str]) -> None:
+    """One warning line for the steps whose metadata ``timestep`` is unusable (metadata file -> why),
+    each told once per process."""
+    new = {f"{path}: {why}" for path, why in bad.items()} - _told_timesteps
+    if new:
+        _told_timesteps.update(new)
+        log.warning("%d step(s) have a metadata timestep that is not a number or a one-element list; taken as "
+                    "no timestep (e.g. %s)", len(new), min(new))
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ come from the ``.npy`` headers only, so inspecting a large experiment takes seco
 """
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,8 +13,7 @@ from pathlib import Path
 from .errors import ItemError, LatentDecoderError
 from .experiment import Experiment
 from .latents import read_latent_header
-from .families import DecodeContext, Detection, Family, detect
-from .families.wan import CONDITION_FILE, WAN22_I2V, condition_path
+from .families import DecodeContext, Detection, Family, detect, find_condition
 from .models import ResolvedModel, resolve_model, vae_skeleton
 from .settings import OutputSettings
 
@@ -46,7 +46,7 @@ class Inspection:
     model: ResolvedModel | None = None
     rule: Family | None = None
     detection: Detection | None = None
-    conditions: tuple[int, int] | None = None  # Wan2.2 I2V: videos with a stored condition latent, videos
+    conditions: tuple[int, int] | None = None  # a rule with a condition file: videos that store it, videos
     vae_class: str | None = None
     expected_layout: str | None = None
     parameters: int | None = None
@@ -74,9 +74,10 @@ def inspect_experiment(experiment: Experiment, output: OutputSettings, max_files
         info.problem = str(exc)
     steps = experiment.discover()
     info.files = len(steps)
-    if info.rule is not None and info.rule.name == WAN22_I2V.name:
-        folders = {step.path.parent for step in steps}
-        info.conditions = (sum(condition_path(folder) is not None for folder in folders), len(folders))
+    if info.rule is not None and info.rule.condition_file is not None:
+        folders = {os.path.dirname(step.file) for step in steps}
+        stored = [find_condition(folder) for folder in folders]
+        info.conditions = (sum(1 for found in stored if found and info.rule.reads_condition(found[0])), len(folders))
     stride = max(1, -(-len(steps) // max(1, max_files)))
     counts: Counter[tuple[int, ...]] = Counter()
     dtypes: dict[tuple[int, ...], set[str]] = {}
@@ -154,7 +155,8 @@ def render(info: Inspection) -> list[str]:
             lines.append(f"            note: {info.rule.note}")
         if info.conditions is not None:
             found, videos = info.conditions
-            lines.append(f"condition   {found} of {videos} video(s) store {CONDITION_FILE}.npy[.gz]/.pt[.gz]"
+            name = info.rule.condition_file
+            lines.append(f"condition   {found} of {videos} video(s) store {name}.npy[.gz]/.pt[.gz]"
                          + ("" if found == videos else "; the others decode without the image condition"))
         if info.rule.reads:
             given = {name: getattr(o, name) for name in info.rule.reads}

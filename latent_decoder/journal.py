@@ -4,7 +4,8 @@
 holding the folder's lock); WAL does not. Tables:
 
 * ``attempts``: append-only, one row per decode attempt: status, the input it was made from
-  (``identity.InputId``), the settings, the outputs written (path and size), timings, error;
+  (``identity.InputId``: files and params), the settings, the outputs written (path and size),
+  timings, error;
 * ``items``: the experiment's items as last scanned: their state (see ``plan.ItemState``), their
   latest attempt and their latest good attempt (whose outputs stay on disk until a new success
   replaces them, even when a later attempt failed);
@@ -12,7 +13,9 @@ holding the folder's lock); WAL does not. Tables:
 
 Every commit is one transaction: a ``kill -9`` in the middle of one leaves a hot journal that
 SQLite rolls back on the next open, so a torn entry never counts. Folders written by the older
-one-JSON-file-per-step ``.records/`` layout are migrated on first open.
+one-JSON-file-per-step ``.records/`` layout are migrated on first open. Columns added later
+(``ADDED_COLUMNS``) are added by the first writable open; until then readers see them as NULL, and
+older versions of the tool ignore them (so the schema version stays).
 """
 from __future__ import annotations
 
@@ -41,11 +44,13 @@ CREATE TABLE IF NOT EXISTS attempts(
     id INTEGER PRIMARY KEY, item TEXT NOT NULL, run INTEGER, status TEXT NOT NULL,
     latent TEXT, size INTEGER, mtime_ns INTEGER, digest TEXT, settings INTEGER,
     outputs TEXT, error TEXT, error_type TEXT, load_s REAL, decode_s REAL, encode_s REAL,
-    detail TEXT, finished_at TEXT);
+    detail TEXT, finished_at TEXT, params TEXT);
 CREATE TABLE IF NOT EXISTS items(
     item TEXT PRIMARY KEY, prompt TEXT NOT NULL, video TEXT NOT NULL, step TEXT NOT NULL,
     step_index INTEGER NOT NULL, state TEXT, last INTEGER, good INTEGER);
 """
+# (table, column, type) added after schema 1 first shipped; NULL in the rows written before.
+ADDED_COLUMNS = (("attempts", "params", "TEXT"),)  # identity.InputId.params: NULL is "unknown" there
 _DETAIL_FIELDS = ("latent_shape", "latent_dtype", "latent_stats", "frames_shape", "device", "host", "worker", "pid")
 
 
@@ -144,6 +149,7 @@ class Journal:
         self.writable = writable
         self._lock = threading.RLock()
         self._settings_ids: dict[str, int] = {}
+        self._params = "a.params"  # or NULL, reading a journal written before that column
 
     # ------------------------------------------------------------------ opening
 
@@ -200,6 +206,27 @@ class Journal:
         if int(row[0]) > SCHEMA_VERSION:
             raise SetupError(f"{self.path}: journal schema {row[0]} is newer than this "
                              f"latent-decoder understands ({SCHEMA_VERSION}); upgrade latent-decoder")
+        if create:
+            self._add_columns()
+        if "params" not in self._columns("attempts"):
+            self._params = "NULL"
+
+    def _columns(self, table: str) -> set[str]:
+        return {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
+
+    def _add_columns(self) -> None:
+        """Bring a journal written by an earlier version up to today's columns (one transaction)."""
+        if all(column in self._columns(table) for table, column, _ in ADDED_COLUMNS):
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            for table, column, kind in ADDED_COLUMNS:
+                if column not in self._columns(table):
+                    self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:
@@ -256,10 +283,11 @@ class Journal:
             inp = r.input
             detail = {k: getattr(r, k) for k in _DETAIL_FIELDS if getattr(r, k) is not None}
             attempt = self.conn.execute(
-                "INSERT INTO attempts(item, run, status, latent, size, mtime_ns, digest, settings, outputs, error,"
-                " error_type, load_s, decode_s, encode_s, detail, finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO attempts(item, run, status, latent, size, mtime_ns, digest, params, settings, outputs,"
+                " error, error_type, load_s, decode_s, encode_s, detail, finished_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (r.item, run, r.status, inp.path if inp else r.latent_path, inp.size if inp else None,
-                 inp.mtime_ns if inp else None, inp.digest if inp else None,
+                 inp.mtime_ns if inp else None, inp.digest if inp else None, inp.params if inp else None,
                  self._settings_id(fingerprint_text(r.settings)), _outputs_text(r.outputs, r.output_sizes), r.error, r.error_type,
                  r.load_seconds, r.decode_seconds, r.encode_seconds, json.dumps(detail), r.finished_at or _now()),
             ).lastrowid
@@ -298,8 +326,8 @@ class Journal:
             [(s.key, s.prompt, s.video, s.step, s.step_index, states[s.key]) for s in add])
         self.conn.executemany("DELETE FROM items WHERE item=?", [(k,) for k in gone])
         self.conn.executemany(
-            "UPDATE attempts SET latent=?, size=?, mtime_ns=? WHERE id=(SELECT last FROM items WHERE item=?)",
-            [(i.path, i.size, i.mtime_ns, key) for key, i in refreshed.items()])
+            "UPDATE attempts SET latent=?, size=?, mtime_ns=?, params=? WHERE id=(SELECT last FROM items WHERE item=?)",
+            [(i.path, i.size, i.mtime_ns, i.params, key) for key, i in refreshed.items()])
 
     # ------------------------------------------------------------------ reading
 
@@ -308,11 +336,11 @@ class Journal:
         with self._lock:
             rows = self.conn.execute(
                 "SELECT i.item, i.prompt, i.video, i.step, i.state, a.status, a.latent, a.size, a.mtime_ns, a.digest,"
-                " s.fingerprint, a.outputs FROM items i LEFT JOIN attempts a ON a.id = i.last"
+                f" {self._params}, s.fingerprint, a.outputs FROM items i LEFT JOIN attempts a ON a.id = i.last"
                 " LEFT JOIN settings s ON s.id = a.settings").fetchall()
         found = {}
-        for key, prompt, video, step, state, status, latent, size, mtime, dig, fp, outputs in rows:
-            inp = InputId(latent, size, mtime, dig) if status is not None and size is not None else None
+        for key, prompt, video, step, state, status, latent, size, mtime, dig, params, fp, outputs in rows:
+            inp = InputId(latent, size, mtime, dig, params) if status is not None and size is not None else None
             found[key] = ItemEntry(key, prompt, video, step, state, status, inp, fp, _outputs_parse(outputs))
         return found
 
@@ -334,9 +362,9 @@ class Journal:
                 where.append(f"{column}=?")
                 args.append(value)
         sql = ("SELECT i.item, i.prompt, i.video, i.step, i.step_index, i.state, a.status, a.latent, a.size,"
-               " a.mtime_ns, a.digest, s.fingerprint, a.outputs, a.error, a.error_type, a.load_s, a.decode_s,"
-               " a.encode_s, a.detail, a.finished_at, a.id FROM items i LEFT JOIN attempts a ON a.id = i.last"
-               " LEFT JOIN settings s ON s.id = a.settings")
+               f" a.mtime_ns, a.digest, {self._params}, s.fingerprint, a.outputs, a.error, a.error_type, a.load_s,"
+               " a.decode_s, a.encode_s, a.detail, a.finished_at, a.id"
+               " FROM items i LEFT JOIN attempts a ON a.id = i.last LEFT JOIN settings s ON s.id = a.settings")
         sql += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY i.prompt, i.video, i.step_index"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
@@ -386,12 +414,12 @@ def _legacy_record(data: dict[str, Any], migration: Migration) -> StepRecord:
 
 
 def _record(row: tuple[Any, ...]) -> StepRecord:
-    (item, prompt, video, step, index, state, status, latent, size, mtime, dig, fp, outputs, error, error_type,
+    (item, prompt, video, step, index, state, status, latent, size, mtime, dig, params, fp, outputs, error, error_type,
      load_s, decode_s, encode_s, detail, finished, attempt) = row
     outs = _outputs_parse(outputs)
     return StepRecord(
         item=item, prompt=prompt, video=video, step=step, step_index=index, status=status, latent_path=latent,
-        settings=json.loads(fp) if fp else {}, input=InputId(latent, size, mtime, dig) if status else None,
+        settings=json.loads(fp) if fp else {}, input=InputId(latent, size, mtime, dig, params) if status else None,
         outputs={kind: rel for kind, rel, _ in outs}, output_sizes={kind: size for kind, _, size in outs},
         error=error, error_type=error_type, load_seconds=load_s or 0.0, decode_seconds=decode_s or 0.0,
         encode_seconds=encode_s or 0.0, finished_at=finished, state=state, attempt=attempt,

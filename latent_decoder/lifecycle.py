@@ -1,7 +1,8 @@
 """The item lifecycle, written once: prepare -> compute -> commit.
 
-* prepare (where the latent is readable): read the file's bytes and identify exactly those bytes
-  (``identity.read_identified``);
+* prepare (where the latent is readable): read the bytes of every file the item reads (the latent,
+  the x0 view's previous step, the video's condition file) and identify exactly those bytes
+  (``identity.read_identified``); they travel with the item, so a worker never reads the experiment;
 * compute (where the VAE is): ``DecodeWorker.compute``, i.e. parse and validate, decode on the
   device, refuse non-finite frames, encode on CPU;
 * commit (where the output folder is): ``write_outputs`` puts a success's files at their final
@@ -53,6 +54,7 @@ class ItemWork:
 
     step: LatentStep
     data: bytes | None = None  # the latent file's bytes, until parsed
+    condition: bytes | None = None  # the video's condition file's bytes (``LatentStep.condition``), until parsed
     input: InputId | None = None
     latent: np.ndarray | None = None
     frames: np.ndarray | None = None
@@ -71,12 +73,15 @@ class ItemWork:
 
 
 def prepare(step: LatentStep) -> ItemWork:
-    """Read and identify the latent file (no VAE needed); for the x0 view, also the previous step's,
-    and recover the x0 latent here (plain arithmetic on the stored arrays)."""
+    """Read and identify the item's files (no VAE needed): the latent; for the x0 view also the
+    previous step's, recovering the x0 latent here (plain arithmetic on the stored arrays); the
+    video's condition file, if it has one."""
     work = ItemWork(step)
     start = time.perf_counter()
     try:
         data, work.input = read_identified(step)
+        if step.condition is not None:
+            work.condition = data.pop()
         if step.x0 is None:
             work.data = data[0]
         else:

@@ -1,9 +1,10 @@
 """Planning: which items a run decodes, by the one rule of when an item is done.
 
-An item is done when the journal's latest attempt at it succeeded, was made from this very latent
-file (``identity``: path, size and mtime, else the bytes' digest), with these settings (model,
-dtype, format, encoder, scale, video geometry), and its outputs are on disk with the recorded
-sizes. Everything else is decoded; ``ItemState`` says why.
+An item is done when the journal's latest attempt at it succeeded, was made from these very input
+files (``identity``: path, size and mtime, else the bytes' digest; the latent, the x0 view's
+previous step and sigmas, the video's condition file), with these settings (model, dtype, format,
+encoder, scale, video geometry), and its outputs are on disk with the recorded sizes. Everything
+else is decoded; ``ItemState`` says why.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from enum import Enum
 from pathlib import Path
 
 from .experiment import LatentStep
-from .identity import InputId, same_content, same_stat
+from .families import find_condition
+from .identity import InputId, add_input, input_params, same_content, same_stat
 from .journal import ItemEntry, Journal, fingerprint_text
 from .settings import RunSettings
 from .x0 import attach_x0, model_scheduler
@@ -87,10 +89,10 @@ def item_state(entry: ItemEntry | None, step: LatentStep, fingerprint: str, outp
         return ItemState.FAILED, None
     refreshed = None
     stored = entry.input
-    if stored is None or not same_stat(stored, step.file, step.size, step.mtime_ns):
+    if stored is None or not same_stat(stored, step):
         if stored is None or not same_content(stored, step):
             return ItemState.CHANGED, None
-        refreshed = InputId(step.file, step.size, step.mtime_ns, stored.digest)
+        refreshed = InputId(step.file, step.size, step.mtime_ns, stored.digest, input_params(step))
     if entry.settings != fingerprint:
         return ItemState.STALE, refreshed
     if not outputs.intact(entry.outputs):
@@ -124,6 +126,25 @@ class Plan:
         return sum(1 for s in self.states.values() if s is state)
 
 
+def attach_conditions(steps: list[LatentStep]) -> list[LatentStep]:
+    """Each step with its video's condition file, where the video folder stores one (one look per video).
+
+    Attached whatever the family: the planner may not know it (a dry run whose model is not at
+    hand), and the identity must be right either way. The worker's rule decides whether to use it
+    (``Family.reads_condition``); a file no rule of this run reads costs a read per item and, when
+    it changes, a decode that gives the same video."""
+    found: dict[str, tuple[str, os.stat_result] | None] = {}
+    attached = []
+    for step in steps:
+        folder = os.path.dirname(step.file)
+        if folder not in found:
+            found[folder] = find_condition(folder)
+        condition = found[folder]
+        attached.append(step if condition is None else
+                        add_input(step, condition[1].st_size, condition[1].st_mtime_ns, condition=condition[0]))
+    return attached
+
+
 def make_plan(settings: RunSettings, journal: Journal) -> Plan:
     """States of the steps passing the filters. The whole experiment is scanned and judged by the same
     rule (names and stat, plus one listing per output folder; a file is read only when its stat
@@ -139,6 +160,7 @@ def make_plan(settings: RunSettings, journal: Journal) -> Plan:
         x0 = attach_x0(found.steps, scheduler)
         present, unavailable = x0.steps, x0.unavailable
         x0_label = f"{scheduler.label()}; sigma from {', '.join(sorted(x0.sigma_sources)) or '-'}"
+    present = attach_conditions(present)  # after attach_x0, which adds the previous step's latent stat alone
     entries = journal.entries()
     fingerprint = fingerprint_text(settings.output.fingerprint())
     covers = settings.filters.covers

@@ -21,12 +21,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import DecodeError, DeviceError, DeviceFailure, ItemError, describe_error, first_line
-from .latents import latent_stats, parse_stored_latent, validate_latent
+from .latents import latent_stats, parse_latent, parse_stored_latent, validate_latent
 from .layout import OutputLayout
 from .lifecycle import ItemWork, WorkerIdentity, prepare, write_outputs
 from .families import DecodeContext, detect
 from .families.base import plain_decode
-from .families.wan import load_condition
 from .models import ResolvedModel, load_vae, resolve_model
 from .journal import StepRecord
 from .settings import OutputSettings
@@ -138,24 +137,34 @@ class DecodeWorker:
         log.info("loaded %s (%s rule: %s; %s) from %s on %s", self.model.class_name, self.rule.name,
                  self.detection.reason, self.output.dtype, self.model.folder, self.device_name)
 
-    def context(self, source: str) -> DecodeContext:
-        """What the family rule reads besides the latent; Wan2.2 I2V also the video's condition latent."""
-        stored = Path(source)
-        condition = load_condition(stored.parent) if self.rule.name == "wan2.2-i2v" and stored.is_file() else None
+    def context(self, condition: "torch.Tensor | None" = None) -> DecodeContext:
+        """What the family rule reads besides the latent (``condition``: the video's condition latent)."""
         return DecodeContext(self.vae, self.output.video, self.model.pipeline, self.output.decode_options,
                              condition)
 
+    def parse_condition(self, work: ItemWork) -> "torch.Tensor | None":
+        """The item's condition file, as ``prepare`` read it, parsed when this rule reads it (never read here:
+        with ``--io driver`` this process may not see the experiment)."""
+        path = work.step.condition
+        if work.condition is None or path is None or not self.rule.reads_condition(path):
+            return None
+        import torch
+
+        return torch.from_numpy(parse_latent(work.condition, path, self.rule.layout).astype(np.float32))
+
     # ------------------------------------------------------------------ in-memory decode
 
-    def decode(self, latent: np.ndarray, source: str = "<array>") -> np.ndarray:
+    def decode(self, latent: np.ndarray, source: str = "<array>", condition: "torch.Tensor | None" = None
+               ) -> np.ndarray:
         """Decode one model-space latent, in its family's layout with or without the batch axis (Wan:
-        ``[1,C,T,H,W]``, CogVideoX: ``[1,T,C,H,W]``, LTX-Video: ``[1,S,C]``), to ``[F,H,W,3]`` uint8.
+        ``[1,C,T,H,W]``, CogVideoX: ``[1,T,C,H,W]``, LTX-Video: ``[1,S,C]``), to ``[F,H,W,3]`` uint8;
+        ``condition``: the video's condition latent, for a rule that reads one.
 
         Non-finite output (fp16 overflow) is an error, never a black or white video."""
         import torch
 
         latent = validate_latent(np.asarray(latent), source, self.rule.layout)
-        ctx = self.context(source)
+        ctx = self.context(condition)
         self.rule.check_shape(latent.shape, ctx, source)
         with torch.inference_mode():
             z = torch.from_numpy(np.ascontiguousarray(latent)).to(self.device, torch.float32)
@@ -171,10 +180,10 @@ class DecodeWorker:
                 raise DecodeError(f"{source}: the VAE's output holds NaN/Inf values in {self.output.dtype} "
                                   f"(overflow?); decode with --dtype {others}") from None
 
-    def _decode_with_fallback(self, latent: np.ndarray, source: str) -> np.ndarray:
+    def _decode_with_fallback(self, latent: np.ndarray, source: str, condition: "torch.Tensor | None") -> np.ndarray:
         """``decode``; on out-of-memory once more with the VAE's tiling (slower, far less memory)."""
         try:
-            return self.decode(latent, source)
+            return self.decode(latent, source, condition)
         except Exception as exc:
             if not is_out_of_memory(exc) or not hasattr(self.vae, "enable_tiling"):
                 raise
@@ -183,7 +192,7 @@ class DecodeWorker:
         log.warning("%s: out of memory (%s); trying again with tiling", source, first)
         self.vae.enable_tiling()
         try:
-            return self.decode(latent, source)
+            return self.decode(latent, source, condition)
         finally:
             self.vae.disable_tiling()
 
@@ -210,7 +219,8 @@ class DecodeWorker:
             work.data = None
             work.latent_shape = list(work.latent.shape)
             work.latent_stats = latent_stats(work.latent, self.rule.layout)
-            work.frames = self._decode_with_fallback(work.latent, str(work.step.path))
+            condition = self.parse_condition(work)
+            work.frames = self._decode_with_fallback(work.latent, str(work.step.path), condition)
             work.frames_shape = list(work.frames.shape)
         except ItemError as exc:
             work.error = exc
@@ -235,6 +245,7 @@ class DecodeWorker:
         work.decode_seconds = time.perf_counter() - start
         work.latent = None
         work.data = None
+        work.condition = None
         return work
 
     def encode_stage(self, work: ItemWork) -> ItemWork:

@@ -14,18 +14,21 @@ or their ``.pt`` forms).
 
 sigma comes from the step metadata's ``timestep``; when that is missing, from the model's
 ``scheduler/scheduler_config.json`` and the step count, computed by diffusers' own scheduler class.
+The sigmas are part of each item's input identity (``identity.input_params``): a changed timestep
+or scheduler config decodes again exactly the steps whose sigma_i or sigma_{i+1} changed.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import ExperimentError, LatentFileError
-from .experiment import LatentStep, X0Inputs
+from .experiment import LatentStep, X0Inputs, metadata_timestep, tell_bad_timesteps
+from .identity import add_input
 
 NOISE_NAMES = tuple(f"{stem}{ext}" for stem in ("noise", "step_init") for ext in (".npy.gz", ".npy", ".pt.gz", ".pt"))
 EXACT_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler",)
@@ -124,7 +127,9 @@ class X0Plan:
 
 
 def attach_x0(steps: list[LatentStep], scheduler: Scheduler) -> X0Plan:
-    """Give every step of every video its x0 inputs; steps without them go to ``unavailable``."""
+    """Give every step of every video its x0 inputs; steps without them go to ``unavailable``. A
+    metadata timestep that is not a number is taken as none (sigma from the scheduler), with one
+    warning for all such steps."""
     if scheduler.flow_matching is False:
         raise ExperimentError(f"--view x0 needs latents of a flow-matching scheduler; the model's scheduler is "
                               f"{scheduler.class_name} ({scheduler.source})")
@@ -132,29 +137,39 @@ def attach_x0(steps: list[LatentStep], scheduler: Scheduler) -> X0Plan:
     by_video: dict[str, list[LatentStep]] = {}
     for step in steps:
         by_video.setdefault(step.video_key, []).append(step)
+    bad: dict[str, str] = {}
     for video_steps in by_video.values():
-        _attach_video(sorted(video_steps, key=lambda s: s.step_index), scheduler, plan)
+        _attach_video(sorted(video_steps, key=lambda s: s.step_index), scheduler, plan, bad)
+    tell_bad_timesteps(bad)
     return plan
 
 
-def _attach_video(steps: list[LatentStep], scheduler: Scheduler, plan: X0Plan) -> None:
+def _timestep(step: LatentStep, meta: dict[str, Any], bad: dict[str, str]) -> float | None:
+    try:
+        return metadata_timestep(meta)
+    except ValueError as exc:
+        bad[str(step.metadata_path)] = str(exc)
+        return None
+
+
+def _attach_video(steps: list[LatentStep], scheduler: Scheduler, plan: X0Plan, bad: dict[str, str]) -> None:
     metas = [_metadata(s) for s in steps]
     totals = [m.get("total_steps") for m in metas if isinstance(m.get("total_steps"), int)]
     total = totals[0] if totals else None
-    by_index = {s.step_index: (s, m) for s, m in zip(steps, metas)}
+    by_index = {s.step_index: (s, _timestep(s, m, bad)) for s, m in zip(steps, metas)}
     video_dir = steps[0].path.parent
     noise = next((video_dir / n for n in NOISE_NAMES if (video_dir / n).is_file()), None)
-    for step, meta in zip(steps, metas):
+    for step in steps:
         i = step.step_index
         try:
-            sigma, source = _sigma(i, meta, total, scheduler, step)
+            sigma, source = _sigma(i, by_index[i][1], total, scheduler, step)
             nxt = by_index.get(i + 1)
             if total is not None and i == total - 1:
                 sigma_next = 0.0
-            elif nxt is not None and "timestep" in nxt[1]:
-                sigma_next = float(nxt[1]["timestep"]) / 1000.0
+            elif nxt is not None and nxt[1] is not None:
+                sigma_next = nxt[1] / 1000.0
             else:
-                sigma_next, _ = _sigma(i + 1, {}, total, scheduler, step)
+                sigma_next, _ = _sigma(i + 1, None, total, scheduler, step)
         except ExperimentError as exc:
             plan.unavailable[step.key] = str(exc)
             continue
@@ -166,25 +181,23 @@ def _attach_video(steps: list[LatentStep], scheduler: Scheduler, plan: X0Plan) -
                     if i == 0 else f"x0 not available: the previous step {i - 1} is not stored")
                 continue
             prev_file, prev_stat = str(previous), previous.stat()
+            prev_size, prev_mtime = prev_stat.st_size, prev_stat.st_mtime_ns
         else:
             prev_step = by_index[i - 1][0]
-            prev_file, prev_stat = prev_step.file, None
+            prev_file, prev_size, prev_mtime = prev_step.file, prev_step.size, prev_step.mtime_ns
         if sigma_next >= sigma:
             plan.unavailable[step.key] = (f"x0 not available: sigma does not decrease at step {i} "
                                           f"({sigma:g} -> {sigma_next:g}); not a flow-matching schedule?")
             continue
-        prev_size = prev_stat.st_size if prev_stat else by_index[i - 1][0].size
-        prev_mtime = prev_stat.st_mtime_ns if prev_stat else by_index[i - 1][0].mtime_ns
         plan.sigma_sources.add(source)
-        plan.steps.append(replace(step, size=step.size + prev_size, mtime_ns=max(step.mtime_ns, prev_mtime),
-                                  x0=X0Inputs(prev_file, sigma, sigma_next)))
+        plan.steps.append(add_input(step, prev_size, prev_mtime, x0=X0Inputs(prev_file, sigma, sigma_next)))
 
 
-def _sigma(index: int, meta: dict[str, Any], total: int | None, scheduler: Scheduler,
+def _sigma(index: int, timestep: float | None, total: int | None, scheduler: Scheduler,
            step: LatentStep) -> tuple[float, str]:
     """sigma_index: the metadata's timestep / 1000, else the scheduler's sigmas for ``total`` steps."""
-    if "timestep" in meta:
-        return float(meta["timestep"]) / 1000.0, "step metadata (timestep / 1000)"
+    if timestep is not None:
+        return timestep / 1000.0, "step metadata (timestep / 1000)"
     sigmas = scheduler.sigmas(total) if total else None
     if sigmas is not None and index < len(sigmas):
         return sigmas[index], f"{scheduler.source} ({scheduler.class_name}, {total} steps)"

@@ -55,6 +55,27 @@ def save_to_hf_cache(model_dir: Path, hf_home: Path, repo_id: str = WAN_REPO_ID,
     return snapshot
 
 
+@pytest.fixture
+def mount_tmpfs(tmp_path):
+    """``mount(size_kb, where=None) -> Path``: a real tmpfs of that size, on a new folder or on ``where``
+    (needs root with CAP_SYS_ADMIN)."""
+    mounted: list[Path] = []
+
+    def mount(size_kb: int, where: Path | None = None) -> Path:
+        where = where or tmp_path / f"mnt{len(mounted)}"
+        where.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(where)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN): {proc.stderr.strip()}")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
     """Run ``python -m latent_decoder ARGS`` as a user would; returns the finished process."""
     full_env = {**os.environ, **(env or {})}
@@ -69,9 +90,9 @@ def slow_worker_cls(seconds: float):
     from latent_decoder.worker import DecodeWorker
 
     class SlowWorker(DecodeWorker):
-        def decode(self, latent, source="<array>"):
+        def decode(self, latent, source="<array>", condition=None):
             time.sleep(seconds)
-            return super().decode(latent, source)
+            return super().decode(latent, source, condition)
 
     return SlowWorker
 

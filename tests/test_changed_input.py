@@ -176,13 +176,13 @@ def test_out_of_memory_is_retried_once_with_tiling(make_experiment, monkeypatch)
     tiled: list[bool] = []
     real = DecodeWorker.decode
 
-    def decode(self, latent, source="<array>"):
+    def decode(self, latent, source="<array>", condition=None):
         tiled.append(bool(getattr(self.vae, "use_tiling", False)))
         if "step_001" in source and not self.vae.use_tiling:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         if "step_002" in source:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 40.00 GiB")
-        return real(self, latent, source)
+        return real(self, latent, source, condition)
 
     monkeypatch.setattr(DecodeWorker, "decode", decode)
     exp = make_experiment(prompts=1, steps=3)
@@ -223,10 +223,10 @@ def test_sticky_device_error_stops_the_run_keeping_finished_items(make_experimen
 
     real = DecodeWorker.decode
 
-    def decode(self, latent, source="<array>"):
+    def decode(self, latent, source="<array>", condition=None):
         if "step_002" in source:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return real(self, latent, source)
+        return real(self, latent, source, condition)
 
     monkeypatch.setattr(DecodeWorker, "decode", decode)
     exp = make_experiment(prompts=1, steps=4)

@@ -13,6 +13,11 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +31,7 @@ from latent_decoder.experiment import VideoSettings
 from latent_decoder.families import PipelineFacts, detect
 from latent_decoder.families import wan
 
+from conftest import REPO_ROOT, journal_records
 from family_harness import (FPS, LOW_PRECISION_DB, PARITY_DB, capture, png_frames, postprocess, psnr, random_stats,
                             save_model, torch_dtype)
 
@@ -115,18 +121,25 @@ def _save_condition(path: Path, condition: np.ndarray) -> None:
     path.write_bytes(buf.getvalue())
 
 
+def _write_experiment(exp: Path, model_dir: Path, steps: list[np.ndarray], condition: np.ndarray | None = None,
+                      suffix: str = ".npy.gz", videos: tuple[str, ...] = ("vid_001",)) -> None:
+    """Store the steps (and the condition, if given) of each video as an experiment."""
+    write_config(exp, str(model_dir), VIDEO.width, VIDEO.height, VIDEO.frames, FPS)
+    for video in videos:
+        video_dir = exp / "latents" / "prompt_000" / video
+        for i, latent in enumerate(steps):
+            save_npy_gz(video_dir / f"step_{i:03d}.npy.gz", latent)
+        if condition is not None:
+            _save_condition(video_dir / f"{wan.CONDITION_FILE}{suffix}", condition)
+
+
 def _decode(tmp_path: Path, model_dir: Path, steps: list[np.ndarray], condition: np.ndarray | None = None,
             suffix: str = ".npy.gz", *args: str) -> tuple[list[np.ndarray], dict[str, Any]]:
     """Store the steps (and the condition, if given) as an experiment, decode it with the CLI to PNG."""
     import json
 
     exp = tmp_path / "exp"
-    write_config(exp, str(model_dir), VIDEO.width, VIDEO.height, VIDEO.frames, FPS)
-    video_dir = exp / "latents" / "prompt_000" / "vid_001"
-    for i, latent in enumerate(steps):
-        save_npy_gz(video_dir / f"step_{i:03d}.npy.gz", latent)
-    if condition is not None:
-        _save_condition(video_dir / f"{wan.CONDITION_FILE}{suffix}", condition)
+    _write_experiment(exp, model_dir, steps, condition, suffix)
     result = CliRunner().invoke(cli, ["decode", str(exp), "--device", "cpu", "--format", "png", *args])
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
     out = exp / "latents_videos" / "prompt_000" / "vid_001"
@@ -204,3 +217,80 @@ def test_inspect_names_the_rule(run: Run, tmp_path: Path):
     save_npy_gz(exp / "latents" / "prompt_000" / "vid_001" / "condition_latent.npy.gz", run.steps[-1][:, :, :1])
     result = CliRunner().invoke(cli, ["inspect", str(exp)])
     assert "condition   1 of 1 video(s) store condition_latent.npy[.gz]/.pt[.gz]\n" in result.output
+
+
+def _attempts(out: Path) -> dict[str, int]:
+    """Item -> the journal attempt id of its latest success."""
+    return {k: r["attempt"] for k, r in journal_records(out).items() if r["status"] == "ok"}
+
+
+def test_a_changed_condition_decodes_its_videos_steps_again_and_a_touch_does_not(run: Run, tmp_path: Path):
+    exp, out = tmp_path / "exp", tmp_path / "exp" / "latents_videos"
+    _write_experiment(exp, _i2v_model(run, tmp_path / "model"), run.steps[-2:], run.condition,
+                      videos=("vid_001", "vid_002"))
+    condition = exp / "latents" / "prompt_000" / "vid_001" / f"{wan.CONDITION_FILE}.npy.gz"
+
+    def decode() -> str:
+        result = CliRunner().invoke(cli, ["decode", str(exp), "--device", "cpu", "--format", "png"])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    def last_frames(video: str) -> np.ndarray:
+        return png_frames(out / "prompt_000" / video / "step_001")
+
+    decode()
+    before = _attempts(out)
+    assert len(before) == 4 and np.array_equal(last_frames("vid_001"), last_frames("vid_002"))
+    os.utime(condition, ns=(time.time_ns(), time.time_ns() + 10**9))  # same bytes, new mtime: still done
+    assert "0 ok, 0 failed, 4 already done" in decode()
+    assert _attempts(out) == before
+
+    save_npy_gz(condition, run.condition[:, :, :, ::-1].copy())  # another image
+    dry = CliRunner().invoke(cli, ["decode", str(exp), "--format", "png", "--dry-run", "-v"])
+    assert "vid_001: 2 steps, 0 done, 2 to decode" in dry.output and "changed input" in dry.output, dry.output
+    assert "vid_002: 2 steps, 2 done" in dry.output, dry.output
+    assert "2 ok, 0 failed, 2 already done" in decode()
+    after = _attempts(out)
+    changed = {k for k in after if after[k] != before[k]}
+    assert changed == {"prompt_000/vid_001/step_000", "prompt_000/vid_001/step_001"}
+    mine, other = last_frames("vid_001"), last_frames("vid_002")
+    assert not np.array_equal(mine[:1], other[:1])  # the new image's first frame
+    assert psnr(mine[1:], other[1:]) > psnr(mine[:1], other[:1])
+
+    condition.unlink()  # gone: decoded again, without it
+    assert "2 ok, 0 failed, 2 already done" in decode()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root (a private mount namespace) to hide the experiment from the workers")
+def test_ray_workers_that_cannot_see_the_experiment_decode_with_its_condition(run: Run, tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch):
+    """``--io driver``: the driver reads every input of an item, the condition included, and the workers
+    never open the experiment. The driver runs in a mount namespace of its own, where the experiment
+    is bind-mounted on a folder that is empty for every other process, the Ray runtime started here
+    and its workers included: exactly a node that cannot see the driver's path."""
+    ray = pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # a test runtime
+    model = _i2v_model(run, tmp_path / "model")
+    _write_experiment(tmp_path / "source" / "exp", model, run.steps[-1:], run.condition)
+    hidden, out = tmp_path / "hidden", tmp_path / "out"
+    hidden.mkdir()
+    ray.init(address="local", num_cpus=1, object_store_memory=80 * 2**20, include_dashboard=False,
+             log_to_driver=False)
+    try:
+        driver = (f"mount --bind {tmp_path / 'source'} {hidden} && exec {sys.executable} -m latent_decoder decode "
+                  f"{hidden / 'exp'} --executor ray --address {ray.get_runtime_context().gcs_address} --io driver "
+                  f"--workers 1 --format png --output-dir {out}")
+        proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", driver],
+                              capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+        workers_see = ray.get(ray.remote(num_cpus=0)(os.path.exists).remote(str(hidden / "exp")))
+    finally:
+        ray.shutdown()
+    assert proc.returncode == 0, proc.stderr
+    assert not workers_see and not (hidden / "exp").exists()
+    assert wan.CONDITION_FILE not in proc.stderr, proc.stderr  # no "decoded without the condition" warning
+    [record] = journal_records(out).values()
+    assert record["status"] == "ok" and record["worker"] == "ray-0"
+    frames = png_frames(out / "prompt_000" / "vid_001" / "step_000")
+    assert psnr(frames[:1], run.frames[:1]) >= PARITY_DB  # the image's first frame, blended in by the worker

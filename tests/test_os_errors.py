@@ -35,26 +35,6 @@ def one_error_line(output: str) -> str:
     return lines[0]
 
 
-@pytest.fixture
-def mount_tmpfs(tmp_path):
-    """``mount(size_kb) -> Path``: a real tmpfs of that size (needs root with CAP_SYS_ADMIN)."""
-    mounted: list[Path] = []
-
-    def mount(size_kb: int) -> Path:
-        where = tmp_path / f"mnt{len(mounted)}"
-        where.mkdir()
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(where)],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN): {proc.stderr.strip()}")
-        mounted.append(where)
-        return where
-
-    yield mount
-    for where in mounted:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
 def remount(where: Path, options: str) -> None:
     subprocess.run(["mount", "-o", f"remount,{options}", str(where)], check=True)
 

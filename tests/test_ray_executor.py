@@ -46,10 +46,10 @@ def ray_settings(exp: Path, **opts) -> RunSettings:
 def poison_worker_cls(poison: str) -> type[DecodeWorker]:
     """A worker whose process dies (no exception, no cleanup) whenever it decodes ``poison``."""
     class PoisonWorker(DecodeWorker):
-        def decode(self, latent, source="<array>"):
+        def decode(self, latent, source="<array>", condition=None):
             if source.endswith(poison):
                 os._exit(3)
-            return super().decode(latent, source)
+            return super().decode(latent, source, condition)
 
     return PoisonWorker
 
@@ -189,3 +189,36 @@ def test_interrupted_driver_keeps_committed_items_and_resume_decodes_the_rest(ma
     assert second.exit_code == 0 and second.skipped == len(kept)
     assert len(second.records) == 6 - len(kept)
     assert_each_once(summary_of(settings), settings)
+
+
+def test_full_disk_with_shared_io_stops_the_run_as_inline_does(make_experiment, mount_tmpfs, tmp_path):
+    """``--io shared``: the worker writes the outputs, and its ``DiskFullError`` stops the run with one
+    line and exit 1, finished items kept, instead of failing every remaining item one by one. The
+    videos' folder is a small tmpfs (the journal beside it has room), so the worker's write is what
+    finds the disk full."""
+    import subprocess
+
+    from click.testing import CliRunner
+
+    from latent_decoder.cli import cli
+
+    exp = make_experiment(prompts=1, videos=1, steps=12)
+    out = tmp_path / "out"
+    videos = mount_tmpfs(48, out / "prompt_000")
+    args = ["decode", str(exp), "--executor", "ray", "--io", "shared", "--gpus", "1", "--output-dir", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    [line] = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert "no space left" in line and str(videos) in line, line
+    records = journal_records(out)
+    kept = {k for k, r in records.items() if r["status"] == "ok"}
+    assert all(r["status"] == "ok" for r in records.values()), "a full disk fails no item"
+    assert 0 < len(kept) < 12, "the disk must fill mid-run for this test to mean anything"
+    for key in kept:
+        assert (out / f"{key}.mp4").stat().st_size > 0
+    # More room: the rest is decoded, what was kept is not decoded again.
+    subprocess.run(["mount", "-o", "remount,size=8m", str(videos)], check=True)
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert f"{12 - len(kept)} ok, 0 failed, {len(kept)} already done" in result.output, result.output

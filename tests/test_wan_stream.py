@@ -172,7 +172,7 @@ def test_the_worker_streams_a_wan_vae_it_has_checked(tiny_model_dir: Path) -> No
     assert worker.streams and lean_modules(worker.vae)
     latent = np.random.default_rng(3).standard_normal((1, 16, 3, 4, 6), dtype=np.float32)
     with torch.inference_mode():
-        z = worker.rule.to_decoder_input(torch.from_numpy(latent), worker.context("<array>"))
+        z = worker.rule.to_decoder_input(torch.from_numpy(latent), worker.context())
         expected = rounded(worker.vae.decode(z).sample)
     assert_frames_match(worker.decode(latent), expected)
 

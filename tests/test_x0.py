@@ -217,3 +217,112 @@ def test_x0_through_the_preview_decoder(euler, tmp_path):
     a = png_frames(out / "prompt_000" / "vid_001" / "step_001")
     b = png_frames(exp / "latents_previews" / "prompt_000" / "vid_001" / "step_001")
     assert a.shape == b.shape and not np.array_equal(a, b)
+
+
+def x0_attempts(out: Path) -> dict[str, int]:
+    """Step name -> the journal attempt id of its latest success."""
+    return {k.rsplit("/", 1)[1]: r["attempt"] for k, r in journal_records(out).items() if r["status"] == "ok"}
+
+
+def set_timestep(exp: Path, step: int, value) -> None:
+    meta = exp / "latents" / "prompt_000" / "vid_001" / f"step_{step:03d}_metadata.json"
+    data = json.loads(meta.read_text())
+    data["timestep"] = value
+    meta.write_text(json.dumps(data))
+
+
+def test_a_changed_timestep_decodes_again_exactly_the_x0_steps_it_affects(euler, tmp_path):
+    exp = tmp_path / "exp"
+    shutil.copytree(euler.exp, exp)
+    out = exp / "latents_videos_x0"
+    assert decode(str(exp), "--view", "x0").exit_code == 0
+    before = x0_attempts(out)
+    assert sorted(before) == ["step_001", "step_002", "step_003"]
+    # Step 2's timestep is sigma_2 (step 2's x0) and sigma_{i+1} of step 1; step 3 does not read it.
+    set_timestep(exp, 2, euler.timesteps[2] - 10.0)
+    dry = CliRunner().invoke(cli, ["decode", str(exp), "--view", "x0", "--dry-run", "-v"])
+    assert "step_001  decode again (changed input)" in dry.output, dry.output
+    assert "step_002  decode again (changed input)" in dry.output, dry.output
+    assert "step_003  done" in dry.output, dry.output
+    result = decode(str(exp), "--view", "x0")
+    assert result.exit_code == 0 and "2 ok, 0 failed, 1 already done" in result.output, result.output
+    after = x0_attempts(out)
+    assert after["step_003"] == before["step_003"]
+    assert after["step_001"] != before["step_001"] and after["step_002"] != before["step_002"]
+    # The same sigmas again: nothing to do, and the journal's fast path says so without a digest read.
+    assert "3 already done" in decode(str(exp), "--view", "x0").output
+
+
+def test_a_changed_scheduler_shift_decodes_every_x0_step_without_timesteps(euler, tmp_path):
+    exp, model = tmp_path / "exp", tmp_path / "model"
+    shutil.copytree(euler.exp, exp)
+    shutil.copytree(euler.model_dir, model)
+    config = exp / "configs" / "generation_config.yaml"
+    config.write_text(config.read_text().replace(str(euler.model_dir), str(model)))
+    for meta in (exp / "latents").rglob("*_metadata.json"):
+        data = json.loads(meta.read_text())
+        del data["timestep"]
+        meta.write_text(json.dumps(data))
+    out = exp / "latents_videos_x0"
+    assert decode(str(exp), "--view", "x0").exit_code == 0
+    before = x0_attempts(out)
+    scheduler = model / "scheduler" / "scheduler_config.json"
+    settings = json.loads(scheduler.read_text())
+    assert settings["shift"] == 5.0
+    scheduler.write_text(json.dumps({**settings, "shift": 3.0}))
+    result = decode(str(exp), "--view", "x0")
+    assert result.exit_code == 0 and "3 ok, 0 failed, 0 already done" in result.output, result.output
+    assert all(x0_attempts(out)[s] != before[s] for s in before)
+
+
+def test_a_journal_from_before_sigmas_were_stored_resumes_and_still_sees_a_changed_sigma(euler, tmp_path):
+    """Attempts written before the journal stored params have none: their sigmas are checked once
+    through the digest (which always covered them), then stored."""
+    import sqlite3
+
+    exp = tmp_path / "exp"
+    shutil.copytree(euler.exp, exp)
+    out = exp / "latents_videos_x0"
+    assert decode(str(exp), "--view", "x0").exit_code == 0
+    before = x0_attempts(out)
+    with sqlite3.connect(out / ".latent-decoder.db") as conn:  # as written before the column existed
+        if "params" in {row[1] for row in conn.execute("PRAGMA table_info(attempts)")}:
+            conn.execute("ALTER TABLE attempts DROP COLUMN params")
+    status = CliRunner().invoke(cli, ["status", str(exp), "--output-dir", str(out)])
+    assert status.exit_code == 0, status.output  # a reader of the older journal
+    set_timestep(exp, 2, euler.timesteps[2] - 10.0)
+    result = decode(str(exp), "--view", "x0")
+    assert result.exit_code == 0 and "2 ok, 0 failed, 1 already done" in result.output, result.output
+    assert x0_attempts(out)["step_003"] == before["step_003"]
+    with sqlite3.connect(out / ".latent-decoder.db") as conn:
+        params = [p for (p,) in conn.execute("SELECT a.params FROM items i JOIN attempts a ON a.id = i.last")]
+    assert len(params) == 3 and all(p and p.startswith("x0 ") for p in params), params
+
+
+def test_unusable_metadata_timesteps_are_no_timestep_with_one_warning(euler, tmp_path, caplog):
+    """``tensor.tolist()`` stores ``[999.0]``: that is the timestep. ``null`` or ``"abc"`` are none: sigma
+    then comes from the scheduler, with one warning line for all such steps, never a traceback."""
+    import logging
+
+    exp = tmp_path / "exp"
+    shutil.copytree(euler.exp, exp)
+    set_timestep(exp, 1, [euler.timesteps[1]])
+    set_timestep(exp, 2, None)
+    set_timestep(exp, 3, "abc")
+    with caplog.at_level(logging.WARNING, logger="latent_decoder"):
+        inspected = CliRunner().invoke(cli, ["inspect", str(exp)])
+        assert inspected.exit_code == 0 and "Traceback" not in inspected.output, inspected.output
+        assert "x0 view     available for 3 of 4 steps" in inspected.output, inspected.output
+        result = decode(str(exp), "--view", "both", "--format", "png")
+        assert result.exit_code == 0, result.output
+    told = [r.getMessage() for r in caplog.records if "metadata timestep" in r.getMessage()]
+    assert len(told) == 1 and told[0].startswith("2 step(s)"), told  # inspect told it; the runs did not again
+    summary = json.loads((exp / "latents_videos_x0" / "decode_summary.json").read_text())
+    assert "step metadata" in summary["x0"] and "scheduler_config.json" in summary["x0"]
+    for i in range(1, STEPS):
+        mine = png_frames(exp / "latents_videos_x0" / "prompt_000" / "vid_001" / f"step_{i:03d}")
+        assert psnr(mine, decode_latent(euler.model_x0[i], model=str(euler.model_dir), device="cpu")) >= MATCH_DB
+    # The views take the one-element list as the step's timestep, and show the others without one.
+    stats = json.loads((exp / "latents_videos" / "prompt_000" / "vid_001" / "latent_stats.json").read_text())
+    timesteps = {row["step"]: row["timestep"] for row in stats["steps"]}
+    assert timesteps["step_001"] == euler.timesteps[1] and timesteps["step_002"] is None

@@ -14,7 +14,8 @@ Ray stays at the edge: it is imported here only, and the worker class is wrapped
   running are charged one try each and then run alone, so that a later death is charged to the
   item that caused it; an item that killed ``poison_after`` workers (or hung them past the item
   deadline) is recorded failed as poison;
-* an error inside an item is recorded by the worker's own stages and never retried here.
+* an error inside an item is recorded by the worker's own stages and never retried here; a full
+  disk (``RunStoppedError``) stops the run, wherever the outputs are written.
 
 Every wait has a deadline (``ray_pool.py``): actors that cannot be placed, items that hang,
 actors that never come back. Decoding starts with the first live actor; the others join as the
@@ -38,8 +39,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..errors import (ClusterError, DecodeError, DeviceFailure, LatentDecoderError, PoisonItemError, describe_error,
-                      first_line)
+from ..errors import (ClusterError, DecodeError, DeviceFailure, LatentDecoderError, PoisonItemError, RunStoppedError,
+                      describe_error, first_line)
 from ..experiment import LatentStep
 from ..layout import OutputLayout
 from ..lifecycle import ItemWork, write_outputs
@@ -340,8 +341,11 @@ class RayExecutor:
         log.warning("Ray worker %d lost (%s); %d item(s) back in the queue", slot.index, reason, len(failed))
 
     def _failed_in_worker(self, call: _Call, exc: Exception, on_result: ResultCallback) -> None:
-        """An error the worker's stages did not record (a bug, or a disk error with shared io): record it."""
+        """An error the worker's stages did not record: a full disk (shared io) stops the run as it
+        does in the driver; anything else (a bug) is recorded as the item's failure."""
         cause = getattr(exc, "cause", None) or exc
+        if isinstance(cause, RunStoppedError):
+            raise cause from None
         error = DecodeError(f"{call.step.path}: worker raised {describe_error(cause)}")
         on_result(call.step, self._commit(ItemWork(call.step, error=error, identity=call.slot.identity)))
 

@@ -8,11 +8,13 @@ else the VAE class's default family (a bare VAE, or a pipeline this table does n
 """
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 
 from ..errors import UnsupportedModelError
 from .allegro import ALLEGRO
-from .base import DecodeContext, DecodeOptions, Family, PipelineFacts
+from .base import CONDITION_SUFFIXES, DecodeContext, DecodeOptions, Family, PipelineFacts
 from .cogvideox import COGVIDEOX
 from .cosmos import COSMOS1
 from .cosmos2 import COSMOS2, COSMOS2_5, COSMOS2_5_TRANSFER
@@ -55,8 +57,11 @@ VAE_DEFAULTS: dict[str, str] = {
     "AutoencoderKLLTX2Video": LTX2.name,
 }
 
-__all__ = ["FAMILIES", "VAE_DEFAULTS", "DecodeContext", "DecodeOptions", "Detection", "Family", "PipelineFacts",
-           "default_family", "detect", "supported_vae_classes"]
+# The per-video input files some rule reads (``Family.condition_file``), in the order they are looked for.
+CONDITION_FILES: tuple[str, ...] = tuple(dict.fromkeys(f.condition_file for f in FAMILIES.values() if f.condition_file))
+
+__all__ = ["CONDITION_FILES", "FAMILIES", "VAE_DEFAULTS", "DecodeContext", "DecodeOptions", "Detection", "Family",
+           "PipelineFacts", "default_family", "detect", "find_condition", "supported_vae_classes"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,20 @@ class Detection:
 
     family: Family
     reason: str
+
+
+def find_condition(video_folder: str) -> tuple[str, os.stat_result] | None:
+    """The video's condition file (the first of ``CONDITION_FILES`` stored there) and its stat, if any."""
+    for stem in CONDITION_FILES:
+        for suffix in CONDITION_SUFFIXES:
+            path = os.path.join(video_folder, stem + suffix)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                return path, st
+    return None
 
 
 def supported_vae_classes() -> list[str]:

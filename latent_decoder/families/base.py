@@ -10,6 +10,7 @@ and returns ``[B, 3, F, H, W]`` in ``[-1, 1]``.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
@@ -19,6 +20,10 @@ from ..latents import Layout
 
 if TYPE_CHECKING:
     import torch
+
+
+# How a per-video input file beside the steps may be stored (``Family.condition_file`` names its stem).
+CONDITION_SUFFIXES = (".npy.gz", ".npy", ".pt.gz", ".pt")
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,7 @@ class DecodeContext:
     video: VideoSettings = field(default_factory=VideoSettings)
     pipeline: PipelineFacts = field(default_factory=PipelineFacts)
     options: DecodeOptions = field(default_factory=DecodeOptions)
-    condition: "torch.Tensor | None" = None  # Wan2.2 I2V: the first frame's condition latent, if stored
+    condition: "torch.Tensor | None" = None  # the rule's ``condition_file`` as stored for this video, if any
 
     @property
     def config(self) -> Any:
@@ -137,7 +142,16 @@ class Family:
     flow_matching: bool = False  # the pipelines step flow-matching schedulers: sigma = timestep / 1000
     extra_tokens: bool = False  # packed: the pipeline appends condition tokens, dropped before unpacking
     reads: tuple[str, ...] = ()  # the DecodeOptions fields (pipeline call arguments) this rule uses
+    # A latent the pipeline adds after its loop, stored once per video beside the steps as
+    # ``<stem><CONDITION_SUFFIXES>`` (the rule's ``ctx.condition``; Wan2.2 I2V's image latent). It
+    # travels with each item and is part of the item's input identity.
+    condition_file: str | None = None
     note: str = ""  # said by ``inspect`` (a caveat of this rule)
+
+    def reads_condition(self, path: str) -> bool:
+        """Whether ``path`` is this rule's condition file."""
+        name = os.path.basename(path)
+        return self.condition_file is not None and any(name == self.condition_file + s for s in CONDITION_SUFFIXES)
 
     def expected_layout(self, vae: Any) -> str:
         """The stored shape this VAE takes, e.g. ``[1, 16, T, H, W]``."""

@@ -4,17 +4,16 @@ Mirrors ``pipelines/wan/pipeline_wan.py``: ``latents.to(vae.dtype)``, then
 ``latents / (1 / latents_std) + latents_mean`` with both from ``vae.config``, then ``vae.decode``.
 Wan2.2 I2V with ``expand_timesteps`` (``pipeline_wan_i2v.py``) blends the image's condition latent
 into the first latent frame only after the loop: the stored steps lack it, so it is applied here
-when the video folder stores the condition latent, and a warning says so once when it does not.
+when the video folder stores the condition latent (read with each step's latent, wherever that is
+read, and part of its input identity), and a warning says so once when it does not.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from functools import lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from ..latents import BCTHW, parse_latent, read_latent_bytes
+from ..latents import BCTHW
 from .base import DecodeContext, Family, channel_stats
 
 if TYPE_CHECKING:
@@ -23,7 +22,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CONDITION_FILE = "condition_latent"  # <video folder>/condition_latent.npy[.gz] or .pt[.gz]: the image's latent
-CONDITION_SUFFIXES = (".npy.gz", ".npy", ".pt.gz", ".pt")
 _warned: set[str] = set()
 
 
@@ -54,30 +52,6 @@ def _blend_condition(z: "torch.Tensor", ctx: DecodeContext) -> "torch.Tensor":
     z = z.clone()
     z[:, :, :1] = condition.to(z.device, z.dtype)[:, :, :1]
     return z
-
-
-def condition_path(video_folder: Path) -> tuple[Path, int] | None:
-    """The video's stored condition latent file and its mtime, if there is one."""
-    for suffix in CONDITION_SUFFIXES:
-        path = video_folder / f"{CONDITION_FILE}{suffix}"
-        try:
-            return path, path.stat().st_mtime_ns
-        except OSError:
-            continue
-    return None
-
-
-def load_condition(video_folder: Path) -> "torch.Tensor | None":
-    """The video's stored condition latent (``[1, C, 1, H, W]``, model space), if any."""
-    found = condition_path(video_folder)
-    return None if found is None else _read_condition(str(found[0]), found[1])
-
-
-@lru_cache(maxsize=16)
-def _read_condition(path: str, mtime_ns: int) -> "torch.Tensor":
-    import torch
-
-    return torch.from_numpy(parse_latent(read_latent_bytes(Path(path)), path, BCTHW).astype("float32"))
 
 
 def _expand_timesteps(index: Mapping[str, Any]) -> bool:
@@ -118,8 +92,9 @@ WAN22_I2V = replace(
     pipelines=("WanImageToVideoPipeline",),
     to_grid=_blend_condition,
     accepts=_expand_timesteps,
+    condition_file=CONDITION_FILE,
     note=f"the first latent frame takes the image condition from {CONDITION_FILE}.npy[.gz] in the video folder "
-         "(steps already decoded are not redone when that file changes: use --force)",
+         "(a changed file decodes that video's steps again)",
 )
 
 SKYREELS_V2 = replace(

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..experiment import LatentStep
+from ..experiment import LatentStep, metadata_timestep, tell_bad_timesteps
 from ..families import FAMILIES
 from ..journal import Journal, StepRecord
 
@@ -160,14 +160,21 @@ def _number(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def step_view(root: Path, record: StepRecord, family: str | None) -> tuple[StepView, str | None]:
+def step_view(root: Path, record: StepRecord, family: str | None,
+              bad_timesteps: dict[str, str] | None = None) -> tuple[StepView, str | None]:
     """A record as a view row, with the prompt text its metadata holds (if any). Outputs are checked
-    on disk: a video whose file is gone is not shown."""
+    on disk: a video whose file is gone is not shown. A metadata timestep that is not a number is
+    shown as none, and noted in ``bad_timesteps`` (metadata file -> why)."""
     meta: dict[str, Any] = {}
+    timestep = None
     if record.latent_path:
         step = LatentStep(record.prompt, record.video, record.step, record.step_index, record.latent_path)
         meta = step.read_metadata() or {}
-    timestep = _number(meta.get("timestep"))
+        try:
+            timestep = metadata_timestep(meta)
+        except ValueError as exc:
+            if bad_timesteps is not None:
+                bad_timesteps[str(step.metadata_path)] = str(exc)
     sigma = _number(meta.get("sigma"))
     if sigma is None and timestep is not None and family in FAMILIES and FAMILIES[family].flow_matching:
         sigma = timestep / 1000.0
@@ -193,12 +200,14 @@ def video_views(journal: Journal, root: Path, digests: Iterable[VideoDigest], fa
     only = next(iter(wanted.values())).digest if len(wanted) == 1 else None
     records = (journal.records(prompt=only.prompt, video=only.video) if only is not None else
                (r for p in sorted(prompts) for r in journal.records(prompt=p)))
+    bad: dict[str, str] = {}
     for record in records:
         view = wanted.get(f"{record.prompt}/{record.video}")
         if view is None:
             continue
-        step, prompt_text = step_view(root, record, family)
+        step, prompt_text = step_view(root, record, family, bad)
         view.steps.append(step)
         if view.prompt_text is None and prompt_text:
             view.prompt_text = prompt_text
+    tell_bad_timesteps(bad)
     return list(wanted.values())
