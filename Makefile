@@ -10,11 +10,16 @@ TORCH  ?= torch==2.13.0
 PY     := $(VENV)/bin/python
 DEMO   ?= demo_experiment
 
-.PHONY: install demo test clean browser bench bench-gpu
+# The oldest diffusers pyproject.toml accepts, laid over the venv's own (a --target folder on
+# PYTHONPATH, not a second venv) for `make test-oldest`.
+DIFFUSERS_OLDEST := $(shell sed -n 's/^ *"diffusers>=\([0-9.]*\)".*/\1/p' pyproject.toml)
+OLDEST := .oldest/diffusers-$(DIFFUSERS_OLDEST)
+
+.PHONY: install demo test test-oldest clean browser bench bench-gpu
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -e ".[test]"
@@ -33,6 +38,18 @@ browser:
 test: install browser
 	$(PY) -m pytest
 
+# The family parity tests (each family's decode against its own diffusers pipeline) on the oldest
+# diffusers release we declare; subprocesses and Ray workers inherit the PYTHONPATH.
+test-oldest: install $(OLDEST)
+	PYTHONPATH=$(CURDIR):$(CURDIR)/$(OLDEST) $(PY) -c 'import diffusers, sys; \
+		sys.exit(0 if diffusers.__version__ == "$(DIFFUSERS_OLDEST)" else f"got diffusers {diffusers.__version__}")'
+	PYTHONPATH=$(CURDIR):$(CURDIR)/$(OLDEST) $(PY) -m pytest -q tests/test_famil*.py tests/test_pipeline_parity.py
+
+$(OLDEST):
+	rm -rf $@.tmp
+	$(PY) -m pip install --quiet --no-deps --target $@.tmp diffusers==$(DIFFUSERS_OLDEST)
+	mv $@.tmp $@
+
 # Benchmarks at CPU-friendly sizes; each prints its figures (see benchmarks/*.py for full-size options).
 bench: install
 	$(PY) -m pip install --quiet -e ".[bench]"
@@ -50,4 +67,4 @@ bench-gpu: install
 	PYTHON=$(PY) bash benchmarks/gpu_run.sh
 
 clean:
-	rm -rf $(VENV) $(DEMO) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(DEMO) *.egg-info .pytest_cache .oldest

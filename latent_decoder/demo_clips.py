@@ -229,16 +229,28 @@ def is_demo_folder(root: Path) -> bool:
     return bool(model_id) and Path(str(model_id)).resolve() == (root / "model").resolve()
 
 
+def load_demo_vae(model_dir: Path) -> Any:
+    """The demo VAE, float32 on the CPU, loaded like any model (``models.load_vae``): a file of the
+    installed demo model that is missing or broken is one ``ModelNotFoundError`` line naming it."""
+    import torch
+
+    from .errors import ModelNotFoundError
+    from .models import load_vae, resolve_model
+
+    try:
+        return load_vae(resolve_model(str(model_dir)), torch.device("cpu"), torch.float32)
+    except ModelNotFoundError as err:
+        raise ModelNotFoundError(f"the demo model is broken ({err}); reinstall latent-decoder") from err
+
+
 def build_trained_demo(root: str | Path, steps: int = DEFAULT_STEPS, seed: int = 0, clips: int = len(SCENES),
-                       model_dir: Path = DEMO_MODEL_DIR, shift: float = FLOW_SHIFT) -> Path:
+                       model_dir: Path | None = None, shift: float = FLOW_SHIFT) -> Path:
     """Write the demo experiment to ``root``: the trained demo VAE copied to ``root/model``, and for
     each clip ``prompt_NNN/vid_001`` with ``steps`` stored latents along ``x_t = (1 - sigma) x0 +
     sigma noise`` (x0: the clip's normalised latent), step i holding the latent after step i (at
     ``sigmas[i + 1]``; the last is x0), with the metadata a ``WanPipeline`` callback would store, and
     the starting noise as ``noise.npy.gz``. Deterministic: building again gives identical files."""
-    import torch
     import yaml
-    from diffusers import AutoencoderKLWan
 
     from .demo import write_config
 
@@ -247,7 +259,9 @@ def build_trained_demo(root: str | Path, steps: int = DEFAULT_STEPS, seed: int =
     if not 1 <= clips <= len(SCENES):
         raise ValueError(f"clips must be between 1 and {len(SCENES)}, got {clips}")
     root = Path(root).expanduser().absolute()
-    _copy_model(Path(model_dir), root / "model")
+    model_dir = Path(model_dir or DEMO_MODEL_DIR)  # read at call time: the installed demo model by default
+    vae = load_demo_vae(model_dir)  # before anything is written: a broken install leaves no folder
+    _copy_model(model_dir, root / "model")
     write_config(root, str(root / "model"), CLIP_WIDTH, CLIP_HEIGHT, CLIP_FRAMES, CLIP_FPS)
     config_path = root / "configs" / "generation_config.yaml"
     config = yaml.safe_load(config_path.read_text())  # plus how the steps were made, as a real config records it
@@ -255,7 +269,6 @@ def build_trained_demo(root: str | Path, steps: int = DEFAULT_STEPS, seed: int =
                                      "flow_shift": shift, "seed": seed}
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
-    vae = AutoencoderKLWan.from_pretrained(str(root / "model" / "vae"), torch_dtype=torch.float32).eval()
     x0 = normalised_latents(vae, demo_clips(clips))
     scheduler = wan_scheduler(steps, shift)
     sigmas = scheduler.sigmas.double().numpy()

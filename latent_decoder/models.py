@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from .errors import ModelNotFoundError, UnsupportedModelError, first_line
+from .errors import ModelNotFoundError, UnsupportedModelError, describe_error, first_line
 from .families import PipelineFacts, supported_vae_classes
 
 if TYPE_CHECKING:
@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 VAE_SUBFOLDER = "vae"
 MODEL_INDEX = "model_index.json"
+WEIGHTS_NAME = "diffusion_pytorch_model"  # diffusers' weights file stem (.safetensors, .bin, sharded)
 PIPELINE_FILES = {"transformer": "transformer/config.json", "scheduler": "scheduler/scheduler_config.json"}
 
 
@@ -233,17 +234,29 @@ def vae_skeleton(resolved: ResolvedModel) -> Any:
 
 
 def load_vae(resolved: ResolvedModel, device: "torch.device", dtype: "torch.dtype") -> Any:
-    """Load the VAE from its local folder (never touches the network) onto ``device``."""
+    """Load the VAE from its local folder (never touches the network) onto ``device``. A config the
+    class cannot be built from, or weights that are missing, truncated or of another shape, is one
+    ``ModelNotFoundError`` line naming the file."""
     cls = _vae_class(resolved)
+    config_file = resolved.folder / "config.json"
+    try:
+        vae_skeleton(resolved)
+    except Exception as exc:  # a value of the wrong type or shape raises whatever the class's __init__ does
+        raise ModelNotFoundError(f"model '{resolved.source}': {config_file} is not a valid {cls.__name__} config: "
+                                 f"{describe_error(exc)}") from exc
+    if resolved.weights_file is None and not any(resolved.folder.glob(f"{WEIGHTS_NAME}*")):
+        raise ModelNotFoundError(f"model '{resolved.source}': {resolved.folder} holds no weights file "
+                                 f"({WEIGHTS_NAME}.safetensors)")
+    where = resolved.weights_file or resolved.folder
     try:
         if resolved.weights_file is not None:
             vae = cls.from_single_file(str(resolved.weights_file), config=str(resolved.folder), torch_dtype=dtype,
                                        local_files_only=True)
         else:
             vae = cls.from_pretrained(str(resolved.folder), torch_dtype=dtype, local_files_only=True)
-    except (OSError, ValueError, RuntimeError) as exc:
-        where = resolved.weights_file or resolved.folder
-        raise ModelNotFoundError(f"model '{resolved.source}': cannot load VAE from {where}: {first_line(exc)}") from exc
+    except Exception as exc:  # the weights: missing, truncated, not safetensors, tensors of other shapes
+        raise ModelNotFoundError(f"model '{resolved.source}': cannot load the VAE weights in {where}: "
+                                 f"{first_line(exc)}") from exc
     vae.to(device).eval()
     vae.requires_grad_(False)
     return vae

@@ -59,7 +59,7 @@ def submit(experiment: str, decode_args: list[str], address: str, runtime_env: d
         from ray.job_submission import JobStatus, JobSubmissionClient
     except ImportError as exc:
         raise ClusterError(f"submit needs Ray's job client ({first_line(exc)}): "
-                           "pip install 'ray[default]>=2.50,<3'") from exc
+                           "pip install 'ray[default]>=2.60,<3'") from exc
     deadline, delay = time.monotonic() + SUBMIT_RETRY_S, BACKOFF_MIN_S
     while True:
         try:

@@ -20,6 +20,28 @@ from latent_decoder.demo import build_demo_experiment, build_tiny_wan_vae  # noq
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WAN_REPO_ID = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+DEMO_STEPS = 8
+
+
+@pytest.fixture(scope="session")
+def installed_wheel(tmp_path_factory: pytest.TempPathFactory):
+    """The wheel built from this checkout, installed alone into a fresh venv (``wheel_install``)."""
+    from wheel_install import build_wheel, checkout_files, install_wheel
+
+    files = checkout_files()
+    wheel = build_wheel(files, tmp_path_factory.mktemp("wheel_source"), tmp_path_factory.mktemp("dist"))
+    return install_wheel(wheel, tmp_path_factory.mktemp("venv"), files)
+
+
+@pytest.fixture(scope="session")
+def demo_run(installed_wheel, tmp_path_factory: pytest.TempPathFactory):
+    """``latent-decoder demo demo_experiment --steps 8 --format png`` run once from the installed wheel,
+    in a folder outside the checkout, as a user would (lossless frames, so the pixel checks measure
+    the VAE and not x264). Returns ``(root, finished process)``."""
+    cwd = tmp_path_factory.mktemp("demo")
+    result = installed_wheel.run("latent-decoder", "demo", "demo_experiment", "--steps", str(DEMO_STEPS),
+                                 "--format", "png", "--device", "cpu", cwd=cwd)
+    return cwd / "demo_experiment", result
 
 
 @pytest.fixture(scope="session")

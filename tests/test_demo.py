@@ -2,8 +2,8 @@
 schedule, decoded through the real CLI and runner, must show the source clips emerging from noise."""
 from __future__ import annotations
 
-import configparser
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,19 +16,10 @@ from latent_decoder.demo_clips import (
 )
 from latent_decoder.latents import load_latent
 
-from conftest import REPO_ROOT, run_cli
+from conftest import DEMO_STEPS, run_cli
 
-STEPS = 8
+STEPS = DEMO_STEPS  # demo_run (conftest): the demo run once from the installed wheel
 CLIPS = len(DEMO_PROMPTS)
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory):
-    """``latent-decoder demo DIR --steps 8 --format png`` run once, as a user would (lossless frames,
-    so the pixel checks measure the VAE and not x264)."""
-    root = tmp_path_factory.mktemp("demo") / "demo_experiment"
-    result = run_cli("demo", str(root), "--steps", str(STEPS), "--format", "png", "--device", "cpu")
-    return root, result
 
 
 def frames(root: Path, clip: int, step: int) -> np.ndarray:
@@ -144,14 +135,30 @@ def test_shipped_weights_load_through_model_resolution(demo_run) -> None:
     assert weights.stat().st_size < 5_000_000
 
 
-def test_setup_cfg_ships_the_demo_model() -> None:
-    cfg = configparser.ConfigParser()
-    cfg.read(REPO_ROOT / "setup.cfg")
-    patterns = [p.strip() for p in cfg["options.package_data"]["latent_decoder"].split(",")]
-    package = REPO_ROOT / "latent_decoder"
-    shipped = {p for pattern in patterns for p in package.glob(pattern)}
-    for name in ("config.json", "diffusion_pytorch_model.safetensors"):
-        assert DEMO_MODEL_DIR / "vae" / name in shipped
+@pytest.mark.parametrize("broken, named", [("vae/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors"),
+                                           ("vae/config.json", "vae/config.json")])
+def test_a_broken_demo_model_is_one_line_naming_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: str,
+                                                         named: str) -> None:
+    """An installation whose demo model lost a file (the wheel once shipped no vae/config.json) or holds
+    truncated weights: `demo` says so in one line naming the file, and writes nothing."""
+    from click.testing import CliRunner
+
+    from latent_decoder import demo_clips
+    from latent_decoder.cli import cli
+
+    model = tmp_path / "demo_model"
+    shutil.copytree(DEMO_MODEL_DIR, model)
+    if broken.endswith(".safetensors"):
+        (model / broken).write_bytes((model / broken).read_bytes()[:1000])
+    else:
+        (model / broken).unlink()
+    monkeypatch.setattr(demo_clips, "DEMO_MODEL_DIR", model)
+    result = CliRunner().invoke(cli, ["demo", str(tmp_path / "d"), "--steps", "1", "--device", "cpu"])
+    assert result.exit_code == 2, (result.exception, result.stderr)
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert named in error and str(model) in error and "reinstall" in error
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "d").exists()
 
 
 def test_demo_again_resumes_and_refuses_other_folders(demo_run, tmp_path: Path) -> None:

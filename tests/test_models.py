@@ -283,6 +283,38 @@ def test_unknown_vae_class_through_the_worker(tmp_path, bare_vae_dir):
         DecodeWorker(OutputSettings(model=str(model)), device="cpu")
 
 
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+def _edit_config(vae_dir: Path, **values) -> None:
+    config = json.loads((vae_dir / "config.json").read_text())
+    (vae_dir / "config.json").write_text(json.dumps({**config, **values}))
+
+
+BROKEN_MODEL_FILES = {  # how a model's vae/ folder is broken -> (the break, the file the error line names)
+    "truncated weights": (lambda vae: (vae / WEIGHTS).write_bytes((vae / WEIGHTS).read_bytes()[:1000]), WEIGHTS),
+    "no weights": (lambda vae: (vae / WEIGHTS).unlink(), WEIGHTS),
+    "config not JSON": (lambda vae: (vae / "config.json").write_text("{not json"), "config.json"),
+    "config value of the wrong type": (lambda vae: _edit_config(vae, z_dim="sixteen"), "config.json"),
+    "no config": (lambda vae: (vae / "config.json").unlink(), "config.json"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN_MODEL_FILES))
+def test_a_broken_model_file_is_one_line_naming_it(make_experiment, tiny_model_dir, tmp_path, case):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    breaks, named = BROKEN_MODEL_FILES[case]
+    breaks(model / "vae")
+    exp = make_experiment(prompts=1, steps=1, **SMALL)
+    result = _decode(str(exp), "--model", str(model))
+    assert result.exit_code == 2, (result.exception, result.stderr)
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert named in error and str(model) in error
+    assert "Traceback" not in result.stderr
+    assert not list(exp.rglob("*.mp4"))
+
+
 # --------------------------------------------------------------------------- channel mismatch
 
 

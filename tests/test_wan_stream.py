@@ -167,6 +167,132 @@ def test_self_check_falls_back_where_diffusers_decodes_otherwise(tiny: Case) -> 
         assert not streams_correctly(vae, "cpu")
 
 
+def restarting_after_two_frames(vae: Any) -> Any:
+    """A ``_decode`` that keeps only one latent frame of context: latent frames from the third on are
+    decoded as if the video began one latent frame earlier. Exact for one or two latent frames."""
+    own = vae._decode
+
+    def decode(z: torch.Tensor, return_dict: bool = True) -> DecoderOutput:
+        video = own(z).sample
+        if z.shape[2] > 2:
+            video = torch.cat([video[:, :, :5], own(z[:, :, 1:]).sample[:, :, 1:]], 2)
+        return DecoderOutput(sample=video)
+    return decode
+
+
+def test_self_check_refuses_a_decode_that_differs_only_from_the_third_latent_frame(tiny: Case) -> None:
+    """The steady-state cache is met only from the third latent frame on: a check on two latent frames
+    would take this VAE's stream for its decode."""
+    vae = copy.deepcopy(tiny.vae)
+    vae._decode = restarting_after_two_frames(vae)
+    two = tiny.z[:, :, :2]
+    assert max_diff(reference(vae, two), reference(tiny.vae, two)) == 0  # a two-frame check would pass
+    assert max_diff(reference(vae, tiny.z), tiny.reference) > 1e-2
+    with pytest.warns(UserWarning, match="max difference"):
+        assert not streams_correctly(vae, "cpu")
+    assert not lean_modules(vae)
+
+
+def offset_decode(vae: Any, offset: float) -> Any:
+    own = types.MethodType(type(vae)._decode, vae)
+    return lambda z, return_dict=True: DecoderOutput(sample=own(z).sample + offset)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_self_check_bound_is_1e_3_in_float32_whatever_the_dtype(tiny: Case, dtype: torch.dtype) -> None:
+    """A bfloat16 VAE is checked on a float32 copy of its weights, so the same 1e-3 bound applies; its
+    weights come back bit for bit, in bfloat16."""
+    vae = copy.deepcopy(tiny.vae).to(dtype)
+    weights = {name: p.clone() for name, p in vae.state_dict().items()}
+    vae._decode = offset_decode(vae, 5e-3)
+    with pytest.warns(UserWarning, match="max difference 0.005"):
+        assert not streams_correctly(vae, "cpu")
+    vae._decode = offset_decode(vae, 5e-4)
+    assert streams_correctly(vae, "cpu") and lean_modules(vae)
+    assert all(torch.equal(p, weights[name]) and p.dtype == dtype for name, p in vae.state_dict().items())
+
+
+FP32_PRECISION = [(torch.backends.cudnn.conv, "tf32"), (torch.backends.cuda.matmul, "tf32"),
+                  (torch.backends.mkldnn.conv, "bf16"), (torch.backends.mkldnn.matmul, "tf32")]
+
+
+@pytest.fixture
+def reduced_precision_flags() -> Any:
+    """Every float32 precision flag the self-check touches set to a reduced precision, as a user may
+    have set them; set back after."""
+    saved = [flag.fp32_precision for flag, _ in FP32_PRECISION]
+    for flag, value in FP32_PRECISION:
+        flag.fp32_precision = value
+    yield [value for _, value in FP32_PRECISION]
+    for (flag, _), value in zip(FP32_PRECISION, saved):
+        flag.fp32_precision = value
+
+
+def test_self_check_runs_in_strict_float32_and_restores_the_flags(tiny: Case, reduced_precision_flags: list) -> None:
+    vae = copy.deepcopy(tiny.vae)
+    own = vae._decode
+    seen: list[list[str]] = []
+
+    def watched(z: torch.Tensor, return_dict: bool = True) -> DecoderOutput:
+        seen.append([flag.fp32_precision for flag, _ in FP32_PRECISION])
+        return own(z)
+    vae._decode = watched
+    assert streams_correctly(vae, "cpu")
+    assert seen == [["ieee"] * len(FP32_PRECISION)]
+    assert [flag.fp32_precision for flag, _ in FP32_PRECISION] == reduced_precision_flags
+    vae = copy.deepcopy(tiny.vae)
+    vae._decode = lambda z, return_dict=True: 1 / 0
+    with pytest.warns(UserWarning, match="ZeroDivisionError"):
+        assert not streams_correctly(vae, "cpu")
+    assert [flag.fp32_precision for flag, _ in FP32_PRECISION] == reduced_precision_flags
+
+
+class Nested(torch.nn.Module):
+    """A decoder of another structure (as a diffusers refactor might make it): the same function, its
+    stages one level down, where the stream does not look for them."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.inner(*args, **kwargs)
+
+
+def test_self_check_that_raises_means_vae_decode_and_one_warning(tiny: Case) -> None:
+    import diffusers
+
+    vae = copy.deepcopy(tiny.vae)
+    vae.decoder = Nested(vae.decoder)
+    with pytest.warns(UserWarning) as caught:
+        assert not streams_correctly(vae, "cpu")
+    [warning] = caught
+    assert f"diffusers {diffusers.__version__}" in str(warning.message) and "AttributeError" in str(warning.message)
+    assert "\n" not in str(warning.message)
+    assert not lean_modules(vae)
+    assert max_diff(reference(vae, tiny.z), tiny.reference) == 0
+
+
+def test_a_worker_on_a_diffusers_whose_wan_internals_differ_decodes_with_vae_decode(
+        tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A diffusers without the ``unpatchify`` the stream imports (its Wan2.1 decode does not need it):
+    the worker starts, says so once, and decodes this diffusers' own way."""
+    import diffusers
+    from diffusers.models.autoencoders import autoencoder_kl_wan
+
+    monkeypatch.delattr(autoencoder_kl_wan, "unpatchify")
+    with pytest.warns(UserWarning) as caught:
+        worker = DecodeWorker(OutputSettings(model=str(tiny_model_dir)), device="cpu")
+    [warning] = [w for w in caught if "vae.decode" in str(w.message)]
+    assert f"diffusers {diffusers.__version__}" in str(warning.message) and "ImportError" in str(warning.message)
+    assert not worker.streams and not lean_modules(worker.vae)
+    latent = np.random.default_rng(3).standard_normal((1, 16, 3, 4, 6), dtype=np.float32)
+    with torch.inference_mode():
+        z = worker.rule.to_decoder_input(torch.from_numpy(latent), worker.context("<array>"))
+        expected = rounded(worker.vae.decode(z).sample)
+    assert_frames_match(worker.decode(latent), expected)
+
+
 def test_the_worker_streams_a_wan_vae_it_has_checked(tiny_model_dir: Path) -> None:
     worker = DecodeWorker(OutputSettings(model=str(tiny_model_dir)), device="cpu")
     assert worker.streams and lean_modules(worker.vae)
@@ -239,6 +365,24 @@ def test_cuda_worker_path_in_strict_fp32_and_bfloat16() -> None:
                 backends.cudnn.benchmark = False
     finally:
         backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32, backends.cudnn.benchmark = saved
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_self_check_takes_the_full_size_wan_vae_with_tf32_on(dtype: torch.dtype) -> None:
+    """At load of a full-size Wan2.1 VAE on CUDA, with TF32 convolutions on (PyTorch's default) and the
+    worker's NDHWC kernels: the check runs in strict float32, so kernel choice does not refuse the
+    stream; the flags and the VAE's dtype are as they were after."""
+    conv = torch.backends.cudnn.conv
+    saved = conv.fp32_precision, torch.backends.cudnn.benchmark
+    conv.fp32_precision = "tf32"
+    try:
+        torch.manual_seed(0)
+        vae = AutoencoderKLWan().eval().to("cuda", dtype)
+        assert streams_correctly(vae, "cuda")
+        assert conv.fp32_precision == "tf32" and next(vae.parameters()).dtype == dtype
+    finally:
+        conv.fp32_precision, torch.backends.cudnn.benchmark = saved
 
 
 def test_a_stale_cache_is_reset_before_and_freed_after(tiny: Case) -> None:

@@ -109,7 +109,7 @@ class RayExecutor:
             import ray
         except ImportError as exc:
             raise ClusterError("the Ray executor needs Ray, a dependency of latent-decoder: "
-                               "pip install 'ray[default]>=2.50,<3'") from exc
+                               "pip install 'ray[default]>=2.60,<3'") from exc
         if not ray.is_initialized():
             # No address: a private local runtime, never some cluster that happens to run here
             # (plain ray.init() would join one); RAY_ADDRESS, as set inside a Ray job, still counts.
