@@ -555,22 +555,20 @@ def calibrate_preview(experiment: Path, model: str | None, vae_subfolder: str | 
     it was not fitted to) is kept unless --force. Exit status: 0 saved, 1 the stored map was kept,
     2 nothing to calibrate on or bad setup, 130/143 interrupted by Ctrl-C/SIGTERM (nothing written).
     """
-    from .stop import StopSignals
+    _setup_logging(verbose)
 
-    with StopSignals():
-        _setup_logging(verbose)
-        try:
-            from .previews.calibrate import calibrate_preview as calibrate
+    def calibrate() -> Any:
+        from .previews.calibrate import calibrate_preview as fit
 
-            settings = resolve_settings(Experiment.load(experiment), CliOptions(
-                model=model, vae_subfolder=vae_subfolder, vae_config=vae_config, dtype=dtype, device=device))
-            result = calibrate(settings.experiment, settings.output, device, steps, force=force)
-        except LatentDecoderError as err:
-            _fail(err, verbose)
-            return
-        except KeyboardInterrupt as exc:
-            click.echo("interrupted", err=True)
-            sys.exit(128 + getattr(exc, "signum", EXIT_INTERRUPTED - 128))
+        settings = resolve_settings(Experiment.load(experiment), CliOptions(
+            model=model, vae_subfolder=vae_subfolder, vae_config=vae_config, dtype=dtype, device=device))
+        return fit(settings.experiment, settings.output, device, steps, force=force)
+
+    try:
+        result = interruptible(calibrate)
+    except LatentDecoderError as err:
+        _fail(err, verbose)
+        return
     click.echo(result.summary())
     click.echo(result.outcome(), err=not result.saved)
     sys.exit(0 if result.saved else 1)
@@ -595,7 +593,8 @@ def gallery(experiment: Path, output_dir: Path | None, force: bool, verbose: boo
     _setup_logging(verbose)
     try:
         exp = Experiment.load(experiment)
-        result = interruptible(lambda: update_gallery(output_dir or exp.default_output_dir, force=force))
+        out = absolute_path(output_dir) if output_dir else exp.default_output_dir
+        result = interruptible(lambda: update_gallery(out, force=force))
     except LatentDecoderError as err:
         _fail(err, verbose)
         return

@@ -20,7 +20,7 @@ from latent_decoder.cli import cli
 from latent_decoder.lock import OutputLock
 
 from conftest import REPO_ROOT
-from test_os_errors import mount_tmpfs, remount  # noqa: F401 - the fixture
+from test_os_errors import remount
 
 SUB_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 VIEW_FILES = ("index.html", "progression.png", "progression_thumb.jpg", "progression.mp4", "latent_stats.json")
