@@ -72,14 +72,14 @@ def projection(args: argparse.Namespace) -> None:
 
 
 def end_to_end(args: argparse.Namespace) -> None:
-    from latent_decoder.demo import build_demo_experiment
+    from latent_decoder.synthetic import build_synthetic_experiment
     from latent_decoder.experiment import Experiment
     from latent_decoder.runner import run_decode
     from latent_decoder.settings import CliOptions, resolve_settings
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["LATENT_DECODER_PREVIEW_DIR"] = str(Path(tmp) / "preview-cache")  # published factors only
-        exp = build_demo_experiment(Path(tmp) / "exp", prompts=args.prompts, steps=args.steps, frames=args.frames,
+        exp = build_synthetic_experiment(Path(tmp) / "exp", prompts=args.prompts, steps=args.steps, frames=args.frames,
                                     height=args.height, width=args.width)
         items = args.prompts * args.steps
         print(f"2. end to end, {items} steps of {args.frames} frames {args.width}x{args.height} to MP4 "

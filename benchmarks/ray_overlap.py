@@ -50,11 +50,11 @@ def stand_in_worker(decode_s: float, encode_s: float) -> type:
 
 def build(root: Path, prompts: int, steps: int) -> Path:
     """A tiny Wan VAE and ``prompts x steps`` tiny latents."""
-    from latent_decoder.demo import build_demo_experiment, build_tiny_wan_vae
+    from latent_decoder.synthetic import build_synthetic_experiment, build_tiny_wan_vae
 
     if not (root / "model" / "vae").exists():
         build_tiny_wan_vae(seed=0).save_pretrained(root / "model" / "vae")
-    return build_demo_experiment(root / f"exp-{prompts}x{steps}", model_dir=root / "model", prompts=prompts,
+    return build_synthetic_experiment(root / f"exp-{prompts}x{steps}", model_dir=root / "model", prompts=prompts,
                                  steps=steps, frames=1, height=16, width=16)
 
 
@@ -62,7 +62,7 @@ def overlap(exp: Path, decode_s: float, encode_s: float) -> tuple[float, int, in
     """(seconds, items, items in flight on the actor) to decode every item of ``exp`` on one actor."""
     from latent_decoder.executors.ray import RayExecutor
     from latent_decoder.experiment import Experiment
-    from latent_decoder.runner import plan_run
+    from latent_decoder.plan import plan_run
     from latent_decoder.settings import CliOptions, resolve_settings
 
     settings = resolve_settings(Experiment.load(exp), CliOptions(workers=1, force=True))

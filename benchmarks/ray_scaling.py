@@ -47,7 +47,7 @@ def run_once(exp: Path, workers: int, cost: float) -> tuple[float, int, float]:
     every item of ``exp`` on ``workers`` actors, start-up excluded."""
     from latent_decoder.executors.ray import RayExecutor
     from latent_decoder.experiment import Experiment
-    from latent_decoder.runner import plan_run
+    from latent_decoder.plan import plan_run
     from latent_decoder.settings import CliOptions, resolve_settings
 
     settings = resolve_settings(Experiment.load(exp), CliOptions(workers=workers, force=True))
@@ -77,13 +77,13 @@ def main() -> None:
 
     import ray
 
-    from latent_decoder.demo import build_demo_experiment, build_tiny_wan_vae
+    from latent_decoder.synthetic import build_synthetic_experiment, build_tiny_wan_vae
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         build_tiny_wan_vae(seed=0).save_pretrained(root / "model" / "vae")
         prompts = max(1, args.items // 8)
-        exp = build_demo_experiment(root / "exp", model_dir=root / "model", prompts=prompts, steps=8,
+        exp = build_synthetic_experiment(root / "exp", model_dir=root / "model", prompts=prompts, steps=8,
                                     frames=5, height=32, width=48)
         # Logical CPUs for the actors: the stand-in sleeps, so they need not be real cores.
         ray.init(address="local", num_cpus=max(args.workers), include_dashboard=False, log_to_driver=False,

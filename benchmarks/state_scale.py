@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from latent_decoder.demo import save_npy_gz, write_config  # noqa: E402
+from latent_decoder.synthetic import save_npy_gz, write_config  # noqa: E402
 from latent_decoder.experiment import Experiment  # noqa: E402
 from latent_decoder.journal import Journal, Migration  # noqa: E402
 from latent_decoder.layout import OutputLayout  # noqa: E402

@@ -1,17 +1,30 @@
-"""latent-decoder: turn the latents a video-diffusion run stored at every step back into videos."""
+"""latent-decoder: turn the latents a video-diffusion run stored at every step back into videos.
+
+The public names below are loaded on first use (PEP 562), so that importing any submodule
+(``latent_decoder.summary``, ``latent_decoder.cli``) does not import the whole package.
+"""
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from typing import Any
 
-from .api import ExperimentLatentDecoder, LatentDecodeResult, decode_latent  # noqa: E402
-from .errors import ItemError, LatentDecoderError, SetupError  # noqa: E402
+from .version import __version__
 
-__all__ = [
-    "ExperimentLatentDecoder",
-    "LatentDecodeResult",
-    "decode_latent",
-    "LatentDecoderError",
-    "SetupError",
-    "ItemError",
-    "__version__",
-]
+_PUBLIC = {
+    "ExperimentLatentDecoder": "api",
+    "LatentDecodeResult": "api",
+    "decode_latent": "api",
+    "LatentDecoderError": "errors",
+    "SetupError": "errors",
+    "ItemError": "errors",
+}
+
+__all__ = [*_PUBLIC, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'latent_decoder' has no attribute {name!r}")
+    from importlib import import_module
+
+    return getattr(import_module(f".{module}", __name__), name)

@@ -65,7 +65,7 @@ class BenchResult:
 
 def _latents(items: int, shape: tuple[int, ...]) -> list[np.ndarray]:
     """Pure noise at the first step blending into a smooth pattern at the last, as a denoising does."""
-    from .demo import clean_latent
+    from .synthetic import clean_latent
 
     rng = np.random.default_rng(0)
     clean = clean_latent(*shape[1:], phase=0.3)
@@ -78,7 +78,7 @@ def _latents(items: int, shape: tuple[int, ...]) -> list[np.ndarray]:
 
 
 def build_experiment(root: Path, full: bool, items: int, frames: int, height: int, width: int) -> Path:
-    from .demo import build_tiny_wan_vae, save_npy_gz, write_config
+    from .synthetic import build_tiny_wan_vae, save_npy_gz, write_config
 
     model = root / "model"
     if full:

@@ -11,12 +11,14 @@ from typing import Any, Callable
 
 import click
 
-from . import __version__
+from .version import __version__
 from .errors import LatentDecoderError, SetupError
 from .experiment import Experiment, absolute_path
 from .families import FAMILIES
-from .plan import ItemState, Plan
-from .runner import RunReport, plan_run, run_decode
+from .plan import Plan
+from .states import ItemState
+from .plan import plan_run
+from .runner import RunReport, run_decode
 from .settings import (DECODERS, DEFAULT_CRF, DEFAULT_PRESET, DTYPES, EXECUTORS, FORMATS, IO_MODES, PRESETS, VIEWS,
                        CliOptions, RunSettings, resolve_settings, resolve_views)
 from .watch import DEFAULT_REFRESH_S, WatchOptions
@@ -239,17 +241,6 @@ def _describe(settings: RunSettings) -> None:
         log.info("decoder    preview (no model loaded): %s latents, %s map", o.family, o.preview_factors)
 
 
-STATE_WORDS = {
-    ItemState.TODO: "decode",
-    ItemState.DONE: "done",
-    ItemState.CHANGED: "decode again (changed input)",
-    ItemState.STALE: "decode again (settings changed)",
-    ItemState.MISSING: "decode again (outputs missing)",
-    ItemState.FAILED: "retry (failed before)",
-    ItemState.FORCED: "decode again (--force)",
-}
-
-
 def _warn_duplicates(plan: Plan) -> None:
     for line in plan.duplicates[:10]:
         click.echo(f"warning: {line}", err=True)
@@ -274,45 +265,9 @@ def print_plan(settings: RunSettings, plan: Plan, verbose: bool) -> None:
         click.echo(f"{key}: {len(steps)} steps, {done} done, {len(steps) - done} to decode")
         if verbose:
             for s in steps:
-                click.echo(f"  {s.step}  {STATE_WORDS[plan.states[s.key]]}")
-    counts = ", ".join(f"{plan.count(st)} {STATE_WORDS[st]}" for st in ItemState if plan.count(st))
+                click.echo(f"  {s.step}  {plan.states[s.key].words}")
+    counts = ", ".join(f"{plan.count(st)} {st.words}" for st in ItemState if plan.count(st))
     click.echo(f"dry run: {len(plan.items)} items ({counts or 'nothing matches the filters'}); nothing decoded")
-
-
-def _x0_state(settings: RunSettings) -> list[str]:
-    """``inspect``'s line on the x0 view: for how many steps it is available, and where sigma comes from."""
-    from .x0 import attach_x0, model_scheduler
-
-    o = settings.output
-    steps = settings.experiment.discover()
-    scheduler = model_scheduler(o.model, o.vae_subfolder, o.vae_config)
-    try:
-        x0 = attach_x0(steps, scheduler)
-    except SetupError as err:  # the model's scheduler rules x0 out: a fact to show, not a failed inspect
-        return [f"x0 view     not available: {err}"]
-    lines = [f"x0 view     available for {len(x0.steps)} of {len(steps)} steps; sigma from "
-             f"{', '.join(sorted(x0.sigma_sources)) or '-'}; {scheduler.label()}"]
-    reasons: dict[str, int] = {}
-    for why in x0.unavailable.values():
-        reasons[why] = reasons.get(why, 0) + 1
-    lines += [f"  {n} without x0: {why}" for why, n in reasons.items()]
-    return lines
-
-
-def _output_state(settings: RunSettings) -> list[str]:
-    """``inspect``'s view of the output folder: the plan a decode with these settings would make."""
-    out = settings.output_dir
-    if not (out / ".latent-decoder.db").is_file() and not (out / ".records").is_dir():
-        return [f"output      {out}: nothing decoded yet"]
-    plan = plan_run(settings)
-    counts = ", ".join(f"{plan.count(st)} {STATE_WORDS[st]}" for st in ItemState if plan.count(st))
-    lines = [f"output      {out}: {counts}"]
-    for state in (ItemState.CHANGED, ItemState.FAILED):
-        keys = [k for k, st in plan.states.items() if st is state]
-        lines += [f"  {STATE_WORDS[state]}: {k}" for k in keys[:5]]
-        if len(keys) > 5:
-            lines.append(f"  ... and {len(keys) - 5} more")
-    return lines
 
 
 def _duration(seconds: float) -> str:
@@ -372,7 +327,7 @@ def inspect(experiment: Path, model: str | None, vae_subfolder: str | None, vae_
 
     Exit status: 0 all fits, 1 some latents do not fit the VAE, 2 the model cannot be used.
     """
-    from .inspection import inspect_experiment, render
+    from .inspection import inspect_experiment, output_lines, render, x0_lines
 
     _setup_logging(verbose)
     try:
@@ -382,7 +337,7 @@ def inspect(experiment: Path, model: str | None, vae_subfolder: str | None, vae_
                                                decode_timestep=decode_timestep,
                                                decode_noise_scale=decode_noise_scale))
         info = inspect_experiment(settings.experiment, settings.output, max_files)
-        lines = render(info) + _x0_state(settings) + _output_state(settings)
+        lines = render(info) + x0_lines(settings) + output_lines(settings)
     except LatentDecoderError as err:
         _fail(err, verbose)
         return
@@ -483,7 +438,7 @@ def demo(directory: Path, steps: int, seed: int, device: str, dtype: str, fmt: s
     trained on those clips (scripts/train_demo_vae.py). The decoded steps show the shapes emerging
     from noise. Running it again resumes; a folder that is not a demo experiment is refused.
     """
-    from .demo_clips import run_demo, where_to_look
+    from .demo import run_demo, where_to_look
 
     _setup_logging(verbose)
     opts = CliOptions(device=device, dtype=dtype, format=fmt, executor="inline")

@@ -10,12 +10,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ItemError, LatentDecoderError
+from .errors import ItemError, LatentDecoderError, SetupError
 from .experiment import Experiment
 from .latents import read_latent_header
 from .families import DecodeContext, Detection, Family, detect, find_condition
 from .models import ResolvedModel, resolve_model, vae_skeleton
-from .settings import OutputSettings
+from .layout import OutputLayout
+from .plan import plan_run
+from .settings import OutputSettings, RunSettings
+from .states import ItemState
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # Peak decode memory beyond the weights, in bytes per output video value (frames x H x W x 3) per
@@ -182,4 +185,37 @@ def render(info: Inspection) -> list[str]:
                          f"(rough estimate, {o.dtype})")
         else:
             lines.append(head)
+    return lines
+
+
+def x0_lines(settings: RunSettings) -> list[str]:
+    """``inspect``'s lines on the x0 view: for how many steps it is available, and what it shows."""
+    from .x0 import attach_x0, model_scheduler
+
+    o = settings.output
+    steps = settings.experiment.discover()
+    scheduler = model_scheduler(o.model, o.vae_subfolder, o.vae_config)
+    try:
+        x0 = attach_x0(steps, scheduler)
+    except SetupError as err:  # the model's scheduler rules x0 out: a fact to show, not a failed inspect
+        return [f"x0 view     not available: {err}"]
+    lines = [f"x0 view     available for {len(x0.steps)} of {len(steps)} steps; {x0.label(scheduler)}"]
+    reasons = Counter(x0.unavailable.values())
+    return lines + [f"  {n} without x0: {why}" for why, n in reasons.items()]
+
+
+def output_lines(settings: RunSettings) -> list[str]:
+    """``inspect``'s view of the output folder: the plan a decode with these settings would make."""
+    out = settings.output_dir
+    layout = OutputLayout(out)
+    if not layout.journal_path.is_file() and not layout.legacy_records_dir.is_dir():
+        return [f"output      {out}: nothing decoded yet"]
+    plan = plan_run(settings)
+    counts = ", ".join(f"{plan.count(st)} {st.words}" for st in ItemState if plan.count(st))
+    lines = [f"output      {out}: {counts}"]
+    for state in (ItemState.CHANGED, ItemState.FAILED):
+        keys = [k for k, st in plan.states.items() if st is state]
+        lines += [f"  {state.words}: {k}" for k in keys[:5]]
+        if len(keys) > 5:
+            lines.append(f"  ... and {len(keys) - 5} more")
     return lines

@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import sys
 
-
-def job_args(args: list[str]) -> list[str]:
-    """The decode command line a job runs for ``args``."""
-    joins = any(a == "--address" or a.startswith("--address=") for a in args)
-    return ["decode", *args] if joins else ["decode", *args, "--address", "auto"]
+from .submit import job_args
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -32,6 +32,7 @@ from typing import Any, Iterable, Iterator
 from .errors import DiskFullError, SetupError
 from .identity import InputId
 from .layout import OutputLayout
+from .states import DONE, FAILED, PENDING
 
 SCHEMA_VERSION = 1
 FAILURES_IN_SUMMARY = 1000
@@ -298,7 +299,7 @@ class Journal:
                 "INSERT INTO items(item, prompt, video, step, step_index, state, last, good) VALUES (?,?,?,?,?,?,?,?)"
                 " ON CONFLICT(item) DO UPDATE SET state=excluded.state, last=excluded.last,"
                 " good=COALESCE(excluded.good, items.good)",
-                (r.item, r.prompt, r.video, r.step, r.step_index, "done" if r.ok else "failed", attempt,
+                (r.item, r.prompt, r.video, r.step, r.step_index, DONE if r.ok else FAILED, attempt,
                  attempt if r.ok else None))
         return replaced
 
@@ -349,7 +350,7 @@ class Journal:
         seconds are those of the items' latest attempts."""
         with self._lock:
             return self.conn.execute(
-                "SELECT i.prompt, i.video, COALESCE(i.state, 'pending'), COUNT(*), COALESCE(SUM(a.decode_s), 0),"
+                f"SELECT i.prompt, i.video, COALESCE(i.state, '{PENDING}'), COUNT(*), COALESCE(SUM(a.decode_s), 0),"
                 " COALESCE(SUM(a.encode_s), 0) FROM items i LEFT JOIN attempts a ON a.id = i.last"
                 " GROUP BY i.prompt, i.video, i.state ORDER BY i.prompt, i.video").fetchall()
 

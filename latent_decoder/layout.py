@@ -1,6 +1,8 @@
 """Where everything goes under one output folder, mirroring ``latents/``."""
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,3 +38,14 @@ class OutputLayout:
 
     def rel(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
+
+
+def output_size(path: Path | str) -> int | None:
+    """Bytes of a file, or the number of PNG frames in a folder; None if absent."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            return st.st_size
+        return sum(1 for name in os.listdir(path) if name.endswith(".png"))
+    except OSError:
+        return None

@@ -29,8 +29,7 @@ from .errors import DiskFullError, ItemError, OutputWriteError
 from .experiment import LatentStep
 from .identity import InputId, read_identified
 from .journal import Journal, StepRecord
-from .layout import OutputLayout
-from .plan import output_size
+from .layout import OutputLayout, output_size
 from .x0 import read_x0
 from .settings import OutputSettings
 from .video import write_dir_atomic, write_file_atomic

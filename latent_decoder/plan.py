@@ -9,47 +9,18 @@ else is decoded; ``ItemState`` says why.
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 
+from .errors import ExperimentError
 from .experiment import LatentStep
 from .families import find_condition
 from .identity import InputId, add_input, input_params, same_content, same_stat
-from .journal import ItemEntry, Journal, fingerprint_text
+from .journal import ItemEntry, Journal, Migration, fingerprint_text
+from .layout import OutputLayout, output_size
 from .settings import RunSettings
+from .states import ItemState
 from .x0 import attach_x0, model_scheduler
-
-
-class ItemState(str, Enum):
-    TODO = "todo"  # never decoded
-    DONE = "done"  # skipped
-    CHANGED = "changed"  # the latent file is not the one its outputs were made from
-    STALE = "stale"  # decoded with other settings
-    MISSING = "missing"  # its outputs are gone or altered
-    FAILED = "failed"  # the latest attempt failed; tried again
-    FORCED = "forced"  # done, but --force
-
-    @property
-    def stored(self) -> str:
-        """The state the journal and the summary keep: done, failed, changed, stale or pending."""
-        return _STORED[self]
-
-
-_STORED = {ItemState.DONE: "done", ItemState.FORCED: "done", ItemState.FAILED: "failed", ItemState.CHANGED: "changed",
-           ItemState.STALE: "stale", ItemState.TODO: "pending", ItemState.MISSING: "pending"}
-
-
-def output_size(path: Path | str) -> int | None:
-    """Bytes of a file, or the number of PNG frames in a folder; None if absent."""
-    try:
-        st = os.stat(path)
-        if not stat.S_ISDIR(st.st_mode):
-            return st.st_size
-        return sum(1 for name in os.listdir(path) if name.endswith(".png"))
-    except OSError:
-        return None
 
 
 class OutputCheck:
@@ -159,7 +130,7 @@ def make_plan(settings: RunSettings, journal: Journal) -> Plan:
         scheduler = model_scheduler(o.model, o.vae_subfolder, o.vae_config)
         x0 = attach_x0(found.steps, scheduler)
         present, unavailable = x0.steps, x0.unavailable
-        x0_label = f"{scheduler.label()}; sigma from {', '.join(sorted(x0.sigma_sources)) or '-'}"
+        x0_label = x0.label(scheduler)
     present = attach_conditions(present)  # after attach_x0, which adds the previous step's latent stat alone
     entries = journal.entries()
     fingerprint = fingerprint_text(settings.output.fingerprint())
@@ -183,3 +154,31 @@ def make_plan(settings: RunSettings, journal: Journal) -> Plan:
             plan.items.append(step)
             plan.states[key] = state
     return plan
+
+
+def plan_run(settings: RunSettings) -> Plan:
+    """The plan of a run, from the experiment as scanned now and the journal, read-only. An experiment
+    with no step to decode (none stored, or none passing the filters) is a setup error."""
+    layout = OutputLayout(settings.output_dir)
+    with Journal.open(layout, write=False, migration=migration(settings)) as journal:
+        plan = make_plan(settings, journal)
+        plan.journal_behind = plan.sync(journal)
+    if not plan.items and settings.watch is None:  # watching, an empty start just waits for steps
+        raise _nothing_to_decode(settings, plan)
+    return plan
+
+
+def migration(settings: RunSettings) -> Migration:
+    """How an older version's per-step records map onto this run's experiment."""
+    return Migration(settings.experiment.latents_dir, settings.output.geometry)
+
+
+def _nothing_to_decode(settings: RunSettings, plan: Plan) -> ExperimentError:
+    latents = settings.experiment.latents_dir
+    f = settings.filters
+    if plan.unavailable:
+        key, why = next(iter(plan.unavailable.items()))
+        return ExperimentError(f"no step has an x0 to decode ({len(plan.unavailable)} without): {key}: {why}")
+    if f.prompts or f.videos or f.steps:
+        return ExperimentError(f"no latent steps under {latents} match the filters")
+    return ExperimentError(f"no latent steps under {latents} (expected <prompt>/<video>/step_NNN.npy.gz)")

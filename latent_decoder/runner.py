@@ -23,15 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from .errors import ExperimentError, OutputDirError, RunLockedError, RunStoppedError
+from .errors import OutputDirError, RunLockedError, RunStoppedError
 from .executors import InlineExecutor
 from .experiment import LatentStep
-from .journal import Journal, Migration, StepRecord
+from .journal import Journal, StepRecord
 from .layout import OutputLayout
 from .lifecycle import GroupCommit
 from .lock import OutputLock
 from .models import resolve_model
-from .plan import ItemState, Plan, make_plan
+from .plan import Plan, make_plan, migration, plan_run
+from .states import ItemState
 from .settings import RunSettings
 from .stop import Interrupted, StopSignals
 from .summary import RunInfo, build_summary, figures_differ, read_summary, write_summary
@@ -107,33 +108,6 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
-
-
-def plan_run(settings: RunSettings) -> Plan:
-    """The plan of a run, from the experiment as scanned now and the journal, read-only. An experiment
-    with no step to decode (none stored, or none passing the filters) is a setup error."""
-    layout = OutputLayout(settings.output_dir)
-    with Journal.open(layout, write=False, migration=_migration(settings)) as journal:
-        plan = make_plan(settings, journal)
-        plan.journal_behind = plan.sync(journal)
-    if not plan.items and settings.watch is None:  # watching, an empty start just waits for steps
-        raise _nothing_to_decode(settings, plan)
-    return plan
-
-
-def _migration(settings: RunSettings) -> Migration:
-    return Migration(settings.experiment.latents_dir, settings.output.geometry)
-
-
-def _nothing_to_decode(settings: RunSettings, plan: Plan) -> ExperimentError:
-    latents = settings.experiment.latents_dir
-    f = settings.filters
-    if plan.unavailable:
-        key, why = next(iter(plan.unavailable.items()))
-        return ExperimentError(f"no step has an x0 to decode ({len(plan.unavailable)} without): {key}: {why}")
-    if f.prompts or f.videos or f.steps:
-        return ExperimentError(f"no latent steps under {latents} match the filters")
-    return ExperimentError(f"no latent steps under {latents} (expected <prompt>/<video>/step_NNN.npy.gz)")
 
 
 def run_decode(
@@ -273,7 +247,7 @@ class Run:
             self.started = True
             remove_stale_temps(out)
             if summary_behind:
-                with Journal.open(self.layout, write=True, migration=_migration(self.settings)) as journal:
+                with Journal.open(self.layout, write=True, migration=migration(self.settings)) as journal:
                     self.plan.sync(journal)
                     self.report.summary = build_summary(journal, self.info)
                 write_summary(self.layout, self.report.summary)
@@ -290,7 +264,7 @@ class Run:
         removed = remove_stale_temps(out)
         if removed:
             log.info("removed %d temp file(s) left by an interrupted run", removed)
-        journal = Journal.open(self.layout, write=True, migration=_migration(self.settings))
+        journal = Journal.open(self.layout, write=True, migration=migration(self.settings))
         bar: Progress | None = None
         committer: GroupCommit | None = None
         run_id: int | None = None

@@ -9,8 +9,8 @@ from .errors import SetupError
 from .experiment import Experiment
 from .journal import Journal, Migration, StepRecord
 from .layout import OutputLayout
+from .states import FAILED, PENDING, STORED
 
-STATES = ("done", "failed", "pending", "changed", "stale")
 
 
 def _open(experiment: Experiment, output_dir: Path) -> Journal:
@@ -38,20 +38,20 @@ def status_records(experiment: Experiment, output_dir: Path, prompt: str | None 
                    failed: bool = False) -> Iterator[str]:
     """One JSON line per step: its state and latest attempt (status, input, outputs, timings, error)."""
     with _open(experiment, output_dir) as journal:
-        for record in journal.records(state="failed" if failed else None, prompt=prompt, video=video):
+        for record in journal.records(state=FAILED if failed else None, prompt=prompt, video=video):
             yield json.dumps(record.to_dict())
 
 
 def _line(record: StepRecord) -> str:
     took = f" decode {record.decode_seconds:.2f}s" if record.ok else ""
     why = f": {record.error}" if record.error else ""
-    return f"  {record.step:<12} {record.state or 'pending':<8}{took}{why}"
+    return f"  {record.step:<12} {record.state or PENDING:<8}{took}{why}"
 
 
 def render_status(experiment: Experiment, output_dir: Path, prompt: str | None = None, video: str | None = None,
                   failed: bool = False) -> list[str]:
     with _open(experiment, output_dir) as journal:
-        records = list(journal.records(state="failed" if failed else None, prompt=prompt, video=video))
+        records = list(journal.records(state=FAILED if failed else None, prompt=prompt, video=video))
         run = journal.last_run()
     lines = [f"journal     {OutputLayout(output_dir).journal_path}"]
     if run:
@@ -59,13 +59,13 @@ def render_status(experiment: Experiment, output_dir: Path, prompt: str | None =
     by_video: dict[str, dict[str, int]] = {}
     for r in records:
         counts = by_video.setdefault(f"{r.prompt}/{r.video}", {})
-        counts[r.state or "pending"] = counts.get(r.state or "pending", 0) + 1
+        counts[r.state or PENDING] = counts.get(r.state or PENDING, 0) + 1
     totals: dict[str, int] = {}
     for key, counts in by_video.items():
-        lines.append(f"{key}: " + ", ".join(f"{counts[s]} {s}" for s in STATES if counts.get(s)))
+        lines.append(f"{key}: " + ", ".join(f"{counts[s]} {s}" for s in STORED if counts.get(s)))
         for s, n in counts.items():
             totals[s] = totals.get(s, 0) + n
         if failed or (prompt and video):
             lines.extend(_line(r) for r in records if f"{r.prompt}/{r.video}" == key)
-    lines.append(f"total: {len(records)} steps" + "".join(f", {totals[s]} {s}" for s in STATES if totals.get(s)))
+    lines.append(f"total: {len(records)} steps" + "".join(f", {totals[s]} {s}" for s in STORED if totals.get(s)))
     return lines

@@ -20,7 +20,6 @@ from typing import Any, Callable
 import yaml
 
 from .errors import ClusterError, SetupError, first_line
-from .job import job_args
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +28,13 @@ BACKOFF_MIN_S = 0.5    # first wait before reconnecting; doubles on every failur
 BACKOFF_MAX_S = 10.0   # ... up to this
 SUBMIT_RETRY_S = 60.0  # how long to retry a submission the head asks to "try again later" (no job agent yet)
 QUIET_S = 30.0         # no log output this long: ask for the job's status (a dead connection can hang silently)
+
+
+def job_args(args: list[str]) -> list[str]:
+    """The decode command line a job runs for ``args``: ``--address auto`` added unless one is given,
+    so the job's driver joins the job's own cluster."""
+    joins = any(a == "--address" or a.startswith("--address=") for a in args)
+    return ["decode", *args] if joins else ["decode", *args, "--address", "auto"]
 
 
 def load_runtime_env(path: Path | None) -> dict[str, Any]:

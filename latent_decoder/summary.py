@@ -16,19 +16,19 @@ from typing import Any
 
 from .journal import FAILURES_IN_SUMMARY, Journal
 from .layout import OutputLayout
+from .states import DONE, FAILED, PENDING_STATES
 from .video import write_file_atomic
 
 SUMMARY_SCHEMA = 2
-PENDING_STATES = ("pending", "changed", "stale")
 
 
 def _counters(states: dict[str, int], decode_time: float, encode_time: float) -> dict[str, Any]:
     total = sum(states.values())
-    ok = states.get("done", 0)
+    ok = states.get(DONE, 0)
     return {
         "total_steps": total,
         "successful_steps": ok,
-        "failed_steps": states.get("failed", 0),
+        "failed_steps": states.get(FAILED, 0),
         "pending_steps": sum(states.get(s, 0) for s in PENDING_STATES),
         "success_rate": ok / total if total else 0.0,
         "total_decode_time": round(decode_time, 4),
@@ -39,7 +39,7 @@ def _counters(states: dict[str, int], decode_time: float, encode_time: float) ->
 
 
 def versions() -> dict[str, str]:
-    from . import __version__
+    from .version import __version__
 
     found = {"latent_decoder": __version__, "python": platform.python_version()}
     for name in ("torch", "diffusers", "numpy", "imageio_ffmpeg", "ray"):
@@ -79,13 +79,13 @@ def build_summary(journal: Journal, run: RunInfo) -> dict[str, Any]:
                                                     "encode": 0.0})
         v["states"][state] = v["states"].get(state, 0) + count
         total_states[state] = total_states.get(state, 0) + count
-        if state == "done":
+        if state == DONE:
             v["decode"] += decode_s
             v["encode"] += encode_s
             total_decode += decode_s
             total_encode += encode_s
     failures = [{"item": r.item, "error": r.error, "error_type": r.error_type}
-                for r in journal.records(state="failed", limit=FAILURES_IN_SUMMARY)]
+                for r in journal.records(state=FAILED, limit=FAILURES_IN_SUMMARY)]
     counters = _counters(total_states, total_decode, total_encode)
     return {
         **counters,

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train the demo VAE shipped in ``latent_decoder/demo_model/vae``: a ~476k-parameter
 ``AutoencoderKLWan`` (Wan2.1's architecture, shrunk) fitted to the four synthetic demo clips of
-``latent_decoder.demo_clips``, so that ``latent-decoder demo`` shows real clips emerging from noise
+``latent_decoder.demo``, so that ``latent-decoder demo`` shows real clips emerging from noise
 instead of decoding noise into noise.
 
 A VAE that knows its own four clips is what the demo needs; a general one would take hours of CPU
@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from latent_decoder.demo_clips import (  # noqa: E402
+from latent_decoder.demo import (  # noqa: E402
     CLIP_SEED, DEMO_MODEL_DIR, DEMO_VAE_CONFIG, demo_clips, encode_clips, latent_statistics, psnr, wan_scheduler,
 )
 

@@ -16,7 +16,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from latent_decoder.demo import build_demo_experiment, build_tiny_wan_vae  # noqa: E402
+from latent_decoder.synthetic import build_synthetic_experiment, build_tiny_wan_vae  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WAN_REPO_ID = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
@@ -54,13 +54,13 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def make_experiment(tmp_path: Path, tiny_model_dir: Path):
-    """Factory: ``make_experiment(name="exp", **build_demo_experiment kwargs) -> Path``."""
+    """Factory: ``make_experiment(name="exp", **build_synthetic_experiment kwargs) -> Path``."""
     def make(name: str = "exp", **kwargs) -> Path:
         kwargs.setdefault("model_dir", tiny_model_dir)
         kwargs.setdefault("steps", 3)
         kwargs.setdefault("height", 32)
         kwargs.setdefault("width", 48)
-        return build_demo_experiment(tmp_path / name, **kwargs)
+        return build_synthetic_experiment(tmp_path / name, **kwargs)
 
     return make
 

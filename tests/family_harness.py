@@ -20,7 +20,7 @@ from PIL import Image
 
 from latent_decoder import decode_latent
 from latent_decoder.cli import cli
-from latent_decoder.demo import save_npy_gz, write_config
+from latent_decoder.synthetic import save_npy_gz, write_config
 from latent_decoder.experiment import VideoSettings
 
 FPS = 8.0

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from latent_decoder.cli import cli
-from latent_decoder.demo import save_npy_gz
+from latent_decoder.synthetic import save_npy_gz
 
 from conftest import journal_records, run_cli
 

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from latent_decoder import identity
 from latent_decoder.cli import cli
-from latent_decoder.demo import save_npy_gz
+from latent_decoder.synthetic import save_npy_gz
 
 from conftest import journal_records
 

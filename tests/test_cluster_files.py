@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from conftest import REPO_ROOT
-from latent_decoder.job import job_args
+from latent_decoder.submit import job_args
 from latent_decoder.submit import entrypoint, load_runtime_env
 
 

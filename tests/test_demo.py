@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from latent_decoder.demo_clips import (
+from latent_decoder.demo import (
     CLIP_FRAMES, CLIP_HEIGHT, CLIP_WIDTH, DEMO_MODEL_DIR, DEMO_PROMPTS, build_trained_demo, demo_clip, psnr,
     run_demo, to_uint8,
 )
@@ -88,7 +88,7 @@ def test_metadata_is_what_a_wan_pipeline_callback_stores(demo_run) -> None:
 def test_stored_steps_follow_the_flow_matching_path(demo_run) -> None:
     """Step i holds x at sigma_{i+1}, so x0 recovered from two consecutive steps (DESIGN.md, "x0 from
     stored steps") is the last, clean step."""
-    from latent_decoder.demo_clips import wan_scheduler
+    from latent_decoder.demo import wan_scheduler
 
     root, _ = demo_run
     sigmas = wan_scheduler(STEPS).sigmas.double().numpy()
@@ -143,7 +143,7 @@ def test_a_broken_demo_model_is_one_line_naming_the_file(tmp_path: Path, monkeyp
     truncated weights: `demo` says so in one line naming the file, and writes nothing."""
     from click.testing import CliRunner
 
-    from latent_decoder import demo_clips
+    from latent_decoder import demo as demo_clips
     from latent_decoder.cli import cli
 
     model = tmp_path / "demo_model"

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from latent_decoder.cli import cli
-from latent_decoder.demo import save_npy_gz, write_config
+from latent_decoder.synthetic import save_npy_gz, write_config
 from latent_decoder.errors import SetupError
 from latent_decoder.experiment import Experiment, Filters
 from latent_decoder.settings import CliOptions, resolve_settings

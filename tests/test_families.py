@@ -22,7 +22,7 @@ from click.testing import CliRunner
 
 from latent_decoder import decode_latent, families
 from latent_decoder.cli import cli
-from latent_decoder.demo import build_tiny_wan_vae
+from latent_decoder.synthetic import build_tiny_wan_vae
 from latent_decoder.errors import LatentFileError, LatentShapeError
 from latent_decoder.experiment import VideoSettings
 from latent_decoder.settings import OutputSettings

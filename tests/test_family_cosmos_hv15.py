@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from latent_decoder import families
-from latent_decoder.demo import build_tiny_wan_vae
+from latent_decoder.synthetic import build_tiny_wan_vae
 from latent_decoder.experiment import VideoSettings
 from latent_decoder.families import PipelineFacts, detect
 

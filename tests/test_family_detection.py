@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from latent_decoder import decode_latent
 from latent_decoder.cli import cli
-from latent_decoder.demo import build_tiny_wan_vae, save_npy_gz, write_config
+from latent_decoder.synthetic import build_tiny_wan_vae, save_npy_gz, write_config
 from latent_decoder.errors import UnsupportedModelError
 from latent_decoder.families import FAMILIES, PipelineFacts, detect
 from latent_decoder.models import resolve_model

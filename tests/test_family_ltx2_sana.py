@@ -28,7 +28,7 @@ from click.testing import CliRunner
 
 from latent_decoder import families
 from latent_decoder.cli import cli
-from latent_decoder.demo import build_tiny_wan_vae
+from latent_decoder.synthetic import build_tiny_wan_vae
 from latent_decoder.errors import LatentShapeError
 from latent_decoder.experiment import VideoSettings
 from latent_decoder.families.ltx_video import NOISE_SEED, buffer_denormalize, decode_with_timestep

@@ -26,7 +26,7 @@ import pytest
 from click.testing import CliRunner
 
 from latent_decoder.cli import cli
-from latent_decoder.demo import build_tiny_wan_vae, save_npy_gz, write_config
+from latent_decoder.synthetic import build_tiny_wan_vae, save_npy_gz, write_config
 from latent_decoder.experiment import VideoSettings
 from latent_decoder.families import PipelineFacts, detect
 from latent_decoder.families import wan

@@ -11,7 +11,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from latent_decoder.cli import cli
-from latent_decoder.demo import save_npy_gz
+from latent_decoder.synthetic import save_npy_gz
 
 
 def invoke(*args: str):

@@ -20,7 +20,7 @@ from PIL import Image
 
 from latent_decoder import models
 from latent_decoder.cli import cli
-from latent_decoder.demo import build_tiny_wan_vae, save_npy_gz, write_config
+from latent_decoder.synthetic import build_tiny_wan_vae, save_npy_gz, write_config
 from latent_decoder.errors import LatentShapeError, ModelNotFoundError, UnsupportedModelError
 from latent_decoder.models import resolve_model
 from latent_decoder.settings import OutputSettings

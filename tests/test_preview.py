@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from latent_decoder.cli import cli
-from latent_decoder.demo import clean_latent, save_npy_gz, write_config
+from latent_decoder.synthetic import clean_latent, save_npy_gz, write_config
 from latent_decoder.previews.factors import PreviewMap, model_key, published_map, save_calibration
 from latent_decoder.previews.projection import project
 from latent_decoder.previews.setup import local_model
@@ -130,7 +130,7 @@ def test_wan_preview_has_the_full_decodes_frames_and_size(tiny_model_dir: Path) 
 
 
 def test_wan22_48_channel_latents_preview_at_16x(tmp_path: Path) -> None:
-    from latent_decoder.demo import build_tiny_wan_vae
+    from latent_decoder.synthetic import build_tiny_wan_vae
 
     build_tiny_wan_vae(seed=22, z_dim=48, is_residual=True, in_channels=12, out_channels=12, patch_size=2,
                        scale_factor_spatial=16, latents_mean=[0.0] * 48, latents_std=[1.0] * 48,

@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from latent_decoder.cli import cli
@@ -186,7 +185,7 @@ def test_sigterm_on_gallery_exits_143_and_leaves_no_temp_files(make_experiment):
 def test_x0_gallery_says_it_shows_x0_and_that_it_is_approximate(make_experiment):
     import shutil
 
-    from latent_decoder.demo_clips import DEMO_MODEL_DIR
+    from latent_decoder.demo import DEMO_MODEL_DIR
 
     exp = make_experiment(prompts=1, steps=3, model_dir=None)
     shutil.copytree(DEMO_MODEL_DIR / "scheduler", exp / "model" / "scheduler")  # Wan's UniPC: approximate

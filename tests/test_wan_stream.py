@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.vae import DecoderOutput
 
-from latent_decoder.demo import build_tiny_wan_vae
+from latent_decoder.synthetic import build_tiny_wan_vae
 from latent_decoder.memory_count import LiveTensorBytes
 from latent_decoder.settings import OutputSettings
 from latent_decoder.wan_lean import lean_decoder

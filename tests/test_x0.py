@@ -15,7 +15,7 @@ from PIL import Image
 
 from latent_decoder import decode_latent
 from latent_decoder.cli import cli
-from latent_decoder.demo import build_tiny_wan_vae, write_config
+from latent_decoder.synthetic import build_tiny_wan_vae, write_config
 from latent_decoder.x0 import recover_x0
 
 from conftest import journal_records, tiny_wan_transformer

@@ -16,13 +16,14 @@ from typing import Any, Iterable
 from ..experiment import LatentStep, metadata_timestep, tell_bad_timesteps
 from ..families import FAMILIES
 from ..journal import Journal, StepRecord
+from ..states import DONE, FAILED
 
 # Per video: items, which successful attempts they show (ids only grow), states, decode time, and when
 # the newest output was written. A failed retry that fails the same way changes none of these.
-_DIGEST_SQL = """
+_DIGEST_SQL = f"""
 SELECT i.prompt, i.video, COUNT(*), TOTAL(CASE WHEN a.status = 'ok' THEN i.last END),
        TOTAL(CASE WHEN a.status = 'ok' THEN i.last * (i.step_index + 1) END),
-       TOTAL(i.state = 'done'), TOTAL(i.state = 'failed'), TOTAL(CASE WHEN i.state = 'done' THEN a.decode_s END),
+       TOTAL(i.state = '{DONE}'), TOTAL(i.state = '{FAILED}'), TOTAL(CASE WHEN i.state = '{DONE}' THEN a.decode_s END),
        MAX(CASE WHEN a.status = 'ok' THEN a.finished_at END)
 FROM items i LEFT JOIN attempts a ON a.id = i.last
 GROUP BY i.prompt, i.video ORDER BY i.prompt, i.video
