@@ -61,6 +61,8 @@ def build(root: Path, prompts: int, steps: int) -> Path:
 def overlap(exp: Path, decode_s: float, encode_s: float) -> tuple[float, int, int]:
     """(seconds, items, items in flight on the actor) to decode every item of ``exp`` on one actor."""
     from latent_decoder.executors.ray import RayExecutor
+    from latent_decoder.layout import OutputLayout
+    from latent_decoder.pipeline import run_items
     from latent_decoder.experiment import Experiment
     from latent_decoder.plan import plan_run
     from latent_decoder.settings import CliOptions, resolve_settings
@@ -73,7 +75,8 @@ def overlap(exp: Path, decode_s: float, encode_s: float) -> tuple[float, int, in
     try:
         executor.start()
         start = time.perf_counter()
-        executor.run(todo, lambda step, record: done.append(record))
+        run_items(todo, executor, OutputLayout(settings.output_dir), settings.output,
+                  lambda step, record: done.append(record))
         seconds = time.perf_counter() - start
         concurrency = executor.pool.live[0].concurrency
     finally:
@@ -91,7 +94,7 @@ def driver_capacity(exp: Path, workers: int) -> tuple[int, float, float, float, 
     from latent_decoder.experiment import Experiment
     from latent_decoder.settings import CliOptions, resolve_settings
 
-    runner.refresh_views = lambda *args, **kwargs: None
+    runner.draw_views = lambda *args, **kwargs: None
     settings = resolve_settings(Experiment.load(exp), CliOptions(workers=workers, io="driver", force=True))
     shutil.rmtree(settings.output_dir, ignore_errors=True)
     stamps: list[tuple[float, float, float]] = []  # on the scheduling thread: wall, its CPU, the process's

@@ -46,6 +46,8 @@ def run_once(exp: Path, workers: int, cost: float) -> tuple[float, int, float]:
     """(seconds, items, mean seconds the workers spent loading + encoding per item) to decode
     every item of ``exp`` on ``workers`` actors, start-up excluded."""
     from latent_decoder.executors.ray import RayExecutor
+    from latent_decoder.layout import OutputLayout
+    from latent_decoder.pipeline import run_items
     from latent_decoder.experiment import Experiment
     from latent_decoder.plan import plan_run
     from latent_decoder.settings import CliOptions, resolve_settings
@@ -58,7 +60,8 @@ def run_once(exp: Path, workers: int, cost: float) -> tuple[float, int, float]:
     try:
         executor.start()
         start = time.perf_counter()
-        executor.run(todo, lambda step, record: done.append(record))
+        run_items(todo, executor, OutputLayout(settings.output_dir), settings.output,
+                  lambda step, record: done.append(record))
         seconds = time.perf_counter() - start
     finally:
         executor.close()

@@ -83,7 +83,7 @@ def bookkeeping(root: Path, first: int, prompts: int) -> tuple[int, float]:
     import latent_decoder.runner as runner
     from latent_decoder.runner import run_decode
 
-    runner.refresh_views = lambda *args, **kwargs: None
+    runner.draw_views = lambda *args, **kwargs: None
 
     names = ",".join(f"prompt_{p:04d}" for p in range(first, first + prompts))
     settings = settings_for(root, prompt_filter=names)

@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 from .errors import OutputDirError, RunLockedError, RunStoppedError
 from .executors import InlineExecutor
@@ -31,6 +31,7 @@ from .layout import OutputLayout
 from .lifecycle import GroupCommit
 from .lock import OutputLock
 from .models import resolve_model
+from .pipeline import Executor, run_items
 from .plan import Plan, make_plan, migration, plan_run
 from .states import ItemState
 from .settings import RunSettings
@@ -156,25 +157,14 @@ def _signum(exc: BaseException, signals: StopSignals) -> int:
     return exc.signum if isinstance(exc, Interrupted) else signals.raised or signal.SIGINT
 
 
-class Executor(Protocol):
-    """Where an item's compute stage runs: this process (``InlineExecutor``) or a Ray actor pool
-    (``executors.ray.RayExecutor``). Both are started (model or workers loaded) before the run holds
-    its folder, and report each finished item through ``on_result``."""
-
-    def run(self, steps: list[LatentStep], on_result: Callable[[LatentStep, StepRecord], None]) -> None: ...
-
-    def close(self) -> None: ...
-
-
 def start_executor(settings: RunSettings, info: RunInfo, worker: Any = None,
                    worker_cls: type[DecodeWorker] = DecodeWorker) -> Executor:
     """Everything that can refuse the run, before the output folder is touched: the device, the model,
     its family rule and weights (in-process), or the Ray workers, which load them. A given ``worker``
     stays its caller's; one made here is closed with the executor."""
-    layout = OutputLayout(settings.output_dir)
     if worker is not None:
         info.model = worker.describe()
-        return InlineExecutor(worker, layout)
+        return InlineExecutor(worker)
     if settings.output.decoder == "preview":
         from .previews.worker import PreviewWorker  # no model, no device, no Ray: in-process
 
@@ -194,7 +184,7 @@ def start_executor(settings: RunSettings, info: RunInfo, worker: Any = None,
         model = resolve_model(settings.output.model, settings.output.vae_subfolder, settings.output.vae_config)
         worker = worker_cls(settings.output, settings.output_dir, settings.device, model=model)
     info.model = worker.describe()
-    return InlineExecutor(worker, layout, owns_worker=True)
+    return InlineExecutor(worker, owns_worker=True)
 
 
 class Run:
@@ -275,7 +265,7 @@ class Run:
             bar = Progress(len(self.plan.todo) if self.settings.watch is None else 0, self.progress)
             record = self._recorder(journal, committer, bar, signals)
             if self.settings.watch is None:
-                executor.run(self.plan.todo, record)
+                run_items(self.plan.todo, executor, self.layout, self.settings.output, record)
             else:
                 self._watch(executor, journal, committer, bar, record)
         except KeyboardInterrupt as exc:
@@ -327,7 +317,7 @@ class Run:
         try:
             for batch in watcher.rounds(self.plan.todo, replan):
                 bar.grow(len(batch))
-                executor.run(batch, record)
+                run_items(batch, executor, self.layout, self.settings.output, record)
                 if self.report.attempts != drawn and time.monotonic() - last_refresh >= options.refresh_every:
                     committer.flush()
                     write_summary(self.layout, build_summary(journal, self.info))

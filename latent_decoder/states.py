@@ -12,22 +12,26 @@ PENDING_STATES = (PENDING, CHANGED, STALE)  # not done and not failed: what the 
 
 
 class ItemState(Enum):
-    """Why a run decodes an item, or that it is done (the one "done" rule: ``plan.item_state``)."""
+    """Why a run decodes an item, or that it is done (the one "done" rule: ``plan.item_state``); the
+    value is what the dry run and ``inspect`` say of such an item."""
 
-    TODO = ("decode", PENDING)  # never decoded
-    DONE = ("done", DONE)  # skipped
-    CHANGED = ("decode again (changed input)", CHANGED)  # the latent file is not the one its outputs were made from
-    STALE = ("decode again (settings changed)", STALE)  # decoded with other settings
-    MISSING = ("decode again (outputs missing)", PENDING)  # its outputs are gone or altered
-    FAILED = ("retry (failed before)", FAILED)  # the latest attempt failed; tried again
-    FORCED = ("decode again (--force)", DONE)  # done, but --force
+    TODO = "decode"  # never decoded
+    DONE = "done"  # skipped
+    CHANGED = "decode again (changed input)"  # the latent file is not the one its outputs were made from
+    STALE = "decode again (settings changed)"  # decoded with other settings
+    MISSING = "decode again (outputs missing)"  # its outputs are gone or altered
+    FAILED = "retry (failed before)"  # the latest attempt failed; tried again
+    FORCED = "decode again (--force)"  # done, but --force
 
     @property
     def words(self) -> str:
-        """What the dry run and ``inspect`` say of such an item."""
-        return self.value[0]
+        return self.value
 
     @property
     def stored(self) -> str:
         """The state the journal and the summary keep: done, failed, changed, stale or pending."""
-        return self.value[1]
+        return _KEPT[self]
+
+
+_KEPT = {ItemState.TODO: PENDING, ItemState.DONE: DONE, ItemState.CHANGED: CHANGED, ItemState.STALE: STALE,
+         ItemState.MISSING: PENDING, ItemState.FAILED: FAILED, ItemState.FORCED: DONE}

@@ -151,7 +151,7 @@ def test_a_failed_redecode_keeps_the_good_output(make_experiment):
     latent.write_bytes(latent.read_bytes()[:40])  # became unreadable
 
     result = invoke("decode", str(exp), "--force")
-    assert result.exit_code == 1
+    assert result.exit_code == 1, result.output
     assert video.read_bytes() == good_bytes and (out / f"{ITEM}.jpg").read_bytes() == good_thumb
     summary = json.loads((out / "decode_summary.json").read_text())
     assert summary["failed_steps"] == 1 and summary["successful_steps"] == 2

@@ -1,11 +1,14 @@
 """An interrupt never separates an item's written outputs from its record.
 
-The signal handler raises in the main thread at whatever bytecode it is running. The executors hand
+The signal handler raises in the main thread at whatever bytecode it is running. The pipeline hands
 an item on (its outputs written -> its record to ``on_result``, which commits it) inside
-``stop.critical()``, so a Ctrl-C that lands while the record is on its way waits until it has
-arrived. Here ``on_result`` raises SIGINT on its first line, before any critical section of its own,
-as a real Ctrl-C can (the runner's ``record`` opens its section one line later): every item whose
-files are on disk must still reach ``on_result``, and the run must still stop.
+``stop.critical()``, and so does an executor handing a result on, so a Ctrl-C that lands while the
+record is on its way waits until it has arrived. Here ``on_result`` raises SIGINT on its first line,
+before any critical section of its own, as a real Ctrl-C can (the runner's ``record`` opens its
+section one line later): every item whose files are on disk must still reach ``on_result``, and the
+run must still stop. Both ways an executor hands results on are checked: computed items the
+pipeline writes (in-process, Ray with the driver's io) and records of items written where they
+were computed (Ray with shared io).
 """
 from __future__ import annotations
 
@@ -14,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from latent_decoder.executors.driver_io import DriverIO
 from latent_decoder.executors.inline import InlineExecutor
 from latent_decoder.experiment import Experiment, LatentStep
 from latent_decoder.journal import StepRecord
 from latent_decoder.layout import OutputLayout
-from latent_decoder.lifecycle import ItemWork, write_outputs
+from latent_decoder.lifecycle import ItemWork, prepare, write_outputs
+from latent_decoder.pipeline import HandOn, run_items
 from latent_decoder.settings import OutputSettings
-from latent_decoder.stop import Interrupted, StopSignals
+from latent_decoder.stop import Interrupted, StopSignals, critical
 
 OUTPUT = OutputSettings(model="unused")
 
@@ -60,30 +63,55 @@ def steps(make_experiment) -> list[LatentStep]:
     return Experiment.load(exp).discover()
 
 
-def test_inline_executor_hands_every_written_item_on(steps: list[LatentStep], tmp_path: Path) -> None:
+def test_computed_items_are_written_and_handed_on(steps: list[LatentStep], tmp_path: Path) -> None:
     out = tmp_path / "out"
-    executor = InlineExecutor(StandInWorker(), OutputLayout(out), encode_threads=2)
     delivered: list[str] = []
     with StopSignals(), pytest.raises(Interrupted):
-        executor.run(steps, interrupting(3, delivered))
+        run_items(steps, InlineExecutor(StandInWorker(), encode_threads=2), OutputLayout(out), OUTPUT,
+                  interrupting(3, delivered))
     assert 3 <= len(delivered) < len(steps), "the interrupt stops the run, after the item it landed on"
     assert written_items(out) == set(delivered)
 
 
-def test_driver_io_hands_every_written_item_on(steps: list[LatentStep], tmp_path: Path) -> None:
+class WrittenWhereComputed:
+    """An executor whose items are read, computed and written elsewhere (Ray with shared io): results
+    come back as records, several at a time."""
+
+    prepared = False
+
+    def __init__(self, layout: OutputLayout) -> None:
+        self.layout, self.items = layout, []
+
+    def room(self) -> int:
+        return 4 - len(self.items)
+
+    def submit(self, step: LatentStep) -> None:
+        self.items.append(step)
+
+    def busy(self) -> bool:
+        return bool(self.items)
+
+    def poll(self, timeout: float | None, hand_on: HandOn) -> None:
+        for step in self.items[:2]:
+            record = write_outputs(self.layout, OUTPUT, StandInWorker().encode_stage(prepare(step)))
+            with critical():
+                self.items.remove(step)
+                hand_on(step, record)
+
+    def stop(self, hand_on: HandOn) -> None:
+        self.items.clear()
+
+    def finish(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_records_written_elsewhere_are_handed_on(steps: list[LatentStep], tmp_path: Path) -> None:
     layout = OutputLayout(tmp_path / "out")
-    io = DriverIO(lambda work: write_outputs(layout, OUTPUT, StandInWorker().encode_stage(work)))
     delivered: list[str] = []
-    on_result = interrupting(2, delivered)
-    try:
-        for step in steps:
-            io.write(step, ItemWork(step))
-        with StopSignals(), pytest.raises(Interrupted):
-            for step, written in io.finished(block=True):
-                io.hand_on(step, written, on_result)
-        assert len(delivered) == 2, "the interrupt lands once the record it interrupted has arrived"
-        for step, written in io.finished(block=True):  # what the Ray executor's drain does next
-            io.hand_on(step, written, on_result)
-    finally:
-        io.close()
-    assert written_items(layout.root) == set(delivered) == {s.key for s in steps}
+    with StopSignals(), pytest.raises(Interrupted):
+        run_items(steps, WrittenWhereComputed(layout), layout, OUTPUT, interrupting(3, delivered))
+    assert len(delivered) == 3, "the interrupt lands once the record it interrupted has arrived"
+    assert written_items(layout.root) == set(delivered)

@@ -1,4 +1,6 @@
-"""Executors only schedule: they call the worker's stages and report each finished item."""
-from .inline import InlineExecutor, ResultCallback
+"""Executors decide only where an item's compute stage runs (``pipeline.Executor``): this process
+(``inline.InlineExecutor``) or a pool of Ray actors (``ray.RayExecutor``, imported only when used).
+The pipeline around it (read ahead, write, commit, stop) is ``pipeline.run_items``, for both."""
+from .inline import InlineExecutor
 
-__all__ = ["InlineExecutor", "ResultCallback"]
+__all__ = ["InlineExecutor"]

@@ -1,108 +1,77 @@
-"""In-process executor: one worker, the lifecycle's stages overlapped on threads.
+"""In-process executor: the compute stage here, on this process's device.
 
-A serial read -> decode -> encode loop leaves the device idle while the CPU gunzips and runs
-x264. Here one thread prepares ahead, the calling thread drives the device, and a small pool
-encodes and writes finished items, so the device always has the next latent ready. Results reach
-``on_result`` on the calling thread, which commits them to the journal.
+The device work (``decode_stage``) runs on the calling thread, one item at a time, with the next
+item already read by the pipeline; CPU encoding (``encode_stage``: x264, PNG) runs on a small pool,
+so the device decodes the next latent while earlier ones encode. A Ctrl-C lands in the decode
+itself: that item is dropped (decoded again next time) and the ones already decoded are finished.
 """
 from __future__ import annotations
 
-import logging
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Callable, Iterable
+from typing import Any
 
 from ..experiment import LatentStep
-from ..journal import StepRecord
-from ..layout import OutputLayout
-from ..lifecycle import ItemWork, prepare, write_outputs
+from ..lifecycle import ItemWork
+from ..pipeline import HandOn
 from ..resources import usable_cpus
 from ..stop import critical
-from ..worker import DecodeWorker
-
-log = logging.getLogger(__name__)
-
-ResultCallback = Callable[[LatentStep, StepRecord], None]
-
-
-WRITE_THREADS = 4  # writing is fsync-bound, not CPU-bound: a few threads overlap the disk's latency
 
 
 class InlineExecutor:
-    def __init__(self, worker: DecodeWorker, layout: OutputLayout, encode_threads: int | None = None,
-                 prefetch: int = 2, owns_worker: bool = False) -> None:
+    """``pipeline.Executor`` in this process, with one worker (``compute.Worker``: a VAE on a device,
+    or a model-free preview). ``owns_worker``: ``close()`` frees it (not a worker lent by a caller)."""
+
+    prepared = True
+
+    def __init__(self, worker: Any, encode_threads: int | None = None, owns_worker: bool = False) -> None:
         self.worker = worker
-        self.layout = layout
-        self.owns_worker = owns_worker  # close() frees the worker's model (not a worker lent by the caller)
         self.encode_threads = encode_threads or max(1, min(4, usable_cpus() // 2))
-        self.prefetch = max(1, prefetch)
+        self.owns_worker = owns_worker
+        self.waiting: deque[ItemWork] = deque()  # read, waiting for the device
+        self.encodes: dict[Future, LatentStep] = {}
+        self._encoder: ThreadPoolExecutor | None = None
 
-    def _write(self, work: ItemWork) -> StepRecord:
-        return write_outputs(self.layout, self.worker.output, work)
+    @property
+    def encoder(self) -> ThreadPoolExecutor:
+        if self._encoder is None:
+            self._encoder = ThreadPoolExecutor(self.encode_threads, thread_name_prefix="ld-encode")
+        return self._encoder
 
-    def run(self, steps: Iterable[LatentStep], on_result: ResultCallback) -> None:
-        """Decode every step; ``on_result(step, record)`` once per item, on this thread.
+    def room(self) -> int:
+        return 0 if self.waiting else 1  # one item ready for the device; the pipeline reads more ahead
 
-        Stages: prepare (reader thread) -> decode (this thread) -> encode (CPU pool) -> write
-        (I/O pool). On KeyboardInterrupt, or a run-level stop (full disk, broken device), no new item
-        starts; items already decoded are still encoded, written and committed, then the exception
-        propagates.
-        """
-        pending_steps = deque(steps)
-        reads: deque[tuple[LatentStep, Future]] = deque()
-        encodes: dict[Future, LatentStep] = {}
-        writes: dict[Future, LatentStep] = {}
-        reader = ThreadPoolExecutor(1, thread_name_prefix="ld-read")
-        encoder = ThreadPoolExecutor(self.encode_threads, thread_name_prefix="ld-encode")
-        writer = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="ld-write")
+    def submit(self, item: ItemWork | LatentStep) -> None:
+        self.waiting.append(item)
 
-        def collect(block: bool) -> None:
-            if not encodes and not writes:
-                return
-            done, _ = wait([*encodes, *writes], timeout=None if block else 0, return_when=FIRST_COMPLETED)
-            for future in done:
-                with critical():  # an interrupt never lands between an item's files and its record
-                    if future in encodes:
-                        writes[writer.submit(self._write, future.result())] = encodes.pop(future)
-                    else:
-                        on_result(writes.pop(future), future.result())
+    def busy(self) -> bool:
+        return bool(self.waiting or self.encodes)
 
-        try:
-            while pending_steps or reads:
-                while pending_steps and len(reads) < self.prefetch:
-                    step = pending_steps.popleft()
-                    reads.append((step, reader.submit(prepare, step)))
-                step, read = reads.popleft()
-                work = self.worker.decode_stage(read.result())
-                while len(encodes) + len(writes) >= self.encode_threads * 2 + WRITE_THREADS:
-                    collect(block=True)
-                encodes[encoder.submit(self.worker.encode_stage, work)] = step
-                collect(block=False)
-            while encodes or writes:
-                collect(block=True)
-        except BaseException:
-            if encodes or writes:
-                log.warning("stopping: finishing %d decoded item(s) already in flight", len(encodes) + len(writes))
-            for _, read in reads:
-                read.cancel()
-            self._drain(encodes, writes, on_result)
-            raise
-        finally:
-            reader.shutdown(wait=True, cancel_futures=True)
-            encoder.shutdown(wait=True, cancel_futures=True)
-            writer.shutdown(wait=True, cancel_futures=True)
+    def poll(self, timeout: float | None, hand_on: HandOn) -> None:
+        """Decode the next item on this thread (while the encoders keep up: their queue holds decoded
+        frames), then hand on the encodes that finished; else wait for one."""
+        if self.waiting and len(self.encodes) <= self.encode_threads:
+            work = self.worker.decode_stage(self.waiting.popleft())
+            self.encodes[self.encoder.submit(self.worker.encode_stage, work)] = work.step
+            timeout = 0
+        if self.encodes:
+            for future in wait(self.encodes, timeout=timeout, return_when=FIRST_COMPLETED).done:
+                with critical():  # untracked and handed on together
+                    hand_on(self.encodes.pop(future), future.result())
+
+    def stop(self, hand_on: HandOn) -> None:
+        """Finish the items already decoded (their encodes); the ones not decoded yet are dropped."""
+        self.waiting.clear()
+        for future in list(self.encodes):
+            with critical():
+                hand_on(self.encodes.pop(future), future.result())
+
+    def finish(self) -> None:
+        """Nothing to say when the items run out."""
 
     def close(self) -> None:
+        if self._encoder is not None:
+            self._encoder.shutdown(wait=True, cancel_futures=True)
+            self._encoder = None
         if self.owns_worker:
             self.worker.close()
-
-    def _drain(self, encodes: dict[Future, LatentStep], writes: dict[Future, LatentStep],
-               on_result: ResultCallback) -> None:
-        """Stopping: commit what is already decoded, as far as the disk allows."""
-        for future, step in [*writes.items(), *encodes.items()]:
-            try:
-                with critical():  # a second Ctrl-C waits for the item being committed
-                    record = future.result() if future in writes else self._write(future.result())
-                    on_result(step, record)
-            except Exception as exc:
-                log.warning("item %s not committed while stopping: %s", step.key, exc)

@@ -1,15 +1,17 @@
-"""Ray executor: the same ``DecodeWorker`` as actors, one per GPU (or N on CPU), fed by the driver.
+"""Ray executor: the compute stage on the same worker class as Ray actors, one per GPU (or N on CPU).
 
-Ray stays at the edge: it is imported here only, and the worker class is wrapped with
-``ray.remote`` when the pool starts. The scheduling loop is a ``ray.wait`` over
-``{ref: call}``, which knows which item each result or failure belongs to:
+It is a ``pipeline.Executor``: the pipeline reads ahead, writes and commits (in the driver, with
+``io="driver"``); this module decides where each item's compute runs and survives the cluster. Ray
+stays at the edge: it is imported here only, and the worker class is wrapped with ``ray.remote``
+when the pool starts. Each ``poll`` is a ``ray.wait`` over ``{ref: call}``, which knows which item
+each result or failure belongs to:
 
 * each actor works on a few items at once (``actor_class``): one decodes while the ones before
   it encode on other threads, so the device does not wait for x264; the driver keeps that many
   items in flight per actor, and an actor with room takes the next one, so mixed cards and latent
   sizes balance;
-* results come back one by one and are committed (outputs, then record) as they arrive, so a
-  killed driver loses only the items in flight;
+* results come back one by one and are handed on to the pipeline as they arrive (written and
+  committed there), so a killed driver loses only the items in flight;
 * an actor that dies is restarted by Ray (``max_restarts``) or replaced; the items it was
   running are charged one try each and then run alone, so that a later death is charged to the
   item that caused it; an item that killed ``poison_after`` workers (or hung them past the item
@@ -35,22 +37,19 @@ import time
 import warnings
 from collections import deque
 from dataclasses import dataclass, replace
-from itertools import islice
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ..errors import (ClusterError, DecodeError, DeviceFailure, LatentDecoderError, PoisonItemError, RunStoppedError,
                       describe_error, first_line)
 from ..experiment import LatentStep
-from ..layout import OutputLayout
-from ..lifecycle import ItemWork, write_outputs
+from ..lifecycle import ItemWork
 from ..models import ResolvedModel, resolve_model
+from ..pipeline import HandOn
 from ..resources import usable_cpus
 from ..settings import RunSettings
 from ..stop import critical
 from ..worker import DecodeWorker
-from .driver_io import DriverIO
-from .inline import ResultCallback
 from .ray_pool import (CPU_ACTOR_CPUS, GPU_ACTOR_CPUS, ActorPool, Ask, Capacity, Slot, actor_error, plan_actors,
                        resources_text)
 
@@ -58,7 +57,6 @@ __all__ = ["RayExecutor", "actor_class", "CPU_ACTOR_CPUS", "GPU_ACTOR_CPUS", "RE
 
 log = logging.getLogger(__name__)
 
-IO_POLL_S = 0.02  # how soon the loop looks again while a read or write runs
 MAX_ENCODERS = 4  # encode threads per actor, at most: x264 is multi-threaded itself
 RESTART_WAIT_S = 300.0  # how long a lost actor may take to come back before its slot is dropped
 REPLACEMENTS_PER_WORKER = 3  # new actors for slots whose restarts are spent, before the pool gives up
@@ -68,11 +66,15 @@ REPLACEMENTS_PER_WORKER = 3  # new actors for slots whose restarts are spent, be
 class _Call:
     slot: Slot
     step: LatentStep
+    item: ItemWork | LatentStep  # what was sent, sent again when its worker is lost
     tries: int = 0  # workers this item has killed (or hung) so far
 
 
 class RayExecutor:
-    """Decode items on a pool of Ray actors; ``start()`` before ``run()``, ``close()`` after."""
+    """``pipeline.Executor`` on a pool of Ray actors; ``start()`` (Ray, the actors, the model) before the
+    pipeline runs, ``close()`` after. With ``io="driver"`` it takes prepared items (the driver reads
+    the latents and writes the outputs: workers need no shared storage); with ``io="shared"`` bare
+    steps, which the actors read, decode and write themselves."""
 
     def __init__(
         self,
@@ -88,8 +90,11 @@ class RayExecutor:
         self.max_restarts = max_restarts
         self.poison_after = poison_after
         self.restart_wait_s = restart_wait_s
-        self.layout = OutputLayout(settings.output_dir)
+        self.prepared = settings.executor.io == "driver"
         self.pool: ActorPool | None = None
+        self.queue: deque[tuple[ItemWork | LatentStep, int]] = deque()  # (item, tries): to send, retries first
+        self.calls: dict[Any, _Call] = {}  # item calls in flight on actors
+        self.ready: deque[tuple[LatentStep, ItemWork | Any]] = deque()  # results to hand on at the next poll
         self.info: dict[str, Any] = {}
         self._ask: Ask | None = None
         self._capacity: Capacity | None = None  # what was asked of the autoscaler
@@ -100,7 +105,6 @@ class RayExecutor:
         self._ray: Any = None
         self._sigterm: Any = None  # the SIGTERM handler ray.init replaced, when we put it back
         self._signalled: BaseException | None = None  # what that handler raised
-        self._io: DriverIO | None = None  # the driver's reads and writes, during run() with io="driver"
 
     # ------------------------------------------------------------------ starting
 
@@ -278,55 +282,147 @@ class RayExecutor:
             signal.signal(signal.SIGTERM, self._sigterm)
             self._sigterm = None
 
+    # ------------------------------------------------------------------ the Executor protocol
+
+    def room(self) -> int:
+        """Free item places on the live actors, less the items already queued here (at least one item
+        is always taken, so that the pipeline keeps polling while actors are still being placed)."""
+        free = sum(max(0, s.concurrency - len(s.outstanding)) for s in self.pool.live)
+        return max(free, 1) - len(self.queue)
+
+    def submit(self, item: ItemWork | LatentStep) -> None:
+        self.queue.append((item, 0))
+
+    def busy(self) -> bool:
+        return bool(self.queue or self.calls or self.ready)
+
+    def poll(self, timeout: float | None, hand_on: HandOn) -> None:
+        """Deadlines, dispatch to actors with room, one ``ray.wait`` over the item calls and pings, and
+        every result (or loss) handled: what finished is handed on, what was lost goes back in the queue."""
+        ray, pool = self._ray, self.pool
+        try:
+            self._tick()
+            self._hung(hand_on)
+            for slot in pool.live:
+                while self.queue and self._takes(slot, self.queue[0][1]):
+                    self._send(slot, *self.queue.popleft())
+            self._hand_on_ready(hand_on)
+            if (self.queue or self.calls) and not pool.hopeful():
+                raise self._gone()
+            refs = list(self.calls) + pool.ping_refs()
+            wait_s = max(0.01, pool.next_event(time.monotonic()) - time.monotonic())
+            if timeout is not None:
+                wait_s = min(wait_s, timeout)
+            if refs:
+                ready, _ = ray.wait(refs, num_returns=1, timeout=wait_s)
+            else:  # only waiting (for a restart, a placement): sleep, never spin
+                ready = []
+                time.sleep(wait_s)
+            for ref in ready:
+                if pool.is_ping(ref):
+                    self._pinged(ref)
+                elif ref in self.calls:
+                    self._result(ref, hand_on)
+        except KeyboardInterrupt as exc:
+            raise self._interrupt(exc) from None
+
+    def stop(self, hand_on: HandOn) -> None:
+        """Hand on the results already back; items still running are decoded again next time."""
+        ray = self._ray
+        self.queue.clear()
+        self._hand_on_ready(hand_on)
+        items = list(self.calls)
+        ready, _ = ray.wait(items, num_returns=len(items), timeout=0) if items else ([], [])
+        for ref in ready:
+            step = self.calls[ref].step
+            try:
+                value = ray.get(ref)
+                with critical():
+                    del self.calls[ref]
+                    hand_on(step, value)
+            except (ray.exceptions.RayError, LatentDecoderError, OSError) as exc:
+                log.warning("item %s lost while stopping: %s", step.key, first_line(exc))
+        if self.calls:
+            log.warning("interrupted: %d item(s) in flight on Ray workers will be decoded next time", len(self.calls))
+        self.calls.clear()
+
+    def finish(self) -> None:
+        """Said once per run (a watch calls this every round): workers never placed."""
+        if self.pool.pending and not self._told_pending:
+            self._told_pending = True
+            self._warn_unplaced(len(self.pool.pending), "not started before the items ran out")
+
     # ------------------------------------------------------------------ scheduling
 
-    def _submit(self, slot: Slot, step: LatentStep, tries: int, calls: dict[Any, _Call]) -> bool:
-        """Send the step to the slot's actor; False while its latent is still being read (driver io)."""
-        if self._io is None:
-            ref = slot.actor.run_item.remote(step)
+    def _send(self, slot: Slot, item: ItemWork | LatentStep, tries: int) -> None:
+        """The item to the slot's actor (its whole body with shared io); a latent the driver could not
+        read is recorded failed without a worker."""
+        if isinstance(item, ItemWork):
+            if item.error is not None:
+                item.identity = slot.identity
+                self.ready.append((item.step, item))
+                return
+            ref, step = slot.actor.compute.remote(item), item.step
         else:
-            work = self._io.take(step)
-            if work is None:
-                return False
-            if work.error is not None:  # unreadable: recorded failed without a worker
-                work.identity = slot.identity
-                self._io.write(step, work)
-                return True
-            ref = slot.actor.compute.remote(work)
-        calls[ref] = _Call(slot, step, tries)
+            ref, step = slot.actor.run_item.remote(item), item
+        self.calls[ref] = _Call(slot, step, item, tries)
         slot.outstanding.append(ref)
         self.pool.started(slot, time.monotonic())
-        return True
 
-    def _commit(self, work: ItemWork) -> Any:
-        return write_outputs(self.layout, self.settings.output, work)
+    def _hand_on_ready(self, hand_on: HandOn) -> None:
+        while self.ready:
+            with critical():
+                hand_on(*self.ready.popleft())
 
-    def _finish(self, call: _Call, value: Any, on_result: ResultCallback) -> None:
-        """A result came back: write its outputs here (driver io), or report the worker's record."""
-        if self._io is None:
-            on_result(call.step, value)
-        else:
-            self._io.write(call.step, value)
+    def _takes(self, slot: Slot, tries: int) -> bool:
+        """Whether the slot takes the next item (charged ``tries`` times so far): up to its actor's
+        concurrency, but a charged item runs alone, so that its next death is charged to it alone."""
+        if any(self.calls[ref].tries for ref in slot.outstanding):
+            return False
+        return not slot.outstanding if tries else len(slot.outstanding) < slot.concurrency
 
-    def _lose(self, slot: Slot, calls: dict[Any, _Call], queue: deque, on_result: ResultCallback,
-              reason: str, hung: bool = False) -> None:
+    def _result(self, ref: Any, hand_on: HandOn) -> None:
+        ray = self._ray
+        call = self.calls[ref]
+        try:
+            value = ray.get(ref)
+        except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as exc:
+            self._lose(call.slot, actor_error(exc))
+            return
+        except ray.exceptions.RayTaskError as exc:
+            value = self._failed_in_worker(call, exc)
+        with critical():  # untracked and handed on together: with shared io its files are written
+            del self.calls[ref]
+            self.pool.finished(call.slot, ref, time.monotonic())
+            hand_on(call.step, value)
+
+    def _failed_in_worker(self, call: _Call, exc: Exception) -> ItemWork:
+        """An error the worker's stages did not record: a full disk (shared io) stops the run as it does
+        in the driver; anything else (a bug) becomes the item's failure."""
+        cause = getattr(exc, "cause", None) or exc
+        if isinstance(cause, RunStoppedError):
+            raise cause from None
+        return ItemWork(call.step, error=DecodeError(f"{call.step.path}: worker raised {describe_error(cause)}"),
+                        identity=call.slot.identity)
+
+    def _lose(self, slot: Slot, reason: str, hung: bool = False) -> None:
         """The slot's actor died (or hung): keep finished results, re-queue the rest. Every call sent
         to the actor was running there, so a death is charged to each; a hang only to the oldest
-        (the one past its deadline)."""
+        (the one past its deadline). An item that killed ``poison_after`` workers fails as poison."""
         ray = self._ray
         failed: list[tuple[_Call, int]] = []
         for position, ref in enumerate(slot.outstanding):
             ready, _ = ray.wait([ref], timeout=0)
-            with critical():  # untracked and handed on together, as in _result
-                call = calls.pop(ref)
+            with critical():  # untracked and kept (to hand on, or to retry) together
+                call = self.calls.pop(ref)
                 if ready:
                     try:
-                        self._finish(call, ray.get(ref), on_result)
+                        self.ready.append((call.step, ray.get(ref)))
                         continue
                     except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError):
                         pass
                     except ray.exceptions.RayTaskError as exc:
-                        self._failed_in_worker(call, exc, on_result)
+                        self.ready.append((call.step, self._failed_in_worker(call, exc)))
                         continue
                 failed.append((call, call.tries + (1 if position == 0 or not hung else 0)))
         self.pool.lose(slot, reason)
@@ -335,133 +431,25 @@ class RayExecutor:
                 what = "hung" if hung else "killed"
                 error = PoisonItemError(f"{call.step.path}: {what} its worker {tries} times (poison item); "
                                         f"last: {reason}")
-                on_result(call.step, self._commit(ItemWork(call.step, error=error, identity=slot.identity)))
+                self.ready.append((call.step, ItemWork(call.step, error=error, identity=slot.identity)))
             else:
-                queue.appendleft((call.step, tries))
+                self.queue.appendleft((call.item, tries))
         log.warning("Ray worker %d lost (%s); %d item(s) back in the queue", slot.index, reason, len(failed))
 
-    def _failed_in_worker(self, call: _Call, exc: Exception, on_result: ResultCallback) -> None:
-        """An error the worker's stages did not record: a full disk (shared io) stops the run as it
-        does in the driver; anything else (a bug) is recorded as the item's failure."""
-        cause = getattr(exc, "cause", None) or exc
-        if isinstance(cause, RunStoppedError):
-            raise cause from None
-        error = DecodeError(f"{call.step.path}: worker raised {describe_error(cause)}")
-        on_result(call.step, self._commit(ItemWork(call.step, error=error, identity=call.slot.identity)))
-
-    def _hung(self, calls: dict[Any, _Call], queue: deque, on_result: ResultCallback) -> None:
+    def _hung(self, hand_on: HandOn) -> None:
         """Items past their deadline: kill their actor (Ray restarts it) and charge them one try."""
         pool = self.pool
         for slot, seconds in pool.hung(time.monotonic()):
             reason = f"timed out: no result after {seconds:.0f} s (item timeout {pool.item_timeout:.0f} s)"
             pool.kill_hung(slot)
-            self._lose(slot, calls, queue, on_result, reason, hung=True)
+            self._lose(slot, reason, hung=True)
+        self._hand_on_ready(hand_on)
 
-    def _gone(self, queue: deque, calls: dict[Any, _Call]) -> ClusterError:
+    def _gone(self) -> ClusterError:
         lost = [f"{s.name}: {s.failure}" for s in self.pool.slots if s.failure]
-        left = len(queue) + len(calls)
+        left = len(self.queue) + len(self.calls)
         return ClusterError(f"every Ray worker is gone ({'; '.join(lost[:3]) or 'none started'}); "
                             f"{left} item(s) not decoded: run again to resume")
-
-    def run(self, steps: Iterable[LatentStep], on_result: ResultCallback) -> None:
-        """Decode every step on the pool; ``on_result(step, record)`` is called once per item."""
-        ray, pool = self._ray, self.pool
-        queue: deque[tuple[LatentStep, int]] = deque((step, 0) for step in steps)
-        calls: dict[Any, _Call] = {}
-        io = self._io = DriverIO(self._commit) if self.options.io == "driver" else None
-        try:
-            while queue or calls or (io and io.writes):
-                self._tick()
-                self._hung(calls, queue, on_result)
-                if io is not None:  # enough reads ahead to refill every actor at once
-                    io.read_ahead(step for step, _ in islice(queue, sum(s.concurrency for s in pool.live)))
-                for slot in pool.live:
-                    while queue and self._takes(slot, queue[0][1], calls):
-                        step, tries = queue[0]
-                        if not self._submit(slot, step, tries, calls):
-                            break  # its latent is still being read
-                        queue.popleft()
-                if (queue or calls) and not pool.hopeful():
-                    self._written(on_result, block=True)
-                    raise self._gone(queue, calls)
-                refs = list(calls) + pool.ping_refs()
-                timeout = max(0.01, pool.next_event(time.monotonic()) - time.monotonic())
-                if io is not None and io.busy():
-                    timeout = min(timeout, IO_POLL_S)
-                if refs:
-                    ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
-                else:  # only waiting (for a restart, a placement, the disk): sleep, never spin
-                    ready = []
-                    time.sleep(timeout)
-                for ref in ready:
-                    if pool.is_ping(ref):
-                        self._pinged(ref)
-                    elif ref in calls:
-                        self._result(ref, calls, queue, on_result)
-                self._written(on_result)
-            if pool.pending and not self._told_pending:  # said once, also when run() is called per batch
-                self._told_pending = True
-                self._warn_unplaced(len(pool.pending), "not started before the items ran out")
-        except KeyboardInterrupt as exc:
-            self._drain(calls, on_result)
-            raise self._interrupt(exc) from None
-        finally:
-            if io is not None:
-                io.close()
-            self._io = None
-
-    def _written(self, on_result: ResultCallback, block: bool = False) -> None:
-        """Hand on the records of the outputs written so far (of all being written, with ``block``)."""
-        for step, written in self._io.finished(block) if self._io is not None else ():
-            self._io.hand_on(step, written, on_result)
-
-    @staticmethod
-    def _takes(slot: Slot, tries: int, calls: dict[Any, _Call]) -> bool:
-        """Whether the slot takes the next item (charged ``tries`` times so far): up to its actor's
-        concurrency, but a charged item runs alone, so that its next death is charged to it alone."""
-        if any(calls[ref].tries for ref in slot.outstanding):
-            return False
-        return not slot.outstanding if tries else len(slot.outstanding) < slot.concurrency
-
-    def _result(self, ref: Any, calls: dict[Any, _Call], queue: deque, on_result: ResultCallback) -> None:
-        ray = self._ray
-        call = calls[ref]
-        try:
-            value = ray.get(ref)
-        except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as exc:
-            self._lose(call.slot, calls, queue, on_result, actor_error(exc))
-            return
-        except ray.exceptions.RayTaskError as exc:
-            value = exc
-        with critical():  # untracked and handed on together: with worker io its files are written
-            del calls[ref]
-            self.pool.finished(call.slot, ref, time.monotonic())
-            if isinstance(value, Exception):
-                self._failed_in_worker(call, value, on_result)
-            else:
-                self._finish(call, value, on_result)
-
-    def _drain(self, calls: dict[Any, _Call], on_result: ResultCallback) -> None:
-        """Stopping: commit the results already back (and outputs being written); items still
-        running are redone next time."""
-        ray = self._ray
-        items = list(calls)
-        ready, _ = ray.wait(items, num_returns=len(items), timeout=0) if items else ([], [])
-        for ref in ready:
-            try:
-                with critical():
-                    self._finish(calls[ref], ray.get(ref), on_result)
-            except (ray.exceptions.RayError, LatentDecoderError, OSError):
-                log.exception("item %s lost while stopping", calls[ref].step.key)
-        for step, written in self._io.finished(block=True) if self._io is not None else ():
-            try:
-                self._io.hand_on(step, written, on_result)
-            except (LatentDecoderError, OSError):
-                log.exception("item %s lost while stopping", step.key)
-        if len(ready) < len(items):
-            log.warning("interrupted: %d item(s) in flight on Ray workers will be decoded next time",
-                        len(items) - len(ready))
-
 
 
 def actor_class(worker_cls: type[DecodeWorker]) -> type[DecodeWorker]:

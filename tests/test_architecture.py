@@ -1,0 +1,92 @@
+"""The layering ARCHITECTURE.md describes, checked on the sources: no import circle between the
+package's modules (lazy imports inside functions included), executors imported only by the runner,
+and importing a submodule does not import the whole package."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO_ROOT
+
+PACKAGE = REPO_ROOT / "latent_decoder"
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(REPO_ROOT).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found[name] = path
+    return found
+
+
+def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
+    """The package modules ``name`` imports anywhere in its source (type-checking-only imports aside)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    tree = ast.parse(path.read_text())
+    skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+               for n in ast.walk(node)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parent + ([node.module] if node.module else []))
+            targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
+        elif isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in known:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def test_no_import_circle() -> None:
+    known = modules()
+    graph = {name: imports(name, path, known) for name, path in known.items()}
+    circles = []
+
+    def visit(node: str, trail: list[str], done: set[str]) -> None:
+        for nxt in sorted(graph[node]):
+            if nxt in trail:
+                circles.append(trail[trail.index(nxt):] + [nxt])
+            elif nxt not in done:
+                visit(nxt, trail + [nxt], done)
+        done.add(node)
+
+    done: set[str] = set()
+    for name in sorted(graph):
+        if name not in done:
+            visit(name, [name], done)
+    # A package's __init__ re-exporting its own submodules is not a circle of sibling modules.
+    real = [c for c in circles if not any(a.startswith(b + ".") or b.startswith(a + ".") for a, b in zip(c, c[1:]))]
+    assert not real, "import circles: " + "; ".join(" -> ".join(c) for c in real)
+
+
+def test_only_the_runner_imports_an_executor() -> None:
+    known = modules()
+    users = {name for name, path in known.items() if not name.startswith("latent_decoder.executors")
+             and any(m.startswith("latent_decoder.executors") for m in imports(name, path, known))}
+    assert users == {"latent_decoder.runner"}, users
+
+
+def loaded_after(statement: str, watched: tuple[str, ...]) -> list[str]:
+    code = f"import sys\n{statement}\nprint(sorted(m for m in {watched!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True)
+    return eval(out.stdout)
+
+
+def test_importing_a_submodule_does_not_import_the_package() -> None:
+    assert loaded_after("import latent_decoder.summary, latent_decoder.views.build, latent_decoder.plan",
+                        ("latent_decoder.api", "latent_decoder.runner", "torch")) == []
+    # The command line starts without torch (`--help`, a dry run, `status` stay quick).
+    assert loaded_after("import latent_decoder.cli", ("latent_decoder.api", "torch", "ray")) == []
