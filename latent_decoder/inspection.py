@@ -199,7 +199,7 @@ def x0_lines(settings: RunSettings) -> list[str]:
         x0 = attach_x0(steps, scheduler)
     except SetupError as err:  # the model's scheduler rules x0 out: a fact to show, not a failed inspect
         return [f"x0 view     not available: {err}"]
-    lines = [f"x0 view     available for {len(x0.steps)} of {len(steps)} steps; {x0.label(scheduler)}"]
+    lines = [f"x0 view     available for {len(x0.steps)} of {len(steps)} steps; {x0.sigma_text}; {scheduler.label()}"]
     reasons = Counter(x0.unavailable.values())
     return lines + [f"  {n} without x0: {why}" for why, n in reasons.items()]
 

@@ -125,10 +125,14 @@ class X0Plan:
     unavailable: dict[str, str] = field(default_factory=dict)  # item key -> reason
     sigma_sources: set[str] = field(default_factory=set)
 
+    @property
+    def sigma_text(self) -> str:
+        return f"sigma from {', '.join(sorted(self.sigma_sources)) or '-'}"
+
     def label(self, scheduler: Scheduler) -> str:
         """What the view shows: exact or approximate, and where sigma came from (the run, the summary,
         the gallery and ``inspect`` all say it in these words)."""
-        return f"{scheduler.label()}; sigma from {', '.join(sorted(self.sigma_sources)) or '-'}"
+        return f"{scheduler.label()}; {self.sigma_text}"
 
 
 def attach_x0(steps: list[LatentStep], scheduler: Scheduler) -> X0Plan:

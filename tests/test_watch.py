@@ -49,8 +49,14 @@ WRITER = textwrap.dedent("""
 
 
 def attempts(out: Path) -> dict[str, list[str]]:
-    with sqlite3.connect(out / ".latent-decoder.db") as conn:
-        rows = conn.execute("SELECT item, status FROM attempts ORDER BY id").fetchall()
+    """Item -> the statuses of its attempts; empty while the watcher is still creating the journal."""
+    try:
+        with sqlite3.connect(out / ".latent-decoder.db") as conn:
+            rows = conn.execute("SELECT item, status FROM attempts ORDER BY id").fetchall()
+    except sqlite3.OperationalError as exc:  # the file exists a moment before its tables
+        if "no such table" not in str(exc):
+            raise
+        return {}
     found: dict[str, list[str]] = {}
     for item, status in rows:
         found.setdefault(item, []).append(status)
