@@ -2,9 +2,9 @@
 
 The ``.npy`` header is read and checked before anything is allocated: a header may declare any
 shape, and trusting it (as ``np.load`` does) lets one corrupt or forged file ask for terabytes and
-stop the whole run with a ``MemoryError``. Gzip'd files are decompressed a bounded amount at a time,
-never past what the header declares, so a gzip bomb cannot blow memory either. Object arrays are
-refused, never unpickled.
+stop the whole run with a ``MemoryError``. A gzip'd payload is decompressed into the buffer the
+header declares and never past it (one byte more says it is a gzip bomb), so a small file cannot
+blow memory either. Object arrays are refused, never unpickled.
 """
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import gzip
 import io
 import math
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Iterator
 
 import numpy as np
 
@@ -25,11 +26,11 @@ ACCEPTED_DTYPES = (np.float16, np.float32, np.float64)
 MAX_LATENT_BYTES = 8 * 2**30
 # deflate's best ratio is ~1032:1: a gzip file of N bytes cannot decompress to more than ~1032 N bytes.
 GZIP_MAX_RATIO = 1100
-_NPY_MAGIC = b"\x93NUMPY"
-_NPY_VERSIONS = {1: 2, 2: 4, 3: 4}  # major version -> bytes of the little-endian header-length field
-_MAX_HEADER_BYTES = 65536  # numpy itself refuses headers over 10000 characters
-_INPUT_CHUNK = 1 << 20  # compressed bytes fed to zlib per call
-_OUTPUT_CHUNK = 16 << 20  # decompressed bytes produced per call (bounds the transient copy)
+_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0,
+                   (3, 0): np.lib.format.read_array_header_2_0}  # 3.0 only allows utf-8 field names
+_MAX_HEADER = 10000  # characters; numpy's own default limit
+_CHUNK = 16 << 20  # decompressed bytes per read (bounds the transient copy)
+
 
 @dataclass(frozen=True)
 class NpyHeader:
@@ -55,35 +56,34 @@ def _human(n: int) -> str:
     return f"{value:.1f} PiB"
 
 
-def _read_header(read: Callable[[int], bytes]) -> NpyHeader:
-    """Parse the ``.npy`` header from ``read(n)`` calls that ask for exactly the header's bytes, so a
-    stream is left at the first data byte.
+class _Bounded:
+    """The next ``limit`` bytes of a stream: numpy's header reader reads as many bytes as the header's
+    length field says (up to 4 GiB in format 2.0), and a forged length must end in an error, not a read."""
 
-    Raises ``ValueError`` for a payload that is not an ``.npy`` array; callers add the file name.
-    """
-    def take(n: int, what: str) -> bytes:
-        got = read(n)
-        if len(got) < n:
-            raise ValueError(f"data ends inside the {what}")
-        return got
+    def __init__(self, stream: BinaryIO, limit: int) -> None:
+        self._stream, self.left = stream, limit
 
-    magic = take(len(_NPY_MAGIC) + 2, "magic string")
-    if magic[: len(_NPY_MAGIC)] != _NPY_MAGIC:
-        raise ValueError(f"no .npy magic string, starts with {magic!r}")
-    major, minor = magic[-2], magic[-1]
-    size_len = _NPY_VERSIONS.get(major)
-    if size_len is None or minor != 0:
-        raise ValueError(f"unsupported .npy format version {major}.{minor}")
-    size = take(size_len, "header length")
-    header_len = int.from_bytes(size, "little")
-    if header_len > _MAX_HEADER_BYTES:
-        raise ValueError(f"header of {header_len} bytes is too long")
-    text = take(header_len, "header")
-    parse = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-    shape, fortran_order, dtype = parse(io.BytesIO(size + text))
+    def read(self, n: int) -> bytes:
+        if n > self.left:
+            raise ValueError(f"header longer than {_MAX_HEADER} bytes")
+        data = self._stream.read(n)
+        self.left -= len(data)
+        return data
+
+
+def _read_header(stream: BinaryIO) -> NpyHeader:
+    """The ``.npy`` header at the start of ``stream``, leaving it at the first data byte. ``ValueError``
+    for a payload that is not an ``.npy`` array; callers add the file name."""
+    version = np.lib.format.read_magic(stream)
+    if version not in _HEADER_READERS:
+        raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
+    limit = 4 + _MAX_HEADER  # the length field and the longest header numpy reads
+    bounded = _Bounded(stream, limit)
+    shape, fortran_order, dtype = _HEADER_READERS[version](bounded, max_header_size=_MAX_HEADER)
     if any(n < 0 for n in shape):
         raise ValueError(f"negative dimension in shape {list(shape)}")
-    return NpyHeader(tuple(int(n) for n in shape), bool(fortran_order), dtype, len(magic) + size_len + header_len)
+    return NpyHeader(tuple(int(n) for n in shape), bool(fortran_order), dtype,
+                     np.lib.format.MAGIC_LEN + limit - bounded.left)
 
 
 def _check_header(header: NpyHeader, path: Path | str) -> int:
@@ -99,6 +99,17 @@ def _check_header(header: NpyHeader, path: Path | str) -> int:
             f"(corrupt or forged header?)"
         )
     return declared
+
+
+def _parsed_header(stream: BinaryIO, path: Path | str) -> tuple[NpyHeader, int]:
+    """The checked header of a payload (a float array of at most ``MAX_LATENT_BYTES``) and its data size."""
+    try:
+        header = _read_header(stream)
+    except ValueError as exc:
+        raise LatentFileError(f"{path}: not a valid .npy array ({first_line(exc)})") from exc
+    declared = _check_header(header, path)
+    check_dtype(header.dtype, path)
+    return header, declared
 
 
 def check_dtype(dtype: np.dtype, path: Path | str) -> None:
@@ -121,106 +132,54 @@ def _as_array(buf: np.ndarray, header: NpyHeader) -> np.ndarray:
     return flat.reshape(header.shape)
 
 
-class _CutShort(Exception):
-    """The compressed data ended inside a gzip member."""
-
-
-class _Gunzip:
-    """Decompresses a gzip payload (every member, as ``gzip.decompress`` does) a bounded amount at a
-    time, so that no more is ever produced than the caller asks for."""
-
-    def __init__(self, data: bytes, path: Path | str) -> None:
-        self._data = memoryview(data)
-        self._path = path
-        self._pos = 0  # next compressed byte not yet fed to zlib
-        self._tail: bytes | memoryview = b""
-        self._d: zlib._Decompress | None = None  # type: ignore[name-defined]
-        self.ended = False
-        self.produced = 0
-        if not len(self._data):
-            raise LatentFileError(f"{path}: not a gzip file (empty file)")
-        self._start_member()
-
-    def _start_member(self) -> None:
-        # gzip.decompress skips zero padding after a member and rejects anything else that is not a member.
-        data, pos = self._data, self._pos
-        if self._d is not None:
-            while pos < len(data) and data[pos] == 0:
-                pos += 1
-        self._pos = pos
-        if pos >= len(data):
-            self.ended = True
-            return
-        if data[pos:pos + 2] != b"\x1f\x8b":
-            raise LatentFileError(f"{self._path}: not a gzip file (bad magic number {bytes(data[pos:pos + 2])!r} "
-                                  f"at byte {pos})")
-        self._d = zlib.decompressobj(wbits=31)
-
-    def readinto(self, out: memoryview) -> int:
-        """Fill ``out``; fewer bytes only when the stream ends."""
-        filled = 0
-        while filled < len(out) and not self.ended:
-            assert self._d is not None
-            if not self._tail:
-                if self._pos >= len(self._data):
-                    raise _CutShort()
-                self._tail = self._data[self._pos:self._pos + _INPUT_CHUNK]
-                self._pos += len(self._tail)
-            try:
-                chunk = self._d.decompress(self._tail, min(len(out) - filled, _OUTPUT_CHUNK))
-            except zlib.error as exc:
-                raise LatentFileError(f"{self._path}: corrupt gzip data ({exc})") from exc
-            self._tail = self._d.unconsumed_tail
-            out[filled:filled + len(chunk)] = chunk
-            filled += len(chunk)
-            self.produced += len(chunk)
-            if self._d.eof:
-                self._pos -= len(self._d.unused_data)  # the compressed bytes after this member
-                self._tail = b""
-                self._start_member()
-        return filled
-
-    def cut_short(self, expected: int | None = None) -> LatentFileError:
-        if expected is None:
-            where = f"after {self.produced} bytes"
-        elif self.produced < expected:
-            where = f"after {self.produced} of the {expected} bytes its .npy header declares"
-        else:
-            where = "before its gzip trailer"
-        return LatentFileError(f"{self._path}: truncated gzip stream (file cut short?): it ends {where}")
-
-    def read(self, n: int) -> bytes:
-        buf = bytearray(n)
-        return bytes(buf[: self.readinto(memoryview(buf))])
-
-
-def gunzip_bounded(data: bytes, path: Path | str) -> bytes:
-    """A whole gzip payload (for formats without a size header), refusing more than
-    ``MAX_LATENT_BYTES`` of output (a gzip bomb) and a stream cut short."""
-    stream = _Gunzip(data, path)
-    out = bytearray()
-    try:
-        while not stream.ended:
-            chunk = stream.read(_OUTPUT_CHUNK)
-            out += chunk
-            if len(out) > MAX_LATENT_BYTES:
-                raise LatentFileError(f"{path}: decompresses to more than the {MAX_LATENT_BYTES} byte limit for "
-                                      "one latent (gzip bomb?)")
-            if not chunk:
-                break
-    except _CutShort:
-        raise stream.cut_short() from None
-    return bytes(out)
-
-
-def _gzip_bomb(path: Path | str, declared: int) -> LatentFileError:
-    return LatentFileError(f"{path}: header declares {declared} bytes of data, the decompressed stream holds more "
-                           f"(gzip bomb?); refused without decompressing the rest")
+def _cannot_hold(path: Path | str, declared: int, size: int) -> LatentFileError:
+    return LatentFileError(f"{path}: truncated: header declares {declared} bytes of data, more than a gzip file of "
+                           f"{size} bytes can hold")
 
 
 def _too_long(path: Path | str, declared: int, present: int) -> LatentFileError:
     return LatentFileError(f"{path}: header declares {declared} bytes of data, file holds {present} "
                            f"(not a single np.save array)")
+
+
+@contextmanager
+def _gunzip(data: bytes, path: Path | str) -> Iterator[gzip.GzipFile]:
+    """A gzip payload (every member, as ``gzip.decompress`` reads it) as a stream; gzip's errors as
+    one-line ``LatentFileError``s."""
+    if data[:2] != b"\x1f\x8b":
+        raise LatentFileError(f"{path}: not a gzip file "
+                              f"({f'bad magic number {bytes(data[:2])!r} at byte 0' if data else 'empty file'})")
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+            yield stream
+    except EOFError:
+        raise LatentFileError(f"{path}: truncated gzip stream (file cut short?)") from None
+    except (gzip.BadGzipFile, zlib.error) as exc:
+        raise LatentFileError(f"{path}: corrupt gzip data ({first_line(exc)})") from exc
+
+
+def _read_into(stream: BinaryIO, buf: np.ndarray) -> int:
+    """Fill ``buf`` from ``stream`` a chunk at a time; fewer bytes only where the stream ends."""
+    view, filled = memoryview(buf), 0
+    while filled < len(view):
+        got = stream.readinto(view[filled:filled + _CHUNK])
+        if not got:
+            break
+        filled += got
+    return filled
+
+
+def gunzip_bounded(data: bytes, path: Path | str) -> bytes:
+    """A whole gzip payload (for formats without a size header), refusing more than
+    ``MAX_LATENT_BYTES`` of output (a gzip bomb) and a stream cut short."""
+    out = bytearray()
+    with _gunzip(data, path) as stream:
+        while chunk := stream.read(_CHUNK):
+            out += chunk
+            if len(out) > MAX_LATENT_BYTES:
+                raise LatentFileError(f"{path}: decompresses to more than the {MAX_LATENT_BYTES} byte limit for "
+                                      "one latent (gzip bomb?)")
+    return bytes(out)
 
 
 def parse_npy_payload(data: bytes, path: Path | str) -> np.ndarray:
@@ -229,16 +188,7 @@ def parse_npy_payload(data: bytes, path: Path | str) -> np.ndarray:
         return _parse_gzip(data, path)
     if data[:4] == b"PK\x03\x04":
         raise LatentFileError(f"{path}: holds an .npz archive, expected a single .npy array")
-    return _parse_npy(data, path)
-
-
-def _parse_npy(data: bytes, path: Path | str) -> np.ndarray:
-    try:
-        header = _read_header(io.BytesIO(data).read)
-    except ValueError as exc:
-        raise LatentFileError(f"{path}: not a valid .npy array ({first_line(exc)})") from exc
-    declared = _check_header(header, path)
-    check_dtype(header.dtype, path)
+    header, declared = _parsed_header(io.BytesIO(data), path)
     present = len(data) - header.offset
     if present < declared:
         raise LatentFileError(f"{path}: truncated: header declares {declared} bytes of data, file holds {present}")
@@ -250,30 +200,19 @@ def _parse_npy(data: bytes, path: Path | str) -> np.ndarray:
 
 
 def _parse_gzip(data: bytes, path: Path | str) -> np.ndarray:
-    stream = _Gunzip(data, path)
-    try:
-        header = _read_header(stream.read)
-    except _CutShort:
-        raise stream.cut_short() from None
-    except ValueError as exc:
-        raise LatentFileError(f"{path}: not a valid .npy array ({first_line(exc)})") from exc
-    declared = _check_header(header, path)
-    check_dtype(header.dtype, path)
-    if declared > len(data) * GZIP_MAX_RATIO:
-        raise LatentFileError(f"{path}: truncated: header declares {declared} bytes of data, more than a gzip file of "
-                              f"{len(data)} bytes can hold")
-    buf = _allocate(declared, path)
-    try:
-        present = stream.readinto(memoryview(buf))
+    with _gunzip(data, path) as stream:
+        header, declared = _parsed_header(stream, path)
+        if declared > len(data) * GZIP_MAX_RATIO:
+            raise _cannot_hold(path, declared, len(data))
+        buf = _allocate(declared, path)
+        present = _read_into(stream, buf)
         if present < declared:
             raise LatentFileError(f"{path}: truncated: header declares {declared} bytes of data, file holds "
                                   f"{present} (decompressed)")
-        # Bounded to one byte past the declared data; also runs zlib to the end of the stream,
-        # which checks the gzip CRC and length.
+        # One byte past the declared data at most; reading to the end also checks the gzip CRC and length.
         if stream.read(1):
-            raise _gzip_bomb(path, declared)
-    except _CutShort:
-        raise stream.cut_short(header.offset + declared) from None
+            raise LatentFileError(f"{path}: header declares {declared} bytes of data, the decompressed stream holds "
+                                  f"more (gzip bomb?); refused without decompressing the rest")
     return _as_array(buf, header)
 
 
@@ -288,16 +227,16 @@ def read_npy_header(path: str | Path) -> tuple[tuple[int, ...], np.dtype]:
     try:
         size = path.stat().st_size
         with (gzip.open(path, "rb") if gzipped else open(path, "rb")) as f:
-            header = _read_header(f.read)
+            header = _read_header(f)
     except (OSError, EOFError, ValueError, zlib.error) as exc:
         raise LatentFileError(f"{path}: cannot read the .npy header ({first_line(exc)})") from exc
     declared = _check_header(header, path)
-    if not gzipped and size - header.offset < declared:
+    if gzipped:
+        if declared > size * GZIP_MAX_RATIO:
+            raise _cannot_hold(path, declared, size)
+    elif size - header.offset < declared:
         raise LatentFileError(f"{path}: truncated: header declares {declared} bytes of data, "
                               f"file holds {size - header.offset}")
-    if not gzipped and size - header.offset > declared:
+    elif size - header.offset > declared:
         raise _too_long(path, declared, size - header.offset)
-    if gzipped and declared > size * GZIP_MAX_RATIO:
-        raise LatentFileError(f"{path}: truncated: header declares {declared} bytes of data, more than a gzip file of "
-                              f"{size} bytes can hold")
     return header.shape, header.dtype

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import time
+from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -216,6 +217,61 @@ def test_a_views_failure_never_fails_the_run(make_experiment, monkeypatch, caplo
     gallery = invoke("gallery", str(exp))  # the failed video is built next time
     assert gallery.exit_code == 0, gallery.output
     assert (exp / "latents_videos" / "prompt_000" / "vid_001" / "progression.png").is_file()
+
+
+class _Page(HTMLParser):
+    """A page's elements (tag, attributes) and text, as a browser parses them."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(convert_charrefs=True)
+        self.elements: list[tuple[str, dict[str, str | None]]] = []
+        self.text = ""
+        self.feed(path.read_text())
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        self.elements.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text += data
+
+    def attrs(self, tag: str, name: str) -> list[str | None]:
+        return [a.get(name) for t, a in self.elements if t == tag and name in a]
+
+
+def test_user_text_shows_as_text_and_its_links_resolve(make_experiment):
+    """Folder names, prompt texts and error reasons are the user's: the pages show them as text (no
+    element, script or handler comes from them) and link their folders by relative paths that exist."""
+    exp = make_experiment(prompts=1, steps=2, frames=FRAMES, height=HEIGHT, width=WIDTH)
+    latents = exp / "latents"
+    prompt, video = "prompt_<b>&\"'#%20", "v<img src=x onerror=alert(1)>"
+    (latents / "prompt_000").rename(latents / prompt)
+    (latents / prompt / "vid_001").rename(latents / prompt / video)
+    folder = latents / prompt / video
+    text = "<script>alert('x')</script> & \"quoted\" </blockquote>"
+    for meta in folder.glob("*_metadata.json"):
+        meta.write_text(json.dumps({**json.loads(meta.read_text()), "prompt": text}))
+    (folder / "step_001.npy.gz").write_bytes(b"<i>not gzip</i>")
+    assert decode(exp).exit_code == 1
+    out = exp / "latents_videos"
+    reason = journal_records(out)[f"{prompt}/{video}/step_001"]["error"]
+    assert "<i" in reason
+    index, page = _Page(out / "index.html"), _Page(out / prompt / video / "index.html")
+    for parsed, scripts in ((index, 1), (page, 0)):  # the index's filter script only
+        assert [t for t, _ in parsed.elements].count("script") == scripts
+        assert not [a for _, attrs in parsed.elements for a in attrs if a.startswith("on")]
+        assert "x" not in parsed.attrs("img", "src")
+    assert f"\u201c{text}\u201d" in index.text and f"{video}" in index.text and reason in index.text
+    assert index.attrs("article", "data-key") == [f"{prompt}/{video}"]
+    assert index.attrs("details", "data-text") == [f"{prompt} {text}"]
+    assert f"{prompt}/{video}" in page.text and text in page.text and f"{prompt}/{video}: denoising" in page.text
+    for parsed, path in ((index, out / "index.html"), (page, out / prompt / video / "index.html")):
+        refs = [r for name in ("href", "src", "poster") for tag in ("a", "img", "video") for r in parsed.attrs(tag, name)]
+        assert len(refs) > 4
+        for ref in refs:
+            assert not urlparse(ref).scheme and (path.parent / unquote(ref.split("#")[0])).exists(), ref
+    step_link = next(r for r in index.attrs("a", "href") if "#" in r)
+    assert step_link.rpartition("#")[2] == "step_001" and ("step_001" in page.attrs("div", "id"))
 
 
 def test_gallery_command_errors_are_one_line(make_experiment, tmp_path):

@@ -136,6 +136,17 @@ def test_a_gzip_header_declaring_more_than_the_file_can_inflate_to(tmp_path: Pat
     assert "truncated" in message and peak < 4 << 20
 
 
+@pytest.mark.parametrize("name", ["step_000.npy.gz", "step_000.npy"])
+def test_a_header_length_declaring_gigabytes_is_refused_without_reading_it(tmp_path: Path, name: str):
+    # .npy 2.0 keeps the header's length in 4 bytes: this one says 2 GiB, and a data stream follows.
+    path = write(tmp_path / name, b"\x93NUMPY\x02\x00" + (2**31).to_bytes(4, "little") + bytes(1 << 20))
+    message, peak, _ = refused(path)
+    assert message.startswith(f"{path}: not a valid .npy array (header longer than") and "\n" not in message, message
+    assert peak < 4 << 20, peak
+    with pytest.raises(LatentFileError, match="header longer than"):
+        read_latent_header(path)
+
+
 class _Unpickled:
     """Creates ``marker`` when unpickled: proof that an object array was never unpickled."""
 
