@@ -36,7 +36,7 @@ def stand_in_worker(decode_s: float, encode_s: float) -> type:
     from latent_decoder.worker import DecodeWorker
 
     class FixedCostWorker(DecodeWorker):
-        def decode(self, latent: np.ndarray, source: str = "<array>") -> np.ndarray:
+        def decode(self, latent: np.ndarray, source: str = "<array>", condition: object = None) -> np.ndarray:
             time.sleep(decode_s)
             return np.zeros((1, 8, 8, 3), dtype=np.uint8)
 

@@ -35,7 +35,7 @@ def stand_in_worker(cost: float) -> type:
     from latent_decoder.worker import DecodeWorker
 
     class FixedCostWorker(DecodeWorker):
-        def decode(self, latent: np.ndarray, source: str = "<array>") -> np.ndarray:
+        def decode(self, latent: np.ndarray, source: str = "<array>", condition: object = None) -> np.ndarray:
             time.sleep(cost)
             return np.zeros((5, 32, 48, 3), dtype=np.uint8)
 

@@ -15,6 +15,7 @@ from .version import __version__
 from .errors import LatentDecoderError, SetupError
 from .experiment import Experiment, absolute_path
 from .families import FAMILIES
+from .previews.factors import published_spaces
 from .plan import Plan
 from .states import ItemState
 from .plan import plan_run
@@ -92,8 +93,7 @@ def rule_options(command: Callable[..., None]) -> Callable[..., None]:
                      help="The decode rule to use instead of the one found from the model folder's "
                           "model_index.json pipeline or the VAE class (see `inspect`; families: "
                           + ", ".join(FAMILIES) + "). With --decoder preview: the latent family of "
-                          "the published factors (wan2.1, wan2.2, hunyuanvideo, hunyuanvideo1.5, mochi, "
-                          "ltx-video, cosmos1)."),
+                          "the published factors (" + ", ".join(published_spaces()) + ")."),
         click.option("--decode-timestep", type=click.FloatRange(0, 1), metavar="T",
                      help="LTX-Video/LTX-2 with timestep conditioning: the pipeline's decode_timestep "
                           "[default: the config's video_settings/model_settings value, else the pipeline's 0.0]."),

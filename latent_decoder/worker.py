@@ -1,8 +1,7 @@
-"""DecodeWorker: one VAE on one device; the compute stage of the item lifecycle (``lifecycle.py``).
+"""DecodeWorker: one VAE on one device, a ``compute.Worker`` whose frames come from the VAE.
 
-``compute`` = ``decode_stage`` (device) then ``encode_stage`` (CPU); an executor may run the two on
-different threads so the device never waits for the encoder. One instance decodes one latent at a
-time: Wan's VAE keeps its causal cache on the module, so concurrent decodes would corrupt it.
+One instance decodes one latent at a time: Wan's VAE keeps its causal cache on the module, so
+concurrent decodes would corrupt it.
 
 Device trouble is told apart from bad items: a CUDA out-of-memory is retried once with the VAE's
 tiling, then fails the item; a sticky CUDA error (device-side assert, illegal address) poisons the
@@ -11,25 +10,20 @@ device for good, so it raises ``DeviceFailure`` and stops whoever holds the devi
 from __future__ import annotations
 
 import logging
-import os
 import socket
-import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import DecodeError, DeviceError, DeviceFailure, ItemError, describe_error, first_line
-from .latents import latent_stats, parse_latent, parse_stored_latent, validate_latent
-from .layout import OutputLayout
-from .lifecycle import ItemWork, WorkerIdentity, prepare, write_outputs
+from .compute import Worker
+from .errors import DecodeError, DeviceError, DeviceFailure, ItemError, first_line
 from .families import DecodeContext, detect
-from .families.base import plain_decode
+from .latents import Layout, parse_latent, validate_latent
+from .lifecycle import ItemWork
 from .models import ResolvedModel, load_vae, resolve_model
-from .journal import StepRecord
 from .settings import OutputSettings
-from .video import encode_jpeg, encode_mp4, encode_png, png_frame_name
 from .wan_stream import NonFiniteOutput, decode_to_uint8, streams_correctly, video_to_uint8
 
 if TYPE_CHECKING:
@@ -84,27 +78,7 @@ def torch_dtype(name: str) -> "torch.dtype":
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def encode_frames(work: ItemWork, output: OutputSettings) -> ItemWork:
-    """``work.frames`` -> encoded bytes (CPU), as every decoder (VAE or preview) writes them: MP4 or
-    PNG frames plus a first-frame thumbnail; the frames are dropped after."""
-    if work.error is not None:
-        return work
-    start = time.perf_counter()
-    try:
-        frames = work.frames
-        if output.format == "mp4":
-            work.video = encode_mp4(frames, output.fps, output.crf, output.preset)
-        else:
-            work.files = {png_frame_name(i): encode_png(f) for i, f in enumerate(frames)}
-        work.thumbnail = encode_jpeg(frames[0])
-    except Exception as exc:
-        work.error = DecodeError(f"{work.step.path}: encoding {output.format} failed: {describe_error(exc)}")
-    work.frames = None
-    work.encode_seconds = time.perf_counter() - start
-    return work
-
-
-class DecodeWorker:
+class DecodeWorker(Worker):
     """Holds one VAE on one device and computes items; knows nothing of the journal."""
 
     def __init__(
@@ -117,9 +91,11 @@ class DecodeWorker:
     ) -> None:
         import torch
 
-        self.output = output
-        self.layout = OutputLayout(Path(output_dir)) if output_dir is not None else None
         self.device = resolve_device(device)
+        self.device_name = (
+            f"{self.device} ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda" else str(self.device)
+        )
+        super().__init__(output, output_dir, self.device_name, name)
         self.dtype = torch_dtype(output.dtype)
         if self.device.type == "cpu" and output.dtype == "float16":
             warnings.warn("float16 on CPU is slow and poorly supported; prefer float32 or bfloat16", stacklevel=2)
@@ -129,13 +105,12 @@ class DecodeWorker:
         self.vae = load_vae(self.model, self.device, self.dtype)
         # Wan: decode_to_uint8 streams frame by frame through lean modules, once shown to give vae.decode here
         self.streams = streams_correctly(self.vae, self.device)
-        self.host = socket.gethostname()
-        self.device_name = (
-            f"{self.device} ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda" else str(self.device)
-        )
-        self.identity = WorkerIdentity(self.host, self.device_name, name, os.getpid())
         log.info("loaded %s (%s rule: %s; %s) from %s on %s", self.model.class_name, self.rule.name,
                  self.detection.reason, self.output.dtype, self.model.folder, self.device_name)
+
+    @property
+    def latent_layout(self) -> Layout:
+        return self.rule.layout
 
     def context(self, condition: "torch.Tensor | None" = None) -> DecodeContext:
         """What the family rule reads besides the latent (``condition``: the video's condition latent)."""
@@ -169,7 +144,7 @@ class DecodeWorker:
         with torch.inference_mode():
             z = torch.from_numpy(np.ascontiguousarray(latent)).to(self.device, torch.float32)
             try:
-                if self.rule.decode is plain_decode and self.streams:  # vae.decode(z), streamed
+                if self.rule.decodes_plainly and self.streams:  # vae.decode(z), streamed
                     return decode_to_uint8(self.vae, self.rule.to_decoder_input(z, ctx), scale=self.output.scale)
                 video = self.rule.decode_latent(z, ctx)  # [1, 3, F, H, W] in [-1, 1]
                 if not bool(torch.isfinite(video).all()):
@@ -202,73 +177,39 @@ class DecodeWorker:
 
             torch.cuda.empty_cache()
 
-    # ------------------------------------------------------------------ the compute stage
+    # ------------------------------------------------------------------ the Worker hooks
 
-    def decode_stage(self, work: ItemWork) -> ItemWork:
-        """Parse the bytes, run the VAE (device). Raises only ``DeviceFailure``."""
-        work.identity = self.identity
-        if work.error is not None:
-            return work
-        start = time.perf_counter()
-        try:
-            if work.latent is None:
-                work.latent, work.latent_dtype = parse_stored_latent(work.data, work.step.path, self.rule.layout)
-            else:  # already parsed (the x0 view): validate it like a stored latent
-                work.latent = validate_latent(work.latent, work.step.path, self.rule.layout)
-                work.latent_dtype = str(work.latent.dtype)
-            work.data = None
-            work.latent_shape = list(work.latent.shape)
-            work.latent_stats = latent_stats(work.latent, self.rule.layout)
-            condition = self.parse_condition(work)
-            work.frames = self._decode_with_fallback(work.latent, str(work.step.path), condition)
-            work.frames_shape = list(work.frames.shape)
-        except ItemError as exc:
-            work.error = exc
-        except Exception as exc:  # a torch/diffusers failure on this latent: record it, go on
-            if is_sticky_device_error(exc):
-                raise DeviceFailure(f"{self.device_name}: {first_line(exc)} while decoding {work.step.path}; "
-                                    "the device cannot be used any more") from exc
-            if is_out_of_memory(exc):
-                self._free_device_memory()
-            work.error = DecodeError(f"{work.step.path}: decode failed: {describe_error(exc)}")
-            log.debug("decode of %s failed", work.step.key, exc_info=True)
-        finally:
-            if self.device.type == "cuda":
-                import torch
+    def to_frames(self, latent: np.ndarray, work: ItemWork) -> np.ndarray:
+        """The VAE's decode of the item's latent (with its condition, for a rule that reads one)."""
+        return self._decode_with_fallback(latent, str(work.step.path), self.parse_condition(work))
 
-                try:
-                    torch.cuda.synchronize(self.device)
-                except RuntimeError as exc:
-                    if is_sticky_device_error(exc):
-                        raise DeviceFailure(f"{self.device_name}: {first_line(exc)}") from exc
-                    raise
-        work.decode_seconds = time.perf_counter() - start
-        work.latent = None
-        work.data = None
-        work.condition = None
-        return work
+    def item_error(self, exc: Exception, work: ItemWork) -> ItemError:
+        """A sticky CUDA error stops the device's holder; out-of-memory frees what it can first."""
+        if is_sticky_device_error(exc):
+            raise DeviceFailure(f"{self.device_name}: {first_line(exc)} while decoding {work.step.path}; "
+                                "the device cannot be used any more") from exc
+        if is_out_of_memory(exc):
+            self._free_device_memory()
+        return super().item_error(exc, work)
 
-    def encode_stage(self, work: ItemWork) -> ItemWork:
-        """Frames -> encoded bytes (CPU); the frames are dropped after."""
-        return encode_frames(work, self.output)
+    def synchronize(self) -> None:
+        """Wait for the device, so a decode's time is its own and an asynchronous CUDA error surfaces here."""
+        if self.device.type == "cuda":
+            import torch
 
-    def compute(self, work: ItemWork) -> ItemWork:
-        """The whole compute stage: prepared bytes in, encoded files out."""
-        return self.encode_stage(self.decode_stage(work))
-
-    def run_item(self, step: Any) -> StepRecord:
-        """prepare, compute and write outputs here (a worker that sees the output folder); the caller
-        appends the returned record to the journal."""
-        if self.layout is None:
-            raise RuntimeError("this DecodeWorker was built without an output folder")
-        return write_outputs(self.layout, self.output, self.compute(prepare(step)))
+            try:
+                torch.cuda.synchronize(self.device)
+            except RuntimeError as exc:
+                if is_sticky_device_error(exc):
+                    raise DeviceFailure(f"{self.device_name}: {first_line(exc)}") from exc
+                raise
 
     def close(self) -> None:
         """Free the VAE and its device memory."""
         self.vae = None
         self._free_device_memory()
 
-    def describe(self) -> dict[str, Any]:
+    def details(self) -> dict[str, Any]:
         return {"model": self.model.source, "model_folder": str(self.model.folder), "vae_class": self.model.class_name,
-                "family": self.rule.name, "family_rule": self.detection.reason, "mirrors": self.rule.mirrors, "device": self.device_name,
-                "dtype": self.output.dtype, "host": self.host, "worker": self.identity.worker, "pid": self.identity.pid}
+                "family": self.rule.name, "family_rule": self.detection.reason, "mirrors": self.rule.mirrors,
+                "device": self.device_name, "dtype": self.output.dtype}

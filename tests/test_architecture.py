@@ -1,12 +1,17 @@
-"""The layering ARCHITECTURE.md describes, checked on the sources: no import circle between the
-package's modules (lazy imports inside functions included), executors imported only by the runner,
-and importing a submodule does not import the whole package."""
+"""The structure ARCHITECTURE.md describes, checked on the sources with ``ast`` (comments and prose do
+not count): no import circle between the package's modules (lazy imports inside functions included),
+executors imported only by the runner, importing a submodule does not import the whole package, and
+no family name outside ``families/`` (the registry is the one family table)."""
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
+
+from latent_decoder.families import FAMILIES, PREVIEW_SPACES
+from latent_decoder.previews.factors import FACTORS_FILE
 
 from conftest import REPO_ROOT
 
@@ -90,3 +95,25 @@ def test_importing_a_submodule_does_not_import_the_package() -> None:
                         ("latent_decoder.api", "latent_decoder.runner", "torch")) == []
     # The command line starts without torch (`--help`, a dry run, `status` stay quick).
     assert loaded_after("import latent_decoder.cli", ("latent_decoder.api", "torch", "ray")) == []
+
+
+def string_literals(path: Path) -> list[tuple[int, str]]:
+    """(line, value) of every string constant in a module, f-string parts included."""
+    tree = ast.parse(path.read_text(), str(path))
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)]
+
+
+def test_no_family_name_outside_families() -> None:
+    """What differs between families is a rule's attribute or hook, never a test of its name: a family
+    (or a preview space) is added in one module of ``families/``."""
+    names = {family.name for family in FAMILIES.values()} | set(PREVIEW_SPACES)
+    found = [f"{path.relative_to(REPO_ROOT)}:{line}: {value!r}" for name, path in modules().items()
+             if not name.startswith("latent_decoder.families") for line, value in string_literals(path) if value in names]
+    assert not found, "family names outside families/:\n" + "\n".join(found)
+
+
+def test_published_factors_belong_to_preview_spaces_of_the_registry() -> None:
+    """The registry is the one family table: every published map is keyed by one of its spaces."""
+    keys = {key for key in json.loads(FACTORS_FILE.read_text()) if not key.startswith("_")}
+    assert keys <= set(PREVIEW_SPACES), keys - set(PREVIEW_SPACES)

@@ -5,16 +5,21 @@ decode call, with the pipeline file named at the top). ``detect`` picks the rule
 given, else the pipeline named by the model folder's ``model_index.json`` (Kandinsky 5 and
 HunyuanVideo share a VAE but not a layout, Cosmos 2 and Wan share a VAE but not a dtype order),
 else the VAE class's default family (a bare VAE, or a pipeline this table does not know).
+
+The preview decoder's tables come from the same rules: each rule names the latent spaces its
+pipelines' latents are in (``Family.previews``, declared in the module of the family that owns the
+space) and the model ids that name it (``Family.model_ids``).
 """
 from __future__ import annotations
 
 import os
+import re
 import stat
 from dataclasses import dataclass
 
 from ..errors import UnsupportedModelError
 from .allegro import ALLEGRO
-from .base import CONDITION_SUFFIXES, DecodeContext, DecodeOptions, Family, PipelineFacts
+from .base import CONDITION_SUFFIXES, DecodeContext, DecodeOptions, Family, PipelineFacts, PreviewSpace
 from .cogvideox import COGVIDEOX
 from .cosmos import COSMOS1
 from .cosmos2 import COSMOS2, COSMOS2_5, COSMOS2_5_TRANSFER
@@ -60,8 +65,12 @@ VAE_DEFAULTS: dict[str, str] = {
 # The per-video input files some rule reads (``Family.condition_file``), in the order they are looked for.
 CONDITION_FILES: tuple[str, ...] = tuple(dict.fromkeys(f.condition_file for f in FAMILIES.values() if f.condition_file))
 
-__all__ = ["CONDITION_FILES", "FAMILIES", "VAE_DEFAULTS", "DecodeContext", "DecodeOptions", "Detection", "Family",
-           "PipelineFacts", "default_family", "detect", "find_condition", "supported_vae_classes"]
+# The latent spaces of the preview decoder, by name (``--decoder preview --family``), in registry order.
+PREVIEW_SPACES: dict[str, PreviewSpace] = {s.name: s for f in FAMILIES.values() for s in f.previews}
+
+__all__ = ["CONDITION_FILES", "FAMILIES", "PREVIEW_SPACES", "VAE_DEFAULTS", "DecodeContext", "DecodeOptions",
+           "Detection", "Family", "PipelineFacts", "PreviewSpace", "default_family", "detect", "find_condition",
+           "preview_space_for_class", "spaces_for_model_id", "supported_vae_classes"]
 
 
 @dataclass(frozen=True)
@@ -118,3 +127,34 @@ def detect(vae_class: str, pipeline: PipelineFacts, override: str | None = None)
         return Detection(default, f"VAE class {vae_class}: pipeline {name} is not in the family table, so the "
                                   f"{default.label} rule is assumed (pass --family to choose)")
     return Detection(default, f"VAE class {vae_class} (no model_index.json names the pipeline)")
+
+
+def spaces_for_model_id(model_id: str) -> tuple[str, ...] | None:
+    """The preview spaces a model id names, or None when it names no family.
+
+    Each family's ``model_ids`` are searched in the lower-cased id (``_`` read as ``-``); the family
+    whose pattern matches the longest text wins (``hunyuanvideo-1.5`` over ``hunyuan``, ``ltx-2`` over
+    ``ltx``), families tied on it pool their spaces (``cosmos`` alone: Cosmos 1 or 2). ``()``: a known
+    model whose VAE has no preview space (LTX-2)."""
+    text = model_id.lower().replace("_", "-")
+    longest, named = 0, []
+    for family in FAMILIES.values():
+        length = max((len(m.group(0)) for m in (re.search(p, text) for p in family.model_ids) if m), default=0)
+        if length and length > longest:
+            longest, named = length, [family]
+        elif length and length == longest:
+            named.append(family)
+    if not named:
+        return None
+    return tuple(dict.fromkeys(space.name for family in named for space in family.previews))
+
+
+def preview_space_for_class(vae_class: str, channels: int | None) -> PreviewSpace | None:
+    """The preview space of a VAE class with this many latent channels (Wan: 16 -> wan2.1, 48 -> wan2.2);
+    a class with one space keeps it at any channel count (a small CogVideoX or HunyuanVideo: the same
+    family of latent spaces); None: the class has none, or several and none with these channels."""
+    spaces = [s for s in PREVIEW_SPACES.values() if s.vae_class == vae_class]
+    fitting = [s for s in spaces if channels is None or s.channels == channels]
+    if len(fitting) == 1:
+        return fitting[0]
+    return spaces[0] if len(spaces) == 1 else None

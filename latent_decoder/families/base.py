@@ -118,6 +118,30 @@ def causal_grid(ctx: DecodeContext, temporal: int, spatial: int) -> tuple[int, i
 
 
 @dataclass(frozen=True)
+class PreviewSpace:
+    """A VAE's latent space as the preview decoder sees it: the key of its published linear latent -> RGB
+    factors, and the VAE's geometry, used when the VAE's config.json is not on this machine. The factors
+    are per latent space, not per pipeline: Wan2.2's A14B models use the Wan2.1 VAE (16 channels) and
+    only TI2V-5B the 48-channel one, and Cosmos-Predict2 reuses the Wan2.1 VAE."""
+
+    name: str  # key in previews/latent_rgb_factors.json; what ``--decoder preview --family`` takes
+    label: str  # what users call it
+    vae_class: str  # the diffusers VAE class
+    layout: Layout  # the stored latent's axes, as the pipeline hands it to callback_on_step_end
+    channels: int
+    temporal: int  # video frames per latent frame (the first latent frame gives one: causal)
+    spatial: int  # pixels per latent pixel
+
+    def fits(self, shape: tuple[int, ...] | None) -> bool:
+        """Whether a stored latent of ``shape`` (batched or not) can be of this space."""
+        if shape is None:
+            return True
+        if len(shape) == self.layout.rank - 1:
+            shape = (1, *shape)
+        return len(shape) == self.layout.rank and shape[self.layout.axes.index("C")] == self.channels
+
+
+@dataclass(frozen=True)
 class Family:
     """How one family of diffusers pipelines decodes the latents of its denoising loop."""
 
@@ -147,6 +171,17 @@ class Family:
     # travels with each item and is part of the item's input identity.
     condition_file: str | None = None
     note: str = ""  # said by ``inspect`` (a caveat of this rule)
+    # The preview decoder: the latent spaces these pipelines' stored latents may be in (the stored
+    # channel count picks), and the model ids that name these pipelines (regular expressions searched
+    # in the lower-cased id with ``_`` as ``-``; the longest match wins, see ``spaces_for_model_id``).
+    previews: tuple[PreviewSpace, ...] = ()
+    model_ids: tuple[str, ...] = ()
+
+    @property
+    def decodes_plainly(self) -> bool:
+        """Whether the pipeline's decode is ``vae.decode(z)`` as it is, so that an equivalent of that call
+        (the streamed Wan decode, ``wan_stream.decode_to_uint8``) may replace it."""
+        return self.decode is plain_decode
 
     def reads_condition(self, path: str) -> bool:
         """Whether ``path`` is this rule's condition file."""

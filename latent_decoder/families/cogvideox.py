@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..latents import BTCHW
-from .base import DecodeContext, Family, causal_frames, config_temporal_ratio, latent_channels
+from .base import DecodeContext, Family, PreviewSpace, causal_frames, config_temporal_ratio, latent_channels
 
 if TYPE_CHECKING:
     import torch
@@ -40,6 +40,8 @@ def _spatial(vae: Any) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
+COGVIDEOX_SPACE = PreviewSpace("cogvideox", "CogVideoX", "AutoencoderKLCogVideoX", BTCHW, 16, 4, 8)  # no published factors
+
 COGVIDEOX = Family(
     name="cogvideox",
     label="CogVideoX",
@@ -54,4 +56,6 @@ COGVIDEOX = Family(
     denormalize=_denormalize,
     to_grid=_to_grid,
     decoded_frames=_frames,
+    previews=(COGVIDEOX_SPACE,),
+    model_ids=("cogvideo",),
 )

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..latents import BCTHW
-from .base import DecodeContext, Family, config_spatial_ratio, config_temporal_ratio, latent_channels
+from .base import DecodeContext, Family, PreviewSpace, config_spatial_ratio, config_temporal_ratio, latent_channels
 
 if TYPE_CHECKING:
     import torch
@@ -41,6 +41,8 @@ def _denormalize(z: "torch.Tensor", ctx: DecodeContext) -> "torch.Tensor":
             + frame_stats(c.latents_mean, z, c.latent_channels))
 
 
+COSMOS1_SPACE = PreviewSpace("cosmos1", "Cosmos 1 (CV8x8x8)", "AutoencoderKLCosmos", BCTHW, 16, 8, 8)
+
 COSMOS1 = Family(
     name="cosmos1",
     label="Cosmos 1",
@@ -53,4 +55,6 @@ COSMOS1 = Family(
     spatial_factor=config_spatial_ratio,
     denormalize=_denormalize,
     cast_first=False,
+    previews=(COSMOS1_SPACE,),
+    model_ids=("cosmos-?1", "cosmos"),  # "cosmos" alone: Cosmos 1 or 2
 )

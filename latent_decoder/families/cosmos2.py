@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from .base import DecodeContext, causal_frames, channel_stats, plain_decode
-from .wan import WAN, wan_denormalize
+from .wan import WAN, WAN21_SPACE, wan_denormalize
 
 if TYPE_CHECKING:
     import torch
@@ -67,19 +67,23 @@ def _predict_decode(z: "torch.Tensor", ctx: DecodeContext) -> "torch.Tensor":
     return video[:, :, :target]
 
 
-_COSMOS = dict(cast_first=False, accepts=lambda index: True)  # Wan's rule, but cast after; any model_index
+# Wan's rule, but cast after; any model_index; the Wan2.1 VAE's latents
+_COSMOS = dict(cast_first=False, accepts=lambda index: True, previews=(WAN21_SPACE,))
 COSMOS2 = replace(
     WAN, name="cosmos2", label="Cosmos 2", denormalize=_cosmos2_denormalize, pipelines=("Cosmos2VideoToWorldPipeline",),
     mirrors="diffusers.Cosmos2VideoToWorldPipeline (pipelines/cosmos/pipeline_cosmos2_video2world.py)", **_COSMOS,
+    model_ids=(r"cosmos-?(predict)?-?2|predict-?2", "cosmos"),  # "cosmos" alone: Cosmos 1 or 2
 )
 COSMOS2_5 = replace(
     WAN, name="cosmos2.5", label="Cosmos 2.5 Predict", denormalize=wan_denormalize, decode=_predict_decode,
     decoded_frames=_predict_frames, pipelines=("Cosmos2_5_PredictBasePipeline", "Cosmos2TextToImagePipeline"),
     mirrors="diffusers.Cosmos2_5_PredictBasePipeline (pipelines/cosmos/pipeline_cosmos2_5_predict.py)", **_COSMOS,
+    model_ids=(),  # named by Cosmos 2's ids
 )
 COSMOS2_5_TRANSFER = replace(
     WAN, name="cosmos2.5-transfer", label="Cosmos 2.5 Transfer", denormalize=_transfer_denormalize,
     pipelines=("Cosmos2_5_TransferPipeline",),
     mirrors="diffusers.Cosmos2_5_TransferPipeline (pipelines/cosmos/pipeline_cosmos2_5_transfer.py)",
     note="each stored latent is one autoregressive chunk, decoded on its own as the pipeline does", **_COSMOS,
+    model_ids=(),
 )

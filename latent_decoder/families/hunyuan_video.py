@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ..latents import BCTHW
-from .base import (DecodeContext, Family, causal_frames, config_spatial_ratio, config_temporal_ratio,
+from .base import (DecodeContext, Family, PreviewSpace, causal_frames, config_spatial_ratio, config_temporal_ratio,
                     divide_by_scaling_factor, latent_channels, plain_decode)
 
 if TYPE_CHECKING:
@@ -33,6 +33,8 @@ def _i2v_decode(z: "torch.Tensor", ctx: DecodeContext) -> "torch.Tensor":
 def _i2v_frames(t: int, ctx: DecodeContext, factor: int) -> int:
     return causal_frames(t, ctx, factor) - (I2V_DROPPED_FRAMES if _latent_concat(ctx) else 0)
 
+HUNYUANVIDEO_SPACE = PreviewSpace("hunyuanvideo", "HunyuanVideo", "AutoencoderKLHunyuanVideo", BCTHW, 16, 4, 8)
+
 HUNYUANVIDEO = Family(
     name="hunyuanvideo",
     label="HunyuanVideo",
@@ -45,6 +47,8 @@ HUNYUANVIDEO = Family(
     spatial_factor=config_spatial_ratio,
     denormalize=divide_by_scaling_factor,
     flow_matching=True,
+    previews=(HUNYUANVIDEO_SPACE,),
+    model_ids=("hunyuan",),
 )
 
 HUNYUANVIDEO_I2V = replace(

@@ -78,6 +78,7 @@ LTX2 = Family(
     stored_channels=lambda c: tuple(c * v for v in PATCH_VOLUMES),
     flow_matching=True,
     reads=("decode_timestep", "decode_noise_scale"),
+    model_ids=("ltx-?2",),  # another VAE than LTX-Video's, without published preview factors
 )
 
 LTX2_CONDITIONED = replace(

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..latents import BSC
-from .base import DecodeContext, Family, causal_grid, latent_channels, spatial_ratio, temporal_ratio
+from .base import DecodeContext, Family, PreviewSpace, causal_grid, latent_channels, spatial_ratio, temporal_ratio
 
 if TYPE_CHECKING:
     import torch
@@ -76,6 +76,8 @@ def mix_decode_noise(z: "torch.Tensor", ctx: DecodeContext) -> "torch.Tensor":
     return (1 - scale) * z + scale * noise
 
 
+LTX_VIDEO_SPACE = PreviewSpace("ltx-video", "LTX-Video", "AutoencoderKLLTXVideo", BSC, 128, 8, 32)
+
 LTX_VIDEO = Family(
     name="ltx-video",
     label="LTX-Video",
@@ -95,4 +97,6 @@ LTX_VIDEO = Family(
     token_grid=token_grid,
     needs=("frames", "height", "width"),
     reads=("decode_timestep", "decode_noise_scale"),
+    previews=(LTX_VIDEO_SPACE,),
+    model_ids=("ltx",),
 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..latents import BCTHW
-from .base import DecodeContext, Family, channel_stats, latent_channels
+from .base import DecodeContext, Family, PreviewSpace, channel_stats, latent_channels
 
 if TYPE_CHECKING:
     import torch
@@ -30,6 +30,8 @@ def _prod(values: Any) -> int:
     return out
 
 
+MOCHI_SPACE = PreviewSpace("mochi", "Mochi", "AutoencoderKLMochi", BCTHW, 12, 6, 8)
+
 MOCHI = Family(
     name="mochi",
     label="Mochi",
@@ -42,4 +44,6 @@ MOCHI = Family(
     spatial_factor=lambda vae: _prod(vae.config.spatial_expansions),
     denormalize=_denormalize,
     flow_matching=True,
+    previews=(MOCHI_SPACE,),
+    model_ids=("mochi",),
 )

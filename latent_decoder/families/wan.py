@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Mapping
 
 from ..latents import BCTHW
-from .base import DecodeContext, Family, channel_stats
+from .base import DecodeContext, Family, PreviewSpace, channel_stats
 
 if TYPE_CHECKING:
     import torch
@@ -70,6 +70,9 @@ def _spatial(vae: Any) -> int:
     return vae.config.scale_factor_spatial or 8
 
 
+WAN21_SPACE = PreviewSpace("wan2.1", "Wan2.1", "AutoencoderKLWan", BCTHW, 16, 4, 8)
+WAN22_SPACE = PreviewSpace("wan2.2", "Wan2.2 (48 ch, patchified)", "AutoencoderKLWan", BCTHW, 48, 4, 16)
+
 WAN = Family(
     name="wan",
     label="Wan 2.1/2.2",
@@ -84,6 +87,8 @@ WAN = Family(
     # Wan2.2 TI2V-5B is a WanPipeline with expand_timesteps: text-to-video there blends nothing.
     accepts=lambda index: not (index.get("_class_name") == "WanImageToVideoPipeline" and _expand_timesteps(index)),
     flow_matching=True,
+    previews=(WAN21_SPACE, WAN22_SPACE),
+    model_ids=("wan",),
 )
 
 WAN22_I2V = replace(
@@ -103,6 +108,7 @@ SKYREELS_V2 = replace(
     pipelines=("SkyReelsV2Pipeline", "SkyReelsV2ImageToVideoPipeline", "SkyReelsV2DiffusionForcingPipeline",
                "SkyReelsV2DiffusionForcingImageToVideoPipeline", "SkyReelsV2DiffusionForcingVideoToVideoPipeline"),
     accepts=lambda index: True,
+    model_ids=(),
 )
 
 WAN_USERS = replace(

@@ -29,9 +29,8 @@ from ..latents import load_latent
 from ..settings import OutputSettings
 from ..stop import critical
 from .factors import PreviewMap, calibration_path, load_calibration, model_key, published_map, save_calibration
-from .families import family_for_class
 from .projection import frame_sources
-from .setup import geometry_from_rule
+from .setup import geometry_from_rule, preview_family
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +205,7 @@ def calibrate_preview(experiment: Experiment, output: OutputSettings, device: st
     groups = (np.repeat(np.arange(len(xs)), [len(part) for part in xs]) if len(xs) > 1
               else np.arange(x.shape[0]) % 2)
     held_out = held_out_r2(x, y, groups)
-    family = family_for_class(worker.model.class_name, channels, worker.rule.name)
+    family = preview_family(worker.model.class_name, channels, worker.rule)
     published = published_map(family)
     published_r2 = (r_squared(y, x @ published.factors + published.bias)
                     if published is not None and published.channels == channels else None)

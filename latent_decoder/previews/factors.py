@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SetupError
+from ..families import PREVIEW_SPACES
 from ..models import ResolvedModel
 
 FACTORS_FILE = Path(__file__).with_name("latent_rgb_factors.json")
@@ -64,6 +65,12 @@ def _published_table() -> dict[str, Any]:
 
 def published_families() -> list[str]:
     return [k for k in _published_table() if not k.startswith("_")]
+
+
+def published_spaces() -> list[str]:
+    """The registry's preview spaces (``families.PREVIEW_SPACES``) that have published factors, in its order."""
+    published = set(published_families())
+    return [name for name in PREVIEW_SPACES if name in published]
 
 
 def published_map(family: str) -> PreviewMap | None:

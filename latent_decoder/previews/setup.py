@@ -1,10 +1,11 @@
 """What a preview run uses: the family, the latent -> RGB map and the geometry, found without weights.
 
-The VAE's ``config.json`` is used when it is on this machine (a local folder, the HF cache; nothing is
-downloaded): its class and channel count name the family, and the family rule (``families/``) on a
-meta-device skeleton gives the exact geometry (Wan2.2's 16x, LTX-Video's token grid, CogVideoX's
-frames). Without it, the model id and the stored latent's channel count name the family, and the
-family's published compression gives the geometry.
+The preview "family" is a latent space of the registry (``families.PREVIEW_SPACES``: the key of its
+published factors). The VAE's ``config.json`` is used when it is on this machine (a local folder, the
+HF cache; nothing is downloaded): its class and channel count name the space, and the family rule
+(``families/``) on a meta-device skeleton gives the exact geometry (Wan2.2's 16x, LTX-Video's token
+grid, CogVideoX's frames). Without it, the model id (the rules' ``model_ids``) and the stored
+latent's channel count name the space, and the space's published compression gives the geometry.
 """
 from __future__ import annotations
 
@@ -19,11 +20,11 @@ import numpy as np
 from ..errors import LatentShapeError, ModelNotFoundError, SetupError, UnsupportedModelError
 from ..experiment import VideoSettings
 from ..latents import Layout
-from ..families import DecodeContext, Family, detect, supported_vae_classes
+from ..families import (PREVIEW_SPACES, DecodeContext, Family, PreviewSpace, detect, preview_space_for_class,
+                        spaces_for_model_id, supported_vae_classes)
 from ..models import ResolvedModel, resolve_model, vae_skeleton
 from ..video import scaled_size
 from .factors import CALIBRATED, PUBLISHED, PreviewMap, load_calibration, model_key, published_map
-from .families import PREVIEW_FAMILIES, PreviewFamily, families_from_model_id, family_for_class
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +68,16 @@ def geometry_from_rule(rule: Family, vae: Any, video: VideoSettings, source: str
                     lambda shape, where: rule.check_shape(shape, ctx, where))
 
 
-def geometry_from_family(family: PreviewFamily, video: VideoSettings) -> Geometry:
-    """The family's published compression, for a model whose config.json is not on this machine."""
-    layout, c, tf, sf = family.layout, family.channels, family.temporal, family.spatial
+def preview_family(class_name: str, channels: int | None, rule: Family | None) -> str:
+    """The preview family of a VAE class with this many channels; a class or size without a preview
+    space keeps its rule's family name (else the class name)."""
+    space = preview_space_for_class(class_name, channels)
+    return space.name if space is not None else rule.name if rule is not None else class_name
+
+
+def geometry_from_space(space: PreviewSpace, video: VideoSettings) -> Geometry:
+    """The space's published compression, for a model whose config.json is not on this machine."""
+    layout, c, tf, sf = space.layout, space.channels, space.temporal, space.spatial
 
     def token_grid() -> tuple[int, int, int]:
         return (video.frames - 1) // tf + 1, video.height // sf, video.width // sf
@@ -77,12 +85,12 @@ def geometry_from_family(family: PreviewFamily, video: VideoSettings) -> Geometr
     def check(shape: tuple[int, ...], where: str) -> None:
         axis = layout.axes.index("C")
         if len(shape) != layout.rank or shape[axis] != c:
-            raise LatentShapeError(f"{where}: latent {tuple(shape)} does not fit the {family.label} preview, "
+            raise LatentShapeError(f"{where}: latent {tuple(shape)} does not fit the {space.label} preview, "
                                    f"which takes {layout.describe(C=c)} (does the model id match the experiment?)")
         if layout.axes == "BSC":
             missing = [n for n in ("frames", "height", "width") if getattr(video, n) is None]
             if missing:
-                raise LatentShapeError(f"{where}: packed {family.label} latent {tuple(shape)} needs video_settings "
+                raise LatentShapeError(f"{where}: packed {space.label} latent {tuple(shape)} needs video_settings "
                                        f"frames, height, width to unpack; missing: {', '.join(missing)}")
             t, h, w = token_grid()
             if shape[1] != t * h * w:
@@ -105,7 +113,7 @@ def geometry_from_family(family: PreviewFamily, video: VideoSettings) -> Geometr
             return t * tf
         return (t - 1) * tf + 1
 
-    return Geometry(layout, c, tf, sf, f"{family.label} defaults ({tf}x temporal, {sf}x spatial)", to_grid,
+    return Geometry(layout, c, tf, sf, f"{space.label} defaults ({tf}x temporal, {sf}x spatial)", to_grid,
                     decoded_frames, check)
 
 
@@ -144,11 +152,11 @@ def _read_config(folder: Path) -> dict[str, Any]:
 
 def _family_from_id(model: str, shape: tuple[int, ...] | None, where: str) -> tuple[str, str]:
     """The family named by the model id, narrowed by the stored latent's channels; one line if unsure."""
-    named = families_from_model_id(model)
+    named = spaces_for_model_id(model)
     if named == ():
         raise SetupError(f"model '{model}' has no published preview factors and its config.json is not on this "
                          f"machine; pass --family NAME, or {CALIBRATE_HINT}")
-    pool = [PREVIEW_FAMILIES[n] for n in (named or PREVIEW_FAMILIES) if published_map(n) is not None or named]
+    pool = [PREVIEW_SPACES[n] for n in (named or PREVIEW_SPACES) if published_map(n) is not None or named]
     fitting = [f.name for f in pool if f.fits(shape)]
     shape_text = f"{list(shape)} latents" if shape is not None else "latents of unknown shape"
     if len(fitting) == 1:
@@ -157,7 +165,7 @@ def _family_from_id(model: str, shape: tuple[int, ...] | None, where: str) -> tu
     if not fitting:
         said = f"model id '{model}' names {', '.join(named)}" if named else f"no family takes {shape_text}"
         raise SetupError(f"{said}, which does not fit {shape_text} ({where}); pass --family NAME "
-                         f"({', '.join(PREVIEW_FAMILIES)}) or the right --model")
+                         f"({', '.join(PREVIEW_SPACES)}) or the right --model")
     raise SetupError(f"cannot tell which VAE family made the {shape_text} of model '{model}' (no config.json on "
                      f"this machine): {' or '.join(fitting)}; pass --family NAME")
 
@@ -171,8 +179,8 @@ def resolve_preview(model: str, video: VideoSettings, subfolder: str | None = No
     stored latent's (shape, path), to tell families apart by channels. ``pinned``: the map identity
     the run was planned with (``kind:digest``); the map found now must be that one.
     """
-    if family is not None and family not in PREVIEW_FAMILIES and pinned is None:
-        raise SetupError(f"--family {family}: unknown preview family (known: {', '.join(PREVIEW_FAMILIES)})")
+    if family is not None and family not in PREVIEW_SPACES and pinned is None:
+        raise SetupError(f"--family {family}: unknown preview family (known: {', '.join(PREVIEW_SPACES)})")
     resolved = local_model(model, subfolder, config)
     rule, vae, class_name, channels = None, None, None, None
     if resolved is not None:
@@ -196,7 +204,7 @@ def resolve_preview(model: str, video: VideoSettings, subfolder: str | None = No
     if family is not None and pinned is None:
         how = "--family"
     elif resolved is not None:
-        detected = family_for_class(class_name, channels, rule.name if rule else None)
+        detected = preview_family(class_name, channels, rule)
         how = f"{resolved.folder / 'config.json'} ({class_name}, {channels} channels)"
         if family is not None and family != detected:
             how += f", --family {family}"
@@ -219,7 +227,7 @@ def resolve_preview(model: str, video: VideoSettings, subfolder: str | None = No
     else:
         order = [calibrated, published]
     preview = next((m for m in order if m is not None), None)
-    label = PREVIEW_FAMILIES[family].label if family in PREVIEW_FAMILIES else family
+    label = PREVIEW_SPACES[family].label if family in PREVIEW_SPACES else family
     if preview is None and resolved is not None and rule is None:
         raise SetupError(f"no preview for model '{model}': {class_name} has no published factors, and "
                          f"calibrate-preview needs a VAE class this tool decodes ({', '.join(supported_vae_classes())})")
@@ -230,11 +238,11 @@ def resolve_preview(model: str, video: VideoSettings, subfolder: str | None = No
         raise SetupError(f"the preview map of model '{model}' changed while the run was starting "
                          f"({pinned} -> {preview.identity}); run again")
 
-    same_class = family not in PREVIEW_FAMILIES or PREVIEW_FAMILIES[family].vae_class == class_name
+    same_class = family not in PREVIEW_SPACES or PREVIEW_SPACES[family].vae_class == class_name
     if rule is not None and vae is not None and same_class:
         geometry = geometry_from_rule(rule, vae, video, f"{class_name} config ({resolved.folder})")
-    elif family in PREVIEW_FAMILIES:
-        geometry = geometry_from_family(PREVIEW_FAMILIES[family], video)
+    elif family in PREVIEW_SPACES:
+        geometry = geometry_from_space(PREVIEW_SPACES[family], video)
     else:
         raise SetupError(f"no geometry for preview family {family} of model '{model}': its VAE config is not "
                          f"on this machine; pass --family NAME")
