@@ -20,9 +20,8 @@ from .plan import Plan
 from .states import ItemState
 from .plan import plan_run
 from .runner import RunReport, run_decode
-from .settings import (DECODERS, DEFAULT_CRF, DEFAULT_PRESET, DTYPES, EXECUTORS, FORMATS, IO_MODES, PRESETS, VIEWS,
-                       CliOptions, RunSettings, resolve_settings, resolve_views)
-from .watch import DEFAULT_REFRESH_S, WatchOptions
+from .settings import (DECODERS, DEFAULT_CRF, DEFAULT_PRESET, DEFAULT_REFRESH_S, DTYPES, EXECUTORS, FORMATS, IO_MODES,
+                       PRESETS, VIEWS, CliOptions, RunSettings, WatchOptions, resolve_settings, resolve_views)
 
 log = logging.getLogger("latent_decoder")
 

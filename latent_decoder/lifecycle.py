@@ -1,18 +1,19 @@
-"""The item lifecycle, written once: prepare -> compute -> commit.
+"""The item lifecycle's stages, written once: prepare -> compute -> write -> commit.
 
 * prepare (where the latent is readable): read the bytes of every file the item reads (the latent,
   the x0 view's previous step, the video's condition file) and identify exactly those bytes
   (``identity.read_identified``); they travel with the item, so a worker never reads the experiment;
-* compute (where the VAE is): ``DecodeWorker.compute``, i.e. parse and validate, decode on the
-  device, refuse non-finite frames, encode on CPU;
-* commit (where the output folder is): ``write_outputs`` puts a success's files at their final
-  paths atomically (a failure writes nothing, so an earlier good output stays until a new success
-  replaces it) and returns the record; ``commit`` then appends it to the journal, which is what
-  makes the item done, and removes outputs a success made obsolete.
+* compute (where the model is): a ``compute.Worker``'s ``decode_stage`` and ``encode_stage``, i.e.
+  parse and validate, decode on the device (or project, for the preview), encode on CPU;
+* write (where the output folder is): ``write_outputs`` puts a success's files at their final paths
+  atomically (a failure writes nothing, so an earlier good output stays until a new success replaces
+  it) and returns the record;
+* commit: ``commit`` appends the record to the journal, which is what makes the item done, and
+  removes outputs a success made obsolete (``GroupCommit`` groups records that arrive close together).
 
-Which schedule is decided once, in ``plan.make_plan``; executors only choose which process and
-thread runs each stage. Item failures never escape a stage: they travel with the item
-(``ItemWork.error``) to a "failed" journal entry naming the file.
+Which items a run takes is decided once, in ``plan.make_plan``; ``pipeline.run_items`` moves them
+through the stages and executors only choose where compute runs. Item failures never escape a
+stage: they travel with the item (``ItemWork.error``) to a "failed" journal entry naming the file.
 """
 from __future__ import annotations
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .compute import Worker
 from .errors import OutputDirError, RunLockedError, RunStoppedError
 from .executors import InlineExecutor
 from .experiment import LatentStep
@@ -113,10 +114,10 @@ class Progress:
 
 def run_decode(
     settings: RunSettings,
-    worker: DecodeWorker | None = None,
+    worker: Worker | None = None,
     progress: bool = True,
     on_result: Callable[[LatentStep, StepRecord], None] | None = None,
-    worker_cls: type[DecodeWorker] = DecodeWorker,
+    worker_cls: type[Worker] = DecodeWorker,
 ) -> RunReport:
     """Decode every planned item that is not done, committing each to the journal as it finishes;
     then update the summary and the views.
@@ -157,8 +158,8 @@ def _signum(exc: BaseException, signals: StopSignals) -> int:
     return exc.signum if isinstance(exc, Interrupted) else signals.raised or signal.SIGINT
 
 
-def start_executor(settings: RunSettings, info: RunInfo, worker: Any = None,
-                   worker_cls: type[DecodeWorker] = DecodeWorker) -> Executor:
+def start_executor(settings: RunSettings, info: RunInfo, worker: Worker | None = None,
+                   worker_cls: type[Worker] = DecodeWorker) -> Executor:
     """Everything that can refuse the run, before the output folder is touched: the device, the model,
     its family rule and weights (in-process), or the Ray workers, which load them. A given ``worker``
     stays its caller's; one made here is closed with the executor."""

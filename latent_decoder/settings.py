@@ -14,7 +14,6 @@ from .errors import SetupError
 from .experiment import DEFAULT_FPS, Experiment, Filters, VideoSettings, absolute_path
 from .families.base import DecodeOptions
 from .video import FrameSizeError, scaled_size
-from .watch import WatchOptions
 
 DTYPES = ("float32", "bfloat16", "float16")
 VIEWS = ("xt", "x0", "both")
@@ -117,6 +116,19 @@ class ExecutorSettings:
         if self.kind != "auto":
             return self
         return replace(self, kind="ray" if (gpu_count or visible_gpus)() > 1 else "inline")
+
+
+DEFAULT_IDLE_EXIT_S = 600.0
+DEFAULT_REFRESH_S = 30.0
+
+
+@dataclass(frozen=True)
+class WatchOptions:
+    """``--watch``: decode while the generation writes its steps (``watch.py``)."""
+
+    idle_exit: float = DEFAULT_IDLE_EXIT_S  # stop after this long without a new complete step
+    poll: bool = False  # rescan on a timer instead of filesystem events
+    refresh_every: float = DEFAULT_REFRESH_S  # redraw the summary and the views at most this often
 
 
 @dataclass(frozen=True)

@@ -13,28 +13,18 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
 from .errors import LatentDecoderError
 from .experiment import LatentStep
+from .settings import WatchOptions
 
 log = logging.getLogger(__name__)
 
 SETTLE_S = 0.5  # a file must keep its size and mtime this long before it counts as written
 POLL_S = 1.0  # rescan interval without filesystem events (NFS, --poll)
-DEFAULT_IDLE_EXIT_S = 600.0
-DEFAULT_REFRESH_S = 30.0
-
-
-@dataclass(frozen=True)
-class WatchOptions:
-    idle_exit: float = DEFAULT_IDLE_EXIT_S  # stop after this long without a new complete step
-    poll: bool = False  # rescan on a timer instead of filesystem events
-    refresh_every: float = DEFAULT_REFRESH_S  # redraw the summary and the views at most this often
-
-
 def is_complete(path: Path) -> bool:
     """Whether a latent file is whole: its format's own structure says so (no torn write)."""
     from .latents import is_torch_file, read_array
@@ -98,7 +88,7 @@ class Watcher:
                 import watchfiles
             except ImportError:
                 log.info("watchfiles is not installed: polling %s every %.0fs", self.latents_dir, POLL_S)
-                self.options = WatchOptions(self.options.idle_exit, True, self.options.refresh_every)
+                self.options = replace(self.options, poll=True)
             else:
                 self._changes = watchfiles.watch(self.latents_dir, debounce=200, step=50,
                                                  rust_timeout=int(POLL_S * 1000), yield_on_timeout=True,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,7 +43,8 @@ def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
             if node.level:
                 parent = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(parent + ([node.module] if node.module else []))
-            targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
+            # ``from pkg import mod`` imports pkg.mod; ``from mod import name`` imports mod
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
         elif isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         else:
@@ -75,6 +77,36 @@ def test_no_import_circle() -> None:
     # A package's __init__ re-exporting its own submodules is not a circle of sibling modules.
     real = [c for c in circles if not any(a.startswith(b + ".") or b.startswith(a + ".") for a, b in zip(c, c[1:]))]
     assert not real, "import circles: " + "; ".join(" -> ".join(c) for c in real)
+
+
+def layers() -> dict[str, int]:
+    """Module -> its layer's row in ARCHITECTURE.md's layer table (0 is the base)."""
+    table = (REPO_ROOT / "ARCHITECTURE.md").read_text().split("## Modules by layer")[1].split("\n## ")[0]
+    rows = [line.split("|")[2] for line in table.splitlines() if line.startswith("| ") and "`" in line]
+    known = modules()
+    found: dict[str, int] = {}
+    for row, cell in enumerate(rows):
+        for entry in re.findall(r"`([^`]+)`", cell):
+            if entry.endswith("/"):  # a subpackage: every module in it
+                prefix = "latent_decoder." + entry.rstrip("/").replace("/", ".")
+                matched = [m for m in known if m == prefix or m.startswith(prefix + ".")]
+            else:
+                name = "latent_decoder." + entry.removesuffix(".py").replace("/", ".")
+                matched = [m for m in known if m == name.removesuffix(".__init__")]
+            assert matched, f"ARCHITECTURE.md names {entry}, which is not a module"
+            for module in matched:
+                found[module] = row
+    return found
+
+
+def test_every_module_imports_only_its_layer_and_the_layers_below() -> None:
+    known, layer = modules(), layers()
+    missing = sorted(set(known) - set(layer) - {"latent_decoder"})
+    assert not missing, f"not in ARCHITECTURE.md's layer table: {missing}"
+    upward = [f"{name} ({layer[name]}) imports {dep} ({layer[dep]})"
+              for name, path in known.items() if name in layer
+              for dep in imports(name, path, known) if dep in layer and layer[dep] > layer[name]]
+    assert not upward, "imports against the layering:\n" + "\n".join(upward)
 
 
 def test_only_the_runner_imports_an_executor() -> None:

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any
-
+from ..compute import Worker
 from ..experiment import LatentStep
 from ..lifecycle import ItemWork
 from ..pipeline import HandOn
@@ -24,7 +23,7 @@ class InlineExecutor:
 
     prepared = True
 
-    def __init__(self, worker: Any, encode_threads: int | None = None, owns_worker: bool = False) -> None:
+    def __init__(self, worker: Worker, encode_threads: int | None = None, owns_worker: bool = False) -> None:
         self.worker = worker
         self.encode_threads = encode_threads or max(1, min(4, usable_cpus() // 2))
         self.owns_worker = owns_worker

@@ -49,6 +49,7 @@ from ..pipeline import HandOn
 from ..resources import usable_cpus
 from ..settings import RunSettings
 from ..stop import critical
+from ..compute import Worker
 from ..worker import DecodeWorker
 from .ray_pool import (CPU_ACTOR_CPUS, GPU_ACTOR_CPUS, ActorPool, Ask, Capacity, Slot, actor_error, plan_actors,
                        resources_text)
@@ -79,7 +80,7 @@ class RayExecutor:
     def __init__(
         self,
         settings: RunSettings,
-        worker_cls: type[DecodeWorker] = DecodeWorker,
+        worker_cls: type[Worker] = DecodeWorker,
         max_restarts: int = 3,
         poison_after: int = 3,
         restart_wait_s: float = RESTART_WAIT_S,
@@ -452,7 +453,7 @@ class RayExecutor:
                             f"{left} item(s) not decoded: run again to resume")
 
 
-def actor_class(worker_cls: type[DecodeWorker]) -> type[DecodeWorker]:
+def actor_class(worker_cls: type[Worker]) -> type[Worker]:
     """``worker_cls`` as a threaded actor (``max_concurrency``) that works on a few items at once (its
     ``concurrency``): each call runs the whole item body on its own thread, and a lock lets one decode
     at a time (the VAE keeps its causal cache on the module). So one item decodes, the next one waits
