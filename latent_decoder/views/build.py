@@ -8,6 +8,7 @@ nothing is written: the index is rewritten only when its text changes.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,11 +31,13 @@ from .progression_video import PROGRESSION_NAME, ProgressionWriter, progression_
 from .sheet import DEFAULT_GEOMETRY, SHEET_NAME, SHEET_THUMB_NAME, Sheet, sheet_geometry
 from .stats import STATS_NAME, stats_bytes
 
+log = logging.getLogger(__name__)
 
 STATE_NAME = ".latent-decoder-views.json"
 VIEWS_VERSION = 1  # bump when the views' look changes: every video is rebuilt once
 FAILURES_LISTED = 100
 MAX_WORKERS = 8  # videos drawn at once (each holds one step's frames in memory)
+NOTICE_ROWS = 200  # drawing this many steps' rows takes a while: one line says so
 
 
 @dataclass
@@ -224,6 +227,9 @@ def build_views(root: Path, force: bool = False) -> ViewsResult:
         digests = video_digests(journal)
         stale = [d for d in digests if force or not _current(root, d, old.get(d.key))]
         views = video_views(journal, root, stale, family)
+        if sum(len(v.rows) for v in views) >= NOTICE_ROWS:  # long enough to say what is going on
+            log.info("drawing the views of %d video(s) (%d steps) in %s", len(views),
+                     sum(len(v.rows) for v in views), root)
         failures = [(r.item, r.prompt, r.video, r.error)
                     for r in journal.records(state="failed", limit=FAILURES_LISTED)]
     result = ViewsResult(root / PAGE_NAME)
