@@ -16,10 +16,12 @@ from latent_decoder.demo import (
 )
 from latent_decoder.latents import load_latent
 
-from conftest import DEMO_STEPS, run_cli
+from conftest import DEMO_STEPS
 
 STEPS = DEMO_STEPS  # demo_run (conftest): the demo run once from the installed wheel
 CLIPS = len(DEMO_PROMPTS)
+
+pytestmark = pytest.mark.xdist_group("wheel")  # one worker builds and installs the wheel (test_wheel.py too)
 
 
 def frames(root: Path, clip: int, step: int) -> np.ndarray:
@@ -179,16 +181,21 @@ def test_demo_again_resumes_and_refuses_other_folders(demo_run, tmp_path: Path) 
     assert sorted(p.name for p in (tmp_path / "fewer" / "latents").iterdir()) == ["prompt_000"]
 
 
-def test_calibrated_preview_follows_the_full_decode(demo_run, tmp_path: Path) -> None:
+def test_calibrated_preview_follows_the_full_decode(demo_run, tmp_path: Path, monkeypatch) -> None:
     """`calibrate-preview` on the demo, then `decode --decoder preview`: at each clip's last step the
     preview frames correlate with the full decode's at >= 0.9 (both on the latent grid a linear
     preview resolves: 8x8-pixel means)."""
+    from click.testing import CliRunner
+
+    from latent_decoder.cli import cli
+
     root, _ = demo_run
-    env = {"LATENT_DECODER_PREVIEW_DIR": str(tmp_path / "previews")}
-    calibrated = run_cli("calibrate-preview", str(root), "--device", "cpu", env=env)
-    assert calibrated.returncode == 0, calibrated.stderr[-3000:]
-    previewed = run_cli("decode", str(root), "--decoder", "preview", "--format", "png", "--device", "cpu", env=env)
-    assert previewed.returncode == 0, previewed.stderr[-3000:]
+    monkeypatch.setenv("LATENT_DECODER_PREVIEW_DIR", str(tmp_path / "previews"))
+    calibrated = CliRunner().invoke(cli, ["calibrate-preview", str(root), "--device", "cpu"], catch_exceptions=False)
+    assert calibrated.exit_code == 0, calibrated.output[-3000:]
+    previewed = CliRunner().invoke(cli, ["decode", str(root), "--decoder", "preview", "--format", "png", "--device",
+                                         "cpu"], catch_exceptions=False)
+    assert previewed.exit_code == 0, previewed.output[-3000:]
 
     def grid(video: np.ndarray) -> np.ndarray:
         t, h, w, _ = video.shape

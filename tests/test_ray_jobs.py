@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -29,15 +31,16 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def head(tmp_path_factory):
+def head():
     """A one-node Ray cluster with its dashboard (job server) on 127.0.0.1; yields the dashboard URL."""
     port, dashboard = free_port(), free_port()
     ray_bin = Path(sys.executable).with_name("ray")
+    # Short: Ray's socket paths must fit 107 bytes (pytest-xdist's temp folders are longer).
+    temp = Path(tempfile.mkdtemp(prefix="ld-jobs-", dir="/tmp"))
     proc = subprocess.Popen(
         [str(ray_bin), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--num-cpus", "2", "--num-gpus", "0",
-         "--object-store-memory", str(80 * 2**20),
-         "--temp-dir", str(tmp_path_factory.mktemp("ray"))],
+         "--object-store-memory", str(80 * 2**20), "--temp-dir", str(temp)],
         env={**os.environ, **LOOPBACK}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{dashboard}"
     try:
@@ -55,6 +58,7 @@ def head(tmp_path_factory):
         # Every process of this cluster is in the session started above (and only those): stop them all.
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_submit_runs_a_small_experiment_end_to_end(head, make_experiment):

@@ -63,7 +63,7 @@ def ok_items(out: Path) -> dict[str, int]:
 def test_views_of_a_video_finished_by_a_killed_run_are_drawn_by_the_next_run(make_experiment):
     """Reproduced on the old main: kill -9 mid-run, then the run that finishes (and every no-op run
     after it) never drew the video the killed run had completed."""
-    exp = make_experiment(prompts=2, videos=2, steps=5, height=48, width=64)
+    exp = make_experiment(prompts=2, videos=2, steps=5)
     out = exp / "latents_videos"
     proc = subprocess.Popen([sys.executable, "-m", "latent_decoder", "decode", str(exp), "--device", "cpu"],
                             cwd=REPO_ROOT, env=SUB_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -158,15 +158,16 @@ def test_no_op_run_and_gallery_leave_a_folder_another_run_holds(make_experiment,
 
 
 def test_sigterm_on_gallery_exits_143_and_leaves_no_temp_files(make_experiment):
-    exp = make_experiment(prompts=1, videos=3, steps=6, height=64, width=96)
+    exp = make_experiment(prompts=1, videos=3, steps=2)
     out = exp / "latents_videos"
     assert decode(exp).exit_code == 0
-    # Slow the drawing down so that the signal lands in it, in a real process.
+    # Slow the drawing down (a second per video, three videos) so that the signal lands in it, in a
+    # real process, even when this one is slow to send it.
     script = ("import sys, time\n"
               "import latent_decoder.views.build as build\n"
               "real = build.build_video\n"
               "def slow(*a, **k):\n"
-              "    print('drawing', flush=True); time.sleep(0.5); return real(*a, **k)\n"
+              "    print('drawing', flush=True); time.sleep(1); return real(*a, **k)\n"
               "build.build_video = slow\n"
               "from latent_decoder.cli import main\n"
               f"sys.argv = ['latent-decoder', 'gallery', {str(exp)!r}, '--force']\n"

@@ -7,7 +7,11 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from wheel_install import REPO_ROOT, build_wheel
+
+pytestmark = pytest.mark.xdist_group("wheel")  # one worker builds and installs the wheel (test_demo.py too)
 
 RUNTIME_DATA = {  # what the code opens at run time; every other data file is held to the same rule below
     "latent_decoder/demo_model/vae/config.json", "latent_decoder/demo_model/vae/diffusion_pytorch_model.safetensors",
