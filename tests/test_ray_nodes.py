@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -45,10 +44,11 @@ def cluster():
 
 
 def with_worker_nodes(cluster: Cluster, count: int) -> None:
-    """Exactly ``count`` fresh worker nodes of 1 CPU each (earlier tests removed some)."""
-    for node in list(cluster.worker_nodes):
+    """Exactly ``count`` worker nodes of 1 CPU each, all of it free: the nodes an earlier test left
+    alive are kept (a node costs seconds to start), the missing ones added."""
+    for node in list(cluster.worker_nodes)[count:]:
         cluster.remove_node(node)
-    for _ in range(count):
+    for _ in range(count - len(cluster.worker_nodes)):
         cluster.add_node(**NODE)
     cluster.wait_for_nodes()
     deadline = time.monotonic() + 60

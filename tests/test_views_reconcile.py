@@ -175,7 +175,7 @@ def test_sigterm_on_gallery_exits_143_and_leaves_no_temp_files(make_experiment):
     for signum, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
         proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, env=SUB_ENV, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
-        assert proc.stdout.readline().strip() == "drawing"
+        assert "drawing" in proc.stdout.readline()  # (videos are drawn on several threads at once)
         proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == code, err
