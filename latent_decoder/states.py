@@ -20,7 +20,7 @@ class ItemState(Enum):
     STALE = ("decode again (settings changed)", STALE)  # decoded with other settings
     MISSING = ("decode again (outputs missing)", PENDING)  # its outputs are gone or altered
     FAILED = ("retry (failed before)", FAILED)  # the latest attempt failed; tried again
-    FORCED = ("decode again (--force)", DONE)  # done, but --force
+    FORCED = ("decode again (--force)", "done")  # done, but --force
 
     @property
     def words(self) -> str:

@@ -81,9 +81,9 @@ SHARED_RAY = dict(num_cpus=2, num_gpus=2, object_store_memory=80 * 2**20)  # two
 @pytest.fixture
 def shared_ray():
     """The session's local Ray runtime (started on first use: ``SHARED_RAY``), for tests that need
-    "a Ray" and no particular cluster shape; returns the ``ray`` module. Tests that use it are marked
-    ``xdist_group("ray")`` so that one pytest worker starts it once. Test modules that need a cluster
-    of their own call ``stop_shared_ray()`` first; the next test that uses this one starts it again."""
+    "a Ray" and no particular cluster shape; returns the ``ray`` module. One per pytest worker that
+    runs such a test. Test modules that need a cluster of their own call ``stop_shared_ray()`` first;
+    the next test that uses this one starts it again."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
         ray.init(address="local", include_dashboard=False, log_to_driver=False, **SHARED_RAY)
@@ -110,15 +110,16 @@ def wait_for_ray_resources(ray, **wanted: float) -> None:
         time.sleep(0.1)
 
 
-# The groups that hold the longest runs on one worker start first, so that the other worker works
-# through the ungrouped tests meanwhile instead of waiting for them at the end.
-FIRST_GROUPS = ("ray", "ray_clusters", "wheel")
+# The files with the longest runs start first (`make test` hands whole files to its two workers), so
+# that no worker is left with a long one at the end while the other idles.
+FIRST_FILES = ("test_ray_executor.py", "test_ray_robustness.py", "test_demo.py", "test_ray_nodes.py",
+               "test_watch.py", "test_resume.py", "test_ray_jobs.py", "test_ray_autoscale.py", "test_ray_overlap.py")
 
 
 def pytest_collection_modifyitems(config, items):
     def rank(item) -> int:
-        group = item.get_closest_marker("xdist_group")
-        return FIRST_GROUPS.index(group.args[0]) if group and group.args[0] in FIRST_GROUPS else len(FIRST_GROUPS)
+        name = item.path.name
+        return FIRST_FILES.index(name) if name in FIRST_FILES else len(FIRST_FILES)
 
     items.sort(key=rank)
 

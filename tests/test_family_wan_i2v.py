@@ -263,7 +263,6 @@ def test_a_changed_condition_decodes_its_videos_steps_again_and_a_touch_does_not
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
                     reason="needs root (a private mount namespace) to hide the experiment from the workers")
-@pytest.mark.xdist_group("ray")
 def test_ray_workers_that_cannot_see_the_experiment_decode_with_its_condition(run: Run, tmp_path: Path, shared_ray):
     """``--io driver``: the driver reads every input of an item, the condition included, and the workers
     never open the experiment. The driver runs in a mount namespace of its own, where the experiment

@@ -32,8 +32,7 @@ from latent_decoder.worker import DecodeWorker  # noqa: E402
 
 from conftest import hang_guard, journal_records, stop_shared_ray  # noqa: E402
 
-pytestmark = [pytest.mark.filterwarnings("ignore:Ray assigned GPUs but torch sees no CUDA:UserWarning"),
-              pytest.mark.xdist_group("ray_clusters")]  # clusters of their own, joined in-process: one worker
+pytestmark = pytest.mark.filterwarnings("ignore:Ray assigned GPUs but torch sees no CUDA:UserWarning")
 
 STORE = 80 * 2**20
 VENV_BIN = Path(sys.executable).parent

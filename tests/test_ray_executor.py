@@ -25,7 +25,6 @@ from conftest import held_worker_cls, journal_records  # noqa: E402
 
 # Every run here gets it (fake GPUs); the first test checks it is given once.
 pytestmark = pytest.mark.filterwarnings("ignore:Ray assigned GPUs but torch sees no CUDA:UserWarning")
-on_shared_ray = pytest.mark.xdist_group("ray")  # the pytest worker that runs the session's Ray runtime
 
 
 def ray_settings(exp: Path, **opts) -> RunSettings:
@@ -45,7 +44,6 @@ def assert_each_once(summary: dict, settings: RunSettings) -> dict[str, dict]:
     return records
 
 
-@on_shared_ray
 def test_two_fake_gpus_two_actors_decode_everything(shared_ray, make_experiment, tmp_path):
     from PIL import Image
 
@@ -72,7 +70,6 @@ def test_two_fake_gpus_two_actors_decode_everything(shared_ray, make_experiment,
         assert (settings.output_dir / step["outputs"]["video"]).stat().st_size == step["output_sizes"]["video"]
 
 
-@on_shared_ray
 def test_shared_io_workers_write_outputs_and_resume_skips(shared_ray, make_experiment):
     exp = make_experiment(prompts=1, videos=1, steps=3)
     settings = ray_settings(exp, io="shared", gpus=1)
@@ -85,7 +82,6 @@ def test_shared_io_workers_write_outputs_and_resume_skips(shared_ray, make_exper
     assert again.records == {} and again.skipped == 3
 
 
-@on_shared_ray
 def test_killed_actor_items_are_requeued_and_decoded_once(shared_ray, make_experiment, tmp_path):
     """One worker, so the run can only finish if the killed actor is restarted."""
     exp = make_experiment(prompts=2, videos=1, steps=4)
@@ -111,7 +107,6 @@ def test_killed_actor_items_are_requeued_and_decoded_once(shared_ray, make_exper
     assert killed[0] in pids and len(pids) == 2  # the killed actor was restarted under a new pid
 
 
-@on_shared_ray
 def test_worker_that_cannot_load_the_model_is_a_one_line_setup_error(shared_ray, make_experiment):
     from latent_decoder.errors import ClusterError
 
@@ -136,7 +131,6 @@ def test_cli_with_cpu_workers_starts_its_own_ray(make_experiment):
     assert {s["worker"] for s in records.values()} == {"ray-0"} and summary["model"]["workers"] == ["cpu"]
 
 
-@on_shared_ray
 def test_interrupted_driver_keeps_committed_items_and_resume_decodes_the_rest(shared_ray, make_experiment):
     exp = make_experiment(prompts=2, videos=1, steps=3)
     settings = ray_settings(exp, gpus=1)
@@ -158,7 +152,6 @@ def test_interrupted_driver_keeps_committed_items_and_resume_decodes_the_rest(sh
     assert_each_once(summary_of(settings), settings)
 
 
-@on_shared_ray
 def test_full_disk_with_shared_io_stops_the_run_as_inline_does(shared_ray, make_experiment, mount_tmpfs, tmp_path):
     """``--io shared``: the worker writes the outputs, and its ``DiskFullError`` stops the run with one
     line and exit 1, finished items kept, instead of failing every remaining item one by one. The

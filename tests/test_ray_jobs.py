@@ -17,7 +17,7 @@ import pytest
 
 pytest.importorskip("ray")
 
-from conftest import journal_records, run_cli  # noqa: E402
+from conftest import journal_records, run_cli, stop_shared_ray  # noqa: E402
 
 LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1",
             # the job's `python` is the first on the cluster's PATH: this virtualenv's
@@ -33,6 +33,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def head():
     """A one-node Ray cluster with its dashboard (job server) on 127.0.0.1; yields the dashboard URL."""
+    stop_shared_ray()  # as before the session had one: no other Ray runtime in this process meanwhile
     port, dashboard = free_port(), free_port()
     ray_bin = Path(sys.executable).with_name("ray")
     # Short: Ray's socket paths must fit 107 bytes (pytest-xdist's temp folders are longer).

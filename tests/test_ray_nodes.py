@@ -25,8 +25,6 @@ from conftest import hang_guard, held_worker_cls, journal_records, stop_shared_r
 
 NODE = {"num_cpus": 1, "object_store_memory": 80 * 2**20}  # room for exactly one CPU worker
 
-pytestmark = pytest.mark.xdist_group("ray_clusters")  # clusters of their own, joined in-process: one worker
-
 
 @pytest.fixture(scope="module")
 def cluster():
@@ -89,10 +87,24 @@ def node_of(cluster: Cluster, pid: int):
     raise AssertionError(f"pid {pid} is on no worker node")
 
 
+def wait_gone(pid: int, seconds: float = 60) -> None:
+    """Until process ``pid`` has ended (gone, or a zombie): a removed node's actor dies with its raylet."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return
+        except (OSError, IndexError):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} still runs {seconds:g} s after its node was removed")
+
+
 def lose_first_workers_node(cluster: Cluster, gate: Path | None):
     """(calls per item, pids whose node was removed, on_result): the node of the worker that returns
     the first result is removed at once, without grace, while the items held by ``gate``
-    (``held_worker_cls``) are in flight; then the gate opens (when given)."""
+    (``held_worker_cls``) are in flight; once that worker's process has ended, the gate opens (when
+    given)."""
     calls: Counter[str] = Counter()
     removed: list[int] = []
 
@@ -102,6 +114,7 @@ def lose_first_workers_node(cluster: Cluster, gate: Path | None):
             removed.append(record.pid)
             cluster.remove_node(node_of(cluster, record.pid), allow_graceful=False)
             if gate is not None:
+                wait_gone(record.pid)
                 gate.touch()
 
     return calls, removed, on_result

@@ -26,7 +26,7 @@ from conftest import hang_guard, journal_records  # noqa: E402
 
 WAIT_S = 15.0  # how long an encode waits for its event; a serial actor waits this long per item
 
-pytestmark = [pytest.mark.usefixtures("shared_ray"), pytest.mark.xdist_group("ray")]
+pytestmark = pytest.mark.usefixtures("shared_ray")
 
 
 def ray_settings(exp: Path) -> RunSettings:

@@ -29,7 +29,6 @@ from latent_decoder.worker import DecodeWorker  # noqa: E402
 from conftest import REPO_ROOT, hang_guard, journal_records, touch_on_log  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Ray assigned GPUs but torch sees no CUDA:UserWarning")
-on_shared_ray = pytest.mark.xdist_group("ray")
 
 
 def ray_settings(exp: Path, **opts) -> RunSettings:
@@ -73,7 +72,6 @@ class CpuHog:
         return True
 
 
-@on_shared_ray
 def test_workers_that_cannot_all_be_placed_run_on_those_that_started(shared_ray, make_experiment, tmp_path, caplog):
     """--workers 2 with 1 CPU free: one CPU worker fits. Decoding starts with it; at the start deadline
     the run says what it asked for and what the cluster has, and goes on (items wait for that warning)."""
@@ -96,7 +94,6 @@ def test_workers_that_cannot_all_be_placed_run_on_those_that_started(shared_ray,
             "within 20 s (--start-timeout); going on with 1") in warned, warned
 
 
-@on_shared_ray
 def test_no_worker_placed_is_a_one_line_cluster_error_with_progress(shared_ray, make_experiment, caplog):
     """Both fake GPUs held by another job: the CLI waits --start-timeout, saying how long it has
     waited, then exits 2 with one line."""
@@ -131,7 +128,6 @@ def test_no_worker_placed_is_a_one_line_cluster_error_with_progress(shared_ray, 
 
 # ---------------------------------------------------------------------- hung workers
 
-@on_shared_ray
 def test_items_that_hang_are_killed_retried_and_at_last_poison(shared_ray, make_experiment, tmp_path, caplog):
     """One worker. An item that hangs on its first try only: the actor is killed and restarted and the
     item is decoded on the retry. An item that hangs on every try: after three hangs it is recorded

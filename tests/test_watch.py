@@ -150,7 +150,6 @@ def test_torn_files_are_not_complete(tmp_path):
     assert settling.ready(step, 100.6)
 
 
-@pytest.mark.xdist_group("ray")
 def test_watch_feeds_new_steps_to_a_running_ray_pool(shared_ray, make_experiment):
     exp = make_experiment(prompts=1, steps=2)
     out = exp / "latents_videos"
