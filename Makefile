@@ -35,8 +35,13 @@ browser:
 		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) \
 		|| echo "chromium could not be installed: the browser test will be skipped"; fi
 
+# Two pytest workers (pytest-xdist), one per core of our CI box, each taking whole test files (a
+# module's fixtures, its Ray runtime or cluster, are made once). Not --dist loadgroup: with pytest 9.2
+# pytest-xdist 3.8 no longer keeps an xdist_group together.
+TEST_WORKERS ?= 2
+
 test: install browser
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The family parity tests (each family's decode against its own diffusers pipeline) on the oldest
 # diffusers release we declare; subprocesses and Ray workers inherit the PYTHONPATH.

@@ -1,5 +1,6 @@
 """Shared fixtures: tiny real VAEs saved with save_pretrained, real experiment folders,
-an HF cache entry under a real repo id, and a helper to run the real CLI in a subprocess."""
+an HF cache entry under a real repo id, one local Ray runtime for the session, and a helper to run
+the real CLI in a subprocess."""
 from __future__ import annotations
 
 import os
@@ -15,6 +16,15 @@ import pytest
 # Never touch the network: tests build every model they load.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# One thread per process for torch and the encoder: `make test` runs two pytest workers on a 2-core
+# box, each of which starts CLI processes and Ray actors (they inherit this environment); with more
+# threads they fight for the cores and per-item time swings by 10-20x without changing what is checked.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+# Test Ray runtimes bind every node to 127.0.0.1 and run without token authentication
+# (DESIGN.md, "Ray facts"); every `ray start`, CLI process and Ray worker started here inherits it.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from latent_decoder.synthetic import build_synthetic_experiment, build_tiny_wan_vae  # noqa: E402
 
@@ -63,6 +73,60 @@ def make_experiment(tmp_path: Path, tiny_model_dir: Path):
         return build_synthetic_experiment(tmp_path / name, **kwargs)
 
     return make
+
+
+SHARED_RAY = dict(num_cpus=2, num_gpus=2, object_store_memory=80 * 2**20)  # two fake GPUs: torch sees no CUDA
+
+
+@pytest.fixture
+def shared_ray():
+    """The session's local Ray runtime (started on first use: ``SHARED_RAY``), for tests that need
+    "a Ray" and no particular cluster shape; returns the ``ray`` module. One per pytest worker that
+    runs such a test. Test modules that need a cluster of their own call ``stop_shared_ray()`` first;
+    the next test that uses this one starts it again."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, **SHARED_RAY)
+    wait_for_ray_resources(ray, CPU=SHARED_RAY["num_cpus"], GPU=SHARED_RAY["num_gpus"])
+    return ray
+
+
+def stop_shared_ray() -> None:
+    """Stop the shared runtime if it runs in this process (a module with its own cluster comes next)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def wait_for_ray_resources(ray, **wanted: float) -> None:
+    """Actors of an earlier test release their resources asynchronously: wait (at most a minute)
+    until ``wanted`` (e.g. ``CPU=2, GPU=2``) is free again."""
+    import time
+
+    deadline = time.monotonic() + 60
+    while any(ray.available_resources().get(name, 0) < amount for name, amount in wanted.items()):
+        assert time.monotonic() < deadline, f"{wanted} not free: {ray.available_resources()}"
+        time.sleep(0.1)
+
+
+# The files with the longest runs start first (`make test` hands whole files to its two workers), so
+# that no worker is left with a long one at the end while the other idles.
+FIRST_FILES = ("test_ray_executor.py", "test_ray_robustness.py", "test_demo.py", "test_ray_nodes.py",
+               "test_watch.py", "test_resume.py", "test_ray_jobs.py", "test_ray_autoscale.py", "test_ray_overlap.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        name = item.path.name
+        return FIRST_FILES.index(name) if name in FIRST_FILES else len(FIRST_FILES)
+
+    items.sort(key=rank)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if "ray" in sys.modules:
+        stop_shared_ray()
 
 
 def save_to_hf_cache(model_dir: Path, hf_home: Path, repo_id: str = WAN_REPO_ID, revision: str = "0" * 40) -> Path:
@@ -117,6 +181,50 @@ def slow_worker_cls(seconds: float):
             return super().decode(latent, source, condition)
 
     return SlowWorker
+
+
+def held_worker_cls(gate: Path):
+    """A DecodeWorker that decodes the run's first item at once and holds every later one until
+    ``gate`` exists (at most two minutes): a test that kills a worker (or its node) in ``on_result`` of
+    that first item knows that other items are in flight there, and creates ``gate`` once it has."""
+    import os
+    import time
+
+    from latent_decoder.worker import DecodeWorker
+
+    first = gate.with_name(gate.name + ".first")
+
+    class GatedWorker(DecodeWorker):
+        def decode(self, latent, source="<array>", condition=None):
+            try:
+                os.close(os.open(first, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                deadline = time.monotonic() + 120
+                while not gate.exists() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            return super().decode(latent, source, condition)
+
+    return GatedWorker
+
+
+@contextmanager
+def touch_on_log(text: str, path: Path) -> Iterator[None]:
+    """While inside: touch ``path`` when a ``latent_decoder`` log message contains ``text``, so a worker
+    held by ``path`` waits for what the driver says (a deadline passed, a worker given up)."""
+    import logging
+
+    class TouchOnLog(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if text in record.getMessage():
+                path.touch()
+
+    handler = TouchOnLog()
+    logger = logging.getLogger("latent_decoder")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 def journal_records(out: Path) -> dict[str, dict]:

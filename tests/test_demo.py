@@ -16,7 +16,8 @@ from latent_decoder.demo import (
 )
 from latent_decoder.latents import load_latent
 
-from conftest import DEMO_STEPS, run_cli
+from conftest import DEMO_STEPS
+from wheel_install import REPO_ROOT
 
 STEPS = DEMO_STEPS  # demo_run (conftest): the demo run once from the installed wheel
 CLIPS = len(DEMO_PROMPTS)
@@ -179,16 +180,21 @@ def test_demo_again_resumes_and_refuses_other_folders(demo_run, tmp_path: Path) 
     assert sorted(p.name for p in (tmp_path / "fewer" / "latents").iterdir()) == ["prompt_000"]
 
 
-def test_calibrated_preview_follows_the_full_decode(demo_run, tmp_path: Path) -> None:
+def test_calibrated_preview_follows_the_full_decode(demo_run, tmp_path: Path, monkeypatch) -> None:
     """`calibrate-preview` on the demo, then `decode --decoder preview`: at each clip's last step the
     preview frames correlate with the full decode's at >= 0.9 (both on the latent grid a linear
     preview resolves: 8x8-pixel means)."""
+    from click.testing import CliRunner
+
+    from latent_decoder.cli import cli
+
     root, _ = demo_run
-    env = {"LATENT_DECODER_PREVIEW_DIR": str(tmp_path / "previews")}
-    calibrated = run_cli("calibrate-preview", str(root), "--device", "cpu", env=env)
-    assert calibrated.returncode == 0, calibrated.stderr[-3000:]
-    previewed = run_cli("decode", str(root), "--decoder", "preview", "--format", "png", "--device", "cpu", env=env)
-    assert previewed.returncode == 0, previewed.stderr[-3000:]
+    monkeypatch.setenv("LATENT_DECODER_PREVIEW_DIR", str(tmp_path / "previews"))
+    calibrated = CliRunner().invoke(cli, ["calibrate-preview", str(root), "--device", "cpu"], catch_exceptions=False)
+    assert calibrated.exit_code == 0, calibrated.output[-3000:]
+    previewed = CliRunner().invoke(cli, ["decode", str(root), "--decoder", "preview", "--format", "png", "--device",
+                                         "cpu"], catch_exceptions=False)
+    assert previewed.exit_code == 0, previewed.output[-3000:]
 
     def grid(video: np.ndarray) -> np.ndarray:
         t, h, w, _ = video.shape
@@ -201,3 +207,22 @@ def test_calibrated_preview_follows_the_full_decode(demo_run, tmp_path: Path) ->
         assert preview.shape == full.shape
         corr = np.mean([np.corrcoef(grid(preview)[f].ravel(), grid(full)[f].ravel())[0, 1] for f in range(len(full))])
         assert corr >= 0.9, f"clip {c}: preview vs full decode correlation {corr:.3f}"
+
+
+def test_demo_and_decode_run_from_the_installed_wheel(installed_wheel, demo_run, tmp_path: Path) -> None:
+    """What a user does after ``pip install``: the demo (conftest's ``demo_run``), then a decode (the
+    linear preview, which reads the shipped factors), from folders that are not the checkout."""
+    found = installed_wheel.run("python", "-c", "import importlib.util as u; print(u.find_spec('latent_decoder').origin)",
+                                cwd=tmp_path)  # where `import latent_decoder` takes it from, without importing torch
+    assert Path(found.stdout.strip()).is_relative_to(installed_wheel.venv), found.stdout + found.stderr
+    root, demo = demo_run
+    assert not root.is_relative_to(REPO_ROOT)
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    assert (root / "model" / "vae" / "diffusion_pytorch_model.safetensors").is_file()
+    out = tmp_path / "previews"
+    preview = installed_wheel.run("latent-decoder", "decode", root, "--decoder", "preview", "--output-dir", out,
+                                  "--device", "cpu", cwd=tmp_path,
+                                  env={"LATENT_DECODER_PREVIEW_DIR": str(tmp_path / "preview_cache")})
+    assert preview.returncode == 0, preview.stderr[-3000:]
+    assert "wan2.1 latents, published:" in preview.stdout + preview.stderr
+    assert len(list(out.rglob("step_*.mp4"))) == len(list((root / "latents").rglob("step_*.npy.gz")))

@@ -263,30 +263,22 @@ def test_a_changed_condition_decodes_its_videos_steps_again_and_a_touch_does_not
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
                     reason="needs root (a private mount namespace) to hide the experiment from the workers")
-def test_ray_workers_that_cannot_see_the_experiment_decode_with_its_condition(run: Run, tmp_path: Path,
-                                                                              monkeypatch: pytest.MonkeyPatch):
+def test_ray_workers_that_cannot_see_the_experiment_decode_with_its_condition(run: Run, tmp_path: Path, shared_ray):
     """``--io driver``: the driver reads every input of an item, the condition included, and the workers
     never open the experiment. The driver runs in a mount namespace of its own, where the experiment
-    is bind-mounted on a folder that is empty for every other process, the Ray runtime started here
+    is bind-mounted on a folder that is empty for every other process, the session's Ray runtime
     and its workers included: exactly a node that cannot see the driver's path."""
-    ray = pytest.importorskip("ray")
-    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # a test runtime
+    ray = shared_ray
     model = _i2v_model(run, tmp_path / "model")
     _write_experiment(tmp_path / "source" / "exp", model, run.steps[-1:], run.condition)
     hidden, out = tmp_path / "hidden", tmp_path / "out"
     hidden.mkdir()
-    ray.init(address="local", num_cpus=1, object_store_memory=80 * 2**20, include_dashboard=False,
-             log_to_driver=False)
-    try:
-        driver = (f"mount --bind {tmp_path / 'source'} {hidden} && exec {sys.executable} -m latent_decoder decode "
-                  f"{hidden / 'exp'} --executor ray --address {ray.get_runtime_context().gcs_address} --io driver "
-                  f"--workers 1 --format png --output-dir {out}")
-        proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", driver],
-                              capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
-        workers_see = ray.get(ray.remote(num_cpus=0)(os.path.exists).remote(str(hidden / "exp")))
-    finally:
-        ray.shutdown()
+    driver = (f"mount --bind {tmp_path / 'source'} {hidden} && exec {sys.executable} -m latent_decoder decode "
+              f"{hidden / 'exp'} --executor ray --address {ray.get_runtime_context().gcs_address} --io driver "
+              f"--workers 1 --format png --output-dir {out}")
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", driver],
+                          capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    workers_see = ray.get(ray.remote(num_cpus=0)(os.path.exists).remote(str(hidden / "exp")))
     assert proc.returncode == 0, proc.stderr
     assert not workers_see and not (hidden / "exp").exists()
     assert wan.CONDITION_FILE not in proc.stderr, proc.stderr  # no "decoded without the condition" warning

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import logging
 import os
 import re
 import time
@@ -17,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 import latent_decoder.npyfile as npyfile
+from latent_decoder.cli import cli
 from latent_decoder.errors import LatentFileError
 from latent_decoder.latents import load_latent, parse_latent, read_latent_header
-
-from conftest import run_cli
 
 HUGE = (1, 16, 10000, 10000, 10000)  # 3.2e13 bytes of float16
 
@@ -217,12 +218,20 @@ def exp_with_huge_step(make_experiment) -> tuple[Path, Path]:
     return exp, huge
 
 
-def test_inspect_lists_a_huge_header_as_one_problem_line(exp_with_huge_step):
+def invoke(caplog, *args: str) -> tuple[int, str]:
+    """The CLI in this process: (exit status, what it printed); a traceback it logged is in the output
+    too, as it would be on a real process's stderr."""
+    with caplog.at_level(logging.INFO, logger="latent_decoder"):
+        result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return result.exit_code, result.output + caplog.text
+
+
+def test_inspect_lists_a_huge_header_as_one_problem_line(exp_with_huge_step, caplog):
     exp, huge = exp_with_huge_step
-    proc = run_cli("inspect", str(exp))
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = (proc.stdout + proc.stderr).splitlines()
+    code, output = invoke(caplog, "inspect", str(exp))
+    assert code == 1, output
+    assert "Traceback" not in output
+    lines = output.splitlines()
     [problem] = [line for line in lines if str(huge) in line]
     assert problem.startswith("  unreadable: ") and "declares" in problem and "bytes" in problem, problem
     assert "decode memory" not in problem
@@ -233,15 +242,14 @@ def test_inspect_lists_a_huge_header_as_one_problem_line(exp_with_huge_step):
     assert not any(re.search(r"~\d{4,}(\.\d)? GiB", line) for line in lines), lines
 
 
-def test_decode_fails_only_the_huge_step_without_a_traceback(exp_with_huge_step):
+def test_decode_fails_only_the_huge_step_without_a_traceback(exp_with_huge_step, caplog):
     exp, huge = exp_with_huge_step
-    proc = run_cli("decode", str(exp), "--device", "cpu")
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr and "MemoryError" not in proc.stdout + proc.stderr
+    code, output = invoke(caplog, "decode", str(exp), "--device", "cpu")
+    assert code == 1, output
+    assert "Traceback" not in output and "MemoryError" not in output
     out_dir = exp / "latents_videos" / "prompt_000" / "vid_001"
     assert (out_dir / "step_000.mp4").stat().st_size > 0
     assert not (out_dir / "step_001.mp4").exists()
-    output = proc.stdout + proc.stderr
     assert "1 ok, 1 failed" in output, output
     # The end-of-run report lists exactly one failure, on one line naming the file and the sizes.
     [failure] = [line for line in output.splitlines() if line.lstrip().startswith("failed ")]

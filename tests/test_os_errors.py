@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from latent_decoder.cli import cli
 
-from conftest import REPO_ROOT, journal_records, run_cli
+from conftest import REPO_ROOT, journal_records
 
 SUB_ENV = {"OMP_NUM_THREADS": "1"}
 
@@ -72,9 +72,9 @@ def test_read_only_output_folder(make_experiment, mount_tmpfs):
 def test_disk_full_stops_the_run_keeping_finished_items(make_experiment, mount_tmpfs):
     exp = make_experiment(prompts=2, steps=12)
     out = mount_tmpfs(160)
-    proc = run_cli("decode", str(exp), "--device", "cpu", "--output-dir", str(out), env=SUB_ENV)
-    assert proc.returncode == 1, proc.stderr
-    line = one_error_line(proc.stderr)
+    result = invoke("decode", str(exp), "--device", "cpu", "--output-dir", str(out))
+    assert result.exit_code == 1, result.output
+    line = one_error_line(result.output)
     assert "no space left" in line.lower() or "disk full" in line.lower(), line
     assert str(out) in line
     kept = {k for k, r in journal_records(out).items() if r["status"] == "ok"}
@@ -83,9 +83,9 @@ def test_disk_full_stops_the_run_keeping_finished_items(make_experiment, mount_t
         assert (out / f"{key}.mp4").stat().st_size > 0
     # More room: the rest is decoded, what was kept is not decoded again.
     remount(out, "size=8m")
-    proc = run_cli("decode", str(exp), "--device", "cpu", "--output-dir", str(out), env=SUB_ENV)
-    assert proc.returncode == 0, proc.stderr
-    assert f"{24 - len(kept)} ok, 0 failed, {len(kept)} already done" in proc.stderr, proc.stderr
+    result = invoke("decode", str(exp), "--device", "cpu", "--output-dir", str(out))
+    assert result.exit_code == 0, result.output
+    assert f"{24 - len(kept)} ok, 0 failed, {len(kept)} already done" in result.output, result.output
     assert json.loads((out / "decode_summary.json").read_text())["successful_steps"] == 24
 
 

@@ -206,8 +206,9 @@ def test_decode_preview_needs_no_weights_and_writes_like_a_decode(tiny_model_dir
         path.unlink()
     exp = make_experiment(model_dir=model, prompts=2, steps=2, frames=9)
 
-    result = run_cli("decode", str(exp), "--decoder", "preview", "--device", "cuda:7")  # device is irrelevant
-    assert result.returncode == 0, result.stderr
+    result = CliRunner().invoke(cli, ["decode", str(exp), "--decoder", "preview", "--device", "cuda:7"],
+                                catch_exceptions=False)  # the device is irrelevant
+    assert result.exit_code == 0, result.output
     out = exp / "latents_previews"
     assert not (exp / "latents_videos").exists()
     for prompt in ("prompt_000", "prompt_001"):
@@ -224,8 +225,8 @@ def test_decode_preview_needs_no_weights_and_writes_like_a_decode(tiny_model_dir
     assert summary["successful_steps"] == 4
     assert summary["model"]["decoder"] == "preview" and summary["model"]["factors"] == "published"
 
-    again = run_cli("decode", str(exp), "--decoder", "preview")  # resumes: everything is done
-    assert again.returncode == 0 and "4 already done" in again.stderr, again.stderr
+    again = CliRunner().invoke(cli, ["decode", str(exp), "--decoder", "preview"])  # resumes: everything is done
+    assert again.exit_code == 0 and "4 already done" in again.stderr, again.output
 
 
 def test_a_model_id_that_is_not_cached_and_16_channels_means_wan21(make_experiment) -> None:
@@ -278,8 +279,9 @@ def test_calibrated_map_fits_the_vae_better_than_published_factors_and_is_used(t
     first = CliRunner().invoke(cli, ["decode", str(exp), "--decoder", "preview"])
     assert first.exit_code == 0, first.output
 
-    result = run_cli("calibrate-preview", str(exp), "--device", "cpu", "--steps", "3")
-    assert result.returncode == 0, result.stderr
+    result = CliRunner().invoke(cli, ["calibrate-preview", str(exp), "--device", "cpu", "--steps", "3"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
     assert "R^2" in result.stdout and str(isolated_caches) in result.stdout
     [stored] = isolated_caches.glob("*.json")
     record = json.loads(stored.read_text())

@@ -23,9 +23,6 @@ from typing import Iterator
 
 import pytest
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind every Ray node to 127.0.0.1
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # test clusters only
-
 pytest.importorskip("ray")
 
 from latent_decoder.experiment import Experiment  # noqa: E402
@@ -33,7 +30,7 @@ from latent_decoder.runner import run_decode  # noqa: E402
 from latent_decoder.settings import CliOptions, resolve_settings  # noqa: E402
 from latent_decoder.worker import DecodeWorker  # noqa: E402
 
-from conftest import journal_records, hang_guard  # noqa: E402
+from conftest import hang_guard, journal_records, stop_shared_ray  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Ray assigned GPUs but torch sees no CUDA:UserWarning")
 
@@ -85,6 +82,7 @@ def session_pids(sid: int) -> list[int]:
 @pytest.fixture(scope="module")
 def autoscaling_head() -> Iterator[str]:
     """The head's GCS address."""
+    stop_shared_ray()  # the run must join this cluster, not the session's runtime
     root = Path(tempfile.mkdtemp(prefix="ld-as-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     port = free_port()
     gcs = f"127.0.0.1:{port}"

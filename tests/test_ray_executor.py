@@ -1,4 +1,5 @@
-"""The Ray executor on a real local Ray runtime (CPU only, fake GPUs), one runtime for the module.
+"""The Ray executor on a real local Ray runtime (CPU only, two fake GPUs): the session's
+(``shared_ray``, conftest), but for the test of a CLI process that starts its own.
 
 Worker classes that misbehave are built inside functions so Ray ships them by value to its
 worker processes; production code has no test hooks.
@@ -14,44 +15,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind every Ray node to 127.0.0.1
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # test runtimes only
-
 ray = pytest.importorskip("ray")
 
 from latent_decoder.experiment import Experiment  # noqa: E402
 from latent_decoder.runner import run_decode  # noqa: E402
 from latent_decoder.settings import CliOptions, RunSettings, resolve_settings  # noqa: E402
-from latent_decoder.worker import DecodeWorker  # noqa: E402
 
-from conftest import journal_records, slow_worker_cls  # noqa: E402
+from conftest import held_worker_cls, journal_records  # noqa: E402
 
 # Every run here gets it (fake GPUs); the first test checks it is given once.
 pytestmark = pytest.mark.filterwarnings("ignore:Ray assigned GPUs but torch sees no CUDA:UserWarning")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_runtime():
-    """Two fake GPUs on two CPUs: torch sees no CUDA, so the workers fall back to CPU."""
-    ray.init(address="local", num_cpus=2, num_gpus=2, object_store_memory=80 * 2**20, include_dashboard=False,
-             log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def ray_settings(exp: Path, **opts) -> RunSettings:
     return resolve_settings(Experiment.load(exp), CliOptions(executor="ray", **opts))
-
-
-def poison_worker_cls(poison: str) -> type[DecodeWorker]:
-    """A worker whose process dies (no exception, no cleanup) whenever it decodes ``poison``."""
-    class PoisonWorker(DecodeWorker):
-        def decode(self, latent, source="<array>", condition=None):
-            if source.endswith(poison):
-                os._exit(3)
-            return super().decode(latent, source, condition)
-
-    return PoisonWorker
 
 
 def summary_of(settings: RunSettings) -> dict:
@@ -67,7 +44,7 @@ def assert_each_once(summary: dict, settings: RunSettings) -> dict[str, dict]:
     return records
 
 
-def test_two_fake_gpus_two_actors_decode_everything(make_experiment, tmp_path):
+def test_two_fake_gpus_two_actors_decode_everything(shared_ray, make_experiment, tmp_path):
     from PIL import Image
 
     exp = make_experiment(prompts=2, videos=2, steps=3)
@@ -93,7 +70,7 @@ def test_two_fake_gpus_two_actors_decode_everything(make_experiment, tmp_path):
         assert (settings.output_dir / step["outputs"]["video"]).stat().st_size == step["output_sizes"]["video"]
 
 
-def test_shared_io_workers_write_outputs_and_resume_skips(make_experiment):
+def test_shared_io_workers_write_outputs_and_resume_skips(shared_ray, make_experiment):
     exp = make_experiment(prompts=1, videos=1, steps=3)
     settings = ray_settings(exp, io="shared", gpus=1)
     report = run_decode(settings, progress=False)
@@ -105,20 +82,22 @@ def test_shared_io_workers_write_outputs_and_resume_skips(make_experiment):
     assert again.records == {} and again.skipped == 3
 
 
-def test_killed_actor_items_are_requeued_and_decoded_once(make_experiment):
+def test_killed_actor_items_are_requeued_and_decoded_once(shared_ray, make_experiment, tmp_path):
     """One worker, so the run can only finish if the killed actor is restarted."""
     exp = make_experiment(prompts=2, videos=1, steps=4)
     settings = ray_settings(exp, gpus=1)
     calls: Counter[str] = Counter()
     killed: list[int] = []
+    gate = tmp_path / "killed"
 
     def on_result(step, record):
         calls[step.key] += 1
         if not killed:
             killed.append(record.pid)
-            os.kill(record.pid, signal.SIGKILL)  # it has more items in flight
+            os.kill(record.pid, signal.SIGKILL)  # it has more items in flight, held by the gate
+            gate.touch()
 
-    report = run_decode(settings, progress=False, on_result=on_result, worker_cls=slow_worker_cls(0.5))
+    report = run_decode(settings, progress=False, on_result=on_result, worker_cls=held_worker_cls(gate))
     assert report.exit_code == 0
     assert set(calls.values()) == {1} and len(calls) == 8
     summary = summary_of(settings)
@@ -128,25 +107,7 @@ def test_killed_actor_items_are_requeued_and_decoded_once(make_experiment):
     assert killed[0] in pids and len(pids) == 2  # the killed actor was restarted under a new pid
 
 
-def test_poison_item_recorded_failed_after_three_tries(make_experiment):
-    exp = make_experiment(prompts=2, videos=1, steps=3)
-    settings = ray_settings(exp)
-    poison = "prompt_001/vid_001/step_001.npy.gz"
-    calls: Counter[str] = Counter()
-    report = run_decode(settings, progress=False, on_result=lambda step, rec: calls.update([step.key]),
-                        worker_cls=poison_worker_cls(poison))
-    assert report.exit_code == 1
-    assert set(calls.values()) == {1} and len(calls) == 6
-    summary = summary_of(settings)
-    records = assert_each_once(summary, settings)
-    assert summary["successful_steps"] == 5
-    [failed] = [s for s in records.values() if s["status"] != "ok"]
-    assert failed["item"] == "prompt_001/vid_001/step_001"
-    assert failed["error_type"] == "PoisonItemError"
-    assert "killed its worker 3 times" in failed["error"] and poison in failed["error"]
-
-
-def test_worker_that_cannot_load_the_model_is_a_one_line_setup_error(make_experiment):
+def test_worker_that_cannot_load_the_model_is_a_one_line_setup_error(shared_ray, make_experiment):
     from latent_decoder.errors import ClusterError
 
     exp = make_experiment(prompts=1, videos=1, steps=1)
@@ -170,7 +131,7 @@ def test_cli_with_cpu_workers_starts_its_own_ray(make_experiment):
     assert {s["worker"] for s in records.values()} == {"ray-0"} and summary["model"]["workers"] == ["cpu"]
 
 
-def test_interrupted_driver_keeps_committed_items_and_resume_decodes_the_rest(make_experiment):
+def test_interrupted_driver_keeps_committed_items_and_resume_decodes_the_rest(shared_ray, make_experiment):
     exp = make_experiment(prompts=2, videos=1, steps=3)
     settings = ray_settings(exp, gpus=1)
     seen: list[str] = []
@@ -191,7 +152,7 @@ def test_interrupted_driver_keeps_committed_items_and_resume_decodes_the_rest(ma
     assert_each_once(summary_of(settings), settings)
 
 
-def test_full_disk_with_shared_io_stops_the_run_as_inline_does(make_experiment, mount_tmpfs, tmp_path):
+def test_full_disk_with_shared_io_stops_the_run_as_inline_does(shared_ray, make_experiment, mount_tmpfs, tmp_path):
     """``--io shared``: the worker writes the outputs, and its ``DiskFullError`` stops the run with one
     line and exit 1, finished items kept, instead of failing every remaining item one by one. The
     videos' folder is a small tmpfs (the journal beside it has room), so the worker's write is what

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -15,7 +17,7 @@ import pytest
 
 pytest.importorskip("ray")
 
-from conftest import journal_records, run_cli  # noqa: E402
+from conftest import journal_records, run_cli, stop_shared_ray  # noqa: E402
 
 LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1",
             # the job's `python` is the first on the cluster's PATH: this virtualenv's
@@ -29,15 +31,17 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def head(tmp_path_factory):
+def head():
     """A one-node Ray cluster with its dashboard (job server) on 127.0.0.1; yields the dashboard URL."""
+    stop_shared_ray()  # as before the session had one: no other Ray runtime in this process meanwhile
     port, dashboard = free_port(), free_port()
     ray_bin = Path(sys.executable).with_name("ray")
+    # Short: Ray's socket paths must fit 107 bytes (pytest-xdist's temp folders are longer).
+    temp = Path(tempfile.mkdtemp(prefix="ld-jobs-", dir="/tmp"))
     proc = subprocess.Popen(
         [str(ray_bin), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--num-cpus", "2", "--num-gpus", "0",
-         "--object-store-memory", str(80 * 2**20),
-         "--temp-dir", str(tmp_path_factory.mktemp("ray"))],
+         "--object-store-memory", str(80 * 2**20), "--temp-dir", str(temp)],
         env={**os.environ, **LOOPBACK}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{dashboard}"
     try:
@@ -55,6 +59,7 @@ def head(tmp_path_factory):
         # Every process of this cluster is in the session started above (and only those): stop them all.
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_submit_runs_a_small_experiment_end_to_end(head, make_experiment):

@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
-
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind every Ray node to 127.0.0.1
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # test clusters only
 
 ray = pytest.importorskip("ray")
 
@@ -25,7 +21,7 @@ from latent_decoder.experiment import Experiment  # noqa: E402
 from latent_decoder.runner import run_decode  # noqa: E402
 from latent_decoder.settings import CliOptions, resolve_settings  # noqa: E402
 
-from conftest import journal_records, slow_worker_cls, hang_guard  # noqa: E402
+from conftest import hang_guard, held_worker_cls, journal_records, stop_shared_ray, touch_on_log  # noqa: E402
 
 NODE = {"num_cpus": 1, "object_store_memory": 80 * 2**20}  # room for exactly one CPU worker
 
@@ -33,6 +29,7 @@ NODE = {"num_cpus": 1, "object_store_memory": 80 * 2**20}  # room for exactly on
 @pytest.fixture(scope="module")
 def cluster():
     """A head that runs no workers (only the driver); each test brings the worker nodes it needs."""
+    stop_shared_ray()
     fast_node_death = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
                        "health_check_failure_threshold": 3}
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": 80 * 2**20,
@@ -45,10 +42,11 @@ def cluster():
 
 
 def with_worker_nodes(cluster: Cluster, count: int) -> None:
-    """Exactly ``count`` fresh worker nodes of 1 CPU each (earlier tests removed some)."""
-    for node in list(cluster.worker_nodes):
+    """Exactly ``count`` worker nodes of 1 CPU each, all of it free: the nodes an earlier test left
+    alive are kept (a node costs seconds to start), the missing ones added."""
+    for node in list(cluster.worker_nodes)[count:]:
         cluster.remove_node(node)
-    for _ in range(count):
+    for _ in range(count - len(cluster.worker_nodes)):
         cluster.add_node(**NODE)
     cluster.wait_for_nodes()
     deadline = time.monotonic() + 60
@@ -89,9 +87,24 @@ def node_of(cluster: Cluster, pid: int):
     raise AssertionError(f"pid {pid} is on no worker node")
 
 
-def lose_first_workers_node(cluster: Cluster):
+def wait_gone(pid: int, seconds: float = 60) -> None:
+    """Until process ``pid`` has ended (gone, or a zombie): a removed node's actor dies with its raylet."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return
+        except (OSError, IndexError):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} still runs {seconds:g} s after its node was removed")
+
+
+def lose_first_workers_node(cluster: Cluster, gate: Path | None):
     """(calls per item, pids whose node was removed, on_result): the node of the worker that returns
-    the first result is removed at once, without grace."""
+    the first result is removed at once, without grace, while the items held by ``gate``
+    (``held_worker_cls``) are in flight; once that worker's process has ended, the gate opens (when
+    given)."""
     calls: Counter[str] = Counter()
     removed: list[int] = []
 
@@ -100,19 +113,22 @@ def lose_first_workers_node(cluster: Cluster):
         if not removed:
             removed.append(record.pid)
             cluster.remove_node(node_of(cluster, record.pid), allow_graceful=False)
+            if gate is not None:
+                wait_gone(record.pid)
+                gate.touch()
 
     return calls, removed, on_result
 
 
-def test_node_removed_mid_run_every_item_decoded_once(cluster, make_experiment):
+def test_node_removed_mid_run_every_item_decoded_once(cluster, make_experiment, tmp_path):
     """One worker, so the run can only finish if Ray brings it back on the other node."""
     with_worker_nodes(cluster, 2)
     exp = make_experiment(prompts=2, videos=1, steps=4)
     settings = resolve_settings(Experiment.load(exp), CliOptions(workers=1))
     assert settings.executor.kind == "ray"
-    calls, removed, on_result = lose_first_workers_node(cluster)
+    calls, removed, on_result = lose_first_workers_node(cluster, tmp_path / "gate")
 
-    report = run_decode(settings, progress=False, on_result=on_result, worker_cls=slow_worker_cls(0.5))
+    report = run_decode(settings, progress=False, on_result=on_result, worker_cls=held_worker_cls(tmp_path / "gate"))
     assert report.exit_code == 0
     assert set(calls.values()) == {1} and len(calls) == 8
     summary = json.loads((settings.output_dir / "decode_summary.json").read_text())
@@ -125,7 +141,7 @@ def test_node_removed_mid_run_every_item_decoded_once(cluster, make_experiment):
     assert removed[0] in pids and len(pids) == 2  # the lost worker came back on the other node
 
 
-def test_last_worker_node_removed_is_a_cluster_error_not_a_hang(cluster, make_experiment, restart_wait):
+def test_last_worker_node_removed_is_a_cluster_error_not_a_hang(cluster, make_experiment, restart_wait, tmp_path):
     """The only node with room is gone and nothing can host the actor again: after the restart window
     the run stops with a one-line ClusterError; what was decoded before is in the journal."""
     with_worker_nodes(cluster, 1)
@@ -143,7 +159,7 @@ def test_last_worker_node_removed_is_a_cluster_error_not_a_hang(cluster, make_ex
 
     with pytest.raises(ClusterError, match=r"every Ray worker is gone \(ray-0: .*not back within 3 s\)") as info, \
             hang_guard(180):
-        run_decode(settings, progress=False, on_result=on_result, worker_cls=slow_worker_cls(0.5))
+        run_decode(settings, progress=False, on_result=on_result, worker_cls=held_worker_cls(tmp_path / "gate"))
     wall, cpu = time.monotonic() - removed_at[0][0], time.process_time() - removed_at[0][1]
     assert "\n" not in str(info.value) and "item(s) not decoded" in str(info.value)
     assert wall < 90
@@ -154,17 +170,18 @@ def test_last_worker_node_removed_is_a_cluster_error_not_a_hang(cluster, make_ex
 
 
 def test_lost_worker_that_cannot_come_back_is_dropped_and_the_run_finishes(cluster, make_experiment, restart_wait,
-                                                                           caplog):
+                                                                           caplog, tmp_path):
     """Two workers on two nodes; one node goes and nothing else has room for its actor: the pool
-    shrinks to one worker, which decodes everything left."""
+    shrinks to one worker, which decodes everything left (held until the other is given up)."""
     with_worker_nodes(cluster, 2)
     restart_wait(2)
     exp = make_experiment(prompts=2, videos=1, steps=5)
     settings = resolve_settings(Experiment.load(exp), CliOptions(workers=2))
-    calls, removed, on_result = lose_first_workers_node(cluster)
+    gate = tmp_path / "gate"
+    calls, removed, on_result = lose_first_workers_node(cluster, None)
 
-    with caplog.at_level(logging.WARNING, logger="latent_decoder"), hang_guard(180):
-        report = run_decode(settings, progress=False, on_result=on_result, worker_cls=slow_worker_cls(1.0))
+    with caplog.at_level(logging.WARNING, logger="latent_decoder"), hang_guard(180), touch_on_log("given up", gate):
+        report = run_decode(settings, progress=False, on_result=on_result, worker_cls=held_worker_cls(gate))
     assert report.exit_code == 0 and report.succeeded == 10
     assert len(calls) == 10 and set(calls.values()) == {1}
     records = journal_records(settings.output_dir)

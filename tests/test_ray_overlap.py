@@ -1,4 +1,4 @@
-"""A Ray actor overlaps decoding with encoding, on a real local Ray runtime (one CPU worker).
+"""A Ray actor overlaps decoding with encoding, on the session's local Ray runtime (one CPU worker).
 
 Checked by the order of events, never by time: worker classes append ``EVENT KEY`` lines to a log
 file, and an item's encode waits (at most ``WAIT_S``) for an event that only an overlapping actor
@@ -7,14 +7,13 @@ Worker classes are built inside functions so Ray ships them by value to its work
 """
 from __future__ import annotations
 
+import json
 import os
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
-
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind every Ray node to 127.0.0.1
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # test runtimes only
 
 ray = pytest.importorskip("ray")
 
@@ -27,13 +26,7 @@ from conftest import hang_guard, journal_records  # noqa: E402
 
 WAIT_S = 15.0  # how long an encode waits for its event; a serial actor waits this long per item
 
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_runtime():
-    ray.init(address="local", num_cpus=2, object_store_memory=80 * 2**20, include_dashboard=False,
-             log_to_driver=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("shared_ray")
 
 
 def ray_settings(exp: Path) -> RunSettings:
@@ -132,18 +125,26 @@ def crash_worker_cls(log: Path, poison: str) -> type[DecodeWorker]:
 
 def test_item_beside_a_poison_item_is_not_taken_for_it(make_experiment, tmp_path):
     """Both items were running when the actor died: both are charged, then each runs alone, so the
-    poison item alone reaches three deaths and the other one is decoded."""
+    poison item alone reaches three deaths, is recorded failed as poison (once, naming its file), and
+    the other one is decoded."""
     exp = make_experiment(prompts=1, videos=1, steps=2)
     settings = ray_settings(exp)
     poison, other = "prompt_000/vid_001/step_001", "prompt_000/vid_001/step_000"
     log = tmp_path / "events.log"
+    calls: Counter[str] = Counter()
     with hang_guard(300):
-        report = run_decode(settings, progress=False, worker_cls=crash_worker_cls(log, poison))
+        report = run_decode(settings, progress=False, on_result=lambda step, rec: calls.update([step.key]),
+                            worker_cls=crash_worker_cls(log, poison))
+    assert calls == {poison: 1, other: 1}
     records = journal_records(settings.output_dir)
+    assert sorted(records) == [other, poison]
     assert records[other]["status"] == "ok", records[other]
-    assert records[poison]["error_type"] == "PoisonItemError"
+    assert records[poison]["status"] == "failed" and records[poison]["error_type"] == "PoisonItemError"
     assert "killed its worker 3 times" in records[poison]["error"]
+    assert f"{poison}.npy.gz" in records[poison]["error"]
     assert report.exit_code == 1
+    summary = json.loads((settings.output_dir / "decode_summary.json").read_text())
+    assert (summary["total_steps"], summary["successful_steps"]) == (2, 1)
     _, events, _ = event_log(log)
     seen = events()
     assert seen.count(("decode-start", poison)) == 3, seen

@@ -1,6 +1,6 @@
 """Ray that never hangs, on a real local Ray runtime: actors that cannot be placed, items that hang
-their worker, SIGTERM. One runtime for the module: 1 CPU and 2 fake GPUs (torch sees no CUDA, so
-GPU workers decode on CPU).
+their worker, SIGTERM. The session's runtime (``shared_ray``: 2 CPUs and 2 fake GPUs; torch sees no
+CUDA, so GPU workers decode on CPU), but for the SIGTERM test, whose process starts its own.
 
 Worker classes that misbehave are built inside functions so Ray ships them by value; they use marker
 files, never timing, to decide when to misbehave. A test whose run would hang under a regression is
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -20,9 +19,6 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind every Ray node to 127.0.0.1
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # test runtimes only
-
 ray = pytest.importorskip("ray")
 
 from latent_decoder.experiment import Experiment  # noqa: E402
@@ -30,62 +26,31 @@ from latent_decoder.runner import run_decode  # noqa: E402
 from latent_decoder.settings import CliOptions, RunSettings, resolve_settings  # noqa: E402
 from latent_decoder.worker import DecodeWorker  # noqa: E402
 
-from conftest import REPO_ROOT, journal_records, run_cli, hang_guard  # noqa: E402
+from conftest import REPO_ROOT, hang_guard, journal_records, touch_on_log  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Ray assigned GPUs but torch sees no CUDA:UserWarning")
-
-LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_runtime():
-    ray.init(address="local", num_cpus=1, num_gpus=2, object_store_memory=80 * 2**20, include_dashboard=False,
-             log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-def wait_for_free(resource: str, amount: float, seconds: float = 60) -> None:
-    """Actors of the previous test release their resources asynchronously."""
-    deadline = time.monotonic() + seconds
-    while ray.available_resources().get(resource, 0) < amount:
-        assert time.monotonic() < deadline, f"{resource} not free: {ray.available_resources()}"
-        time.sleep(0.2)
 
 
 def ray_settings(exp: Path, **opts) -> RunSettings:
     return resolve_settings(Experiment.load(exp), CliOptions(executor="ray", **opts))
 
 
-def hanging_worker_cls(item_key: str, marker_dir: Path | None) -> type[DecodeWorker]:
-    """A worker whose compute hangs (as a CUDA deadlock would) on ``item_key``: on its first try only
-    when ``marker_dir`` is given (the marker says it already hung once), else on every try."""
+def hanging_worker_cls(once: str, always: str, marker_dir: Path) -> type[DecodeWorker]:
+    """A worker whose compute hangs (as a CUDA deadlock would): on item ``once``'s first try only (the
+    marker in ``marker_dir`` says it already hung once), and on every try of item ``always``."""
     class HangingWorker(DecodeWorker):
         def compute(self, work):
-            if work.step.key == item_key:
-                marker = marker_dir / "hung-once" if marker_dir is not None else None
-                if marker is None or not marker.exists():
-                    if marker is not None:
-                        marker.touch()
-                    time.sleep(3600)
+            marker = marker_dir / "hung-once"
+            if work.step.key == always or (work.step.key == once and not marker.exists()):
+                if work.step.key == once:
+                    marker.touch()
+                time.sleep(3600)
             return super().compute(work)
 
     return HangingWorker
 
 
 # ---------------------------------------------------------------------- actors that cannot be placed
-
-class TouchOnLog(logging.Handler):
-    """Touches ``path`` when a log message contains ``text``: lets a worker wait for the driver."""
-
-    def __init__(self, text: str, path: Path) -> None:
-        super().__init__()
-        self.text, self.path = text, path
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if self.text in record.getMessage():
-            self.path.touch()
-
 
 def gated_worker_cls(gate: Path) -> type[DecodeWorker]:
     """A worker whose items wait until ``gate`` exists (at most two minutes)."""
@@ -99,30 +64,43 @@ def gated_worker_cls(gate: Path) -> type[DecodeWorker]:
     return GatedWorker
 
 
-def test_workers_that_cannot_all_be_placed_run_on_those_that_started(make_experiment, tmp_path, caplog):
-    """--workers 2 on 1 CPU: one CPU worker fits. Decoding starts with it; at the start deadline the
-    run says what it asked for and what the cluster has, and goes on (items wait for that warning)."""
-    wait_for_free("CPU", 1)
+@ray.remote(num_cpus=1)
+class CpuHog:
+    """Holds one CPU of the shared runtime, as another job would."""
+
+    def ready(self) -> bool:
+        return True
+
+
+def test_workers_that_cannot_all_be_placed_run_on_those_that_started(shared_ray, make_experiment, tmp_path, caplog):
+    """--workers 2 with 1 CPU free: one CPU worker fits. Decoding starts with it; at the start deadline
+    the run says what it asked for and what the cluster has, and goes on (items wait for that warning)."""
     exp = make_experiment(prompts=1, videos=1, steps=2)
     settings = ray_settings(exp, workers=2, start_timeout=20)
     gate = tmp_path / "deadline-passed"
-    touch = TouchOnLog("not started within 20 s (--start-timeout)", gate)
-    logging.getLogger("latent_decoder").addHandler(touch)
+    hog = CpuHog.remote()
     try:
-        with caplog.at_level(logging.INFO, logger="latent_decoder"), hang_guard(180):
+        ray.get(hog.ready.remote(), timeout=60)
+        with caplog.at_level(logging.INFO, logger="latent_decoder"), hang_guard(180), \
+                touch_on_log("not started within 20 s (--start-timeout)", gate):
             report = run_decode(settings, progress=False, worker_cls=gated_worker_cls(gate))
     finally:
-        logging.getLogger("latent_decoder").removeHandler(touch)
+        ray.kill(hog)
     assert report.exit_code == 0 and report.succeeded == 2
     records = journal_records(settings.output_dir)
     assert len(records) == 2 and len({r["worker"] for r in records.values()}) == 1
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert ("asked for 2 workers with 1 CPU each; the cluster has 1 CPU (0 free): 1 of them not started "
+    assert ("asked for 2 workers with 1 CPU each; the cluster has 2 CPU (0 free): 1 of them not started "
             "within 20 s (--start-timeout); going on with 1") in warned, warned
 
 
-def test_no_worker_placed_is_a_one_line_cluster_error_with_progress(make_experiment):
-    """Both fake GPUs held by another job: the CLI waits --start-timeout, printing progress, then exits 2."""
+def test_no_worker_placed_is_a_one_line_cluster_error_with_progress(shared_ray, make_experiment, caplog):
+    """Both fake GPUs held by another job: the CLI waits --start-timeout, saying how long it has
+    waited, then exits 2 with one line."""
+    from click.testing import CliRunner
+
+    from latent_decoder.cli import cli
+
     @ray.remote(num_gpus=2, num_cpus=0)
     class GpuHog:
         def ready(self) -> bool:
@@ -134,54 +112,45 @@ def test_no_worker_placed_is_a_one_line_cluster_error_with_progress(make_experim
         exp = make_experiment(prompts=1, videos=1, steps=1)
         address = ray.get_runtime_context().gcs_address
         started = time.monotonic()
-        proc = run_cli("decode", str(exp), "--address", address, "--start-timeout", "4", env=LOOPBACK, timeout=180)
+        with caplog.at_level(logging.INFO, logger="latent_decoder"):
+            result = CliRunner().invoke(cli, ["decode", str(exp), "--address", address, "--start-timeout", "4"])
         took = time.monotonic() - started
     finally:
         ray.kill(hog)
-    assert proc.returncode == 2, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: asked for 2 workers with 1 GPU each; the cluster has 2 GPU (0 free), 1 CPU (1 free): "
-                      "no worker started within 4 s (--start-timeout)"], proc.stderr
-    assert "waiting for Ray workers: 0 of 2 started after" in proc.stderr
-    assert "Traceback" not in proc.stderr and took < 120
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: asked for 2 workers with 1 GPU each; the cluster has 2 GPU (0 free), 2 CPU (2 free): "
+                      "no worker started within 4 s (--start-timeout)"], result.stderr
+    assert any("waiting for Ray workers: 0 of 2 started after" in r.getMessage() for r in caplog.records)
+    assert "Traceback" not in result.output and took < 120
     assert journal_records(exp / "latents_videos") == {}
 
 
 # ---------------------------------------------------------------------- hung workers
 
-def test_item_that_hangs_once_is_killed_and_retried(make_experiment, tmp_path):
-    """One worker; its first try of one item hangs: the actor is killed and restarted, the item is
-    decoded on the retry, the item queued behind it is decoded once."""
+def test_items_that_hang_are_killed_retried_and_at_last_poison(shared_ray, make_experiment, tmp_path, caplog):
+    """One worker. An item that hangs on its first try only: the actor is killed and restarted and the
+    item is decoded on the retry. An item that hangs on every try: after three hangs it is recorded
+    failed as poison and the run ends. The items queued behind them are decoded once."""
     exp = make_experiment(prompts=1, videos=1, steps=4)
-    settings = ray_settings(exp, gpus=1, item_timeout=5)
-    hang = "prompt_000/vid_001/step_001"
+    settings = ray_settings(exp, gpus=1, item_timeout=3)
+    once, always = "prompt_000/vid_001/step_001", "prompt_000/vid_001/step_002"
     calls: Counter[str] = Counter()
-    with hang_guard(240):
+    with caplog.at_level(logging.WARNING, logger="latent_decoder"), hang_guard(300):
         report = run_decode(settings, progress=False, on_result=lambda step, rec: calls.update([step.key]),
-                            worker_cls=hanging_worker_cls(hang, tmp_path))
+                            worker_cls=hanging_worker_cls(once, always, tmp_path))
     assert (tmp_path / "hung-once").exists()
-    assert report.exit_code == 0 and report.succeeded == 4
+    assert report.exit_code == 1 and report.succeeded == 3
     assert len(calls) == 4 and set(calls.values()) == {1}
     records = journal_records(settings.output_dir)
-    assert all(r["status"] == "ok" for r in records.values())
-    first = records["prompt_000/vid_001/step_000"]["pid"]
-    assert records[hang]["pid"] != first  # decoded by the restarted actor
-
-
-def test_item_that_always_hangs_is_recorded_as_poison_and_the_run_ends(make_experiment, caplog):
-    exp = make_experiment(prompts=1, videos=1, steps=4)
-    settings = ray_settings(exp, item_timeout=5)
-    hang = "prompt_000/vid_001/step_002"
-    with caplog.at_level(logging.WARNING, logger="latent_decoder"), hang_guard(300):
-        report = run_decode(settings, progress=False, worker_cls=hanging_worker_cls(hang, None))
-    assert report.exit_code == 1 and report.succeeded == 3
-    records = journal_records(settings.output_dir)
     assert len(records) == 4
-    failed = records.pop(hang)
+    failed = records.pop(always)
     assert failed["status"] == "failed" and failed["error_type"] == "PoisonItemError"
     assert "hung its worker 3 times (poison item)" in failed["error"] and "timed out" in failed["error"]
     assert all(r["status"] == "ok" for r in records.values())
-    assert sum("lost (timed out: no result after" in r.getMessage() for r in caplog.records) >= 3
+    first = records["prompt_000/vid_001/step_000"]["pid"]
+    assert records[once]["pid"] != first  # decoded by the restarted actor
+    assert sum("lost (timed out: no result after" in r.getMessage() for r in caplog.records) >= 4
 
 
 # ---------------------------------------------------------------------- SIGTERM
@@ -206,7 +175,7 @@ def test_sigterm_stops_a_ray_run_cleanly(make_experiment, tmp_path):
     out = exp / "latents_videos"
     script = tmp_path / "decode.py"
     script.write_text(SIGTERM_SCRIPT.format(tests=str(REPO_ROOT / "tests"), exp=str(exp)))
-    proc = subprocess.Popen([sys.executable, str(script)], env={**os.environ, **LOOPBACK}, cwd=REPO_ROOT,
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=REPO_ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 180

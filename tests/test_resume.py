@@ -1,6 +1,7 @@
 """Resume, kill, lock and interrupt guarantees of ``python -m latent_decoder decode EXP``,
-checked with real subprocesses: SIGKILL at several moments, a concurrent second run,
-Ctrl-C (SIGINT to the process group, as a terminal sends it) and ``kill PID`` (SIGTERM).
+checked with real subprocesses where the process matters: SIGKILL at several moments, a concurrent
+second run, Ctrl-C (SIGINT to the process group, as a terminal sends it) and ``kill PID`` (SIGTERM).
+The runs that only resume (and dry runs) run the same CLI in this process (``CliRunner``).
 
 Completion is decided from disk, so everything here is checked on disk: records, outputs
 (opened and counted frame by frame), the summary, and leftover temp files.
@@ -24,6 +25,10 @@ from typing import Callable
 import imageio_ffmpeg
 import pytest
 
+from click.testing import CliRunner, Result
+
+from latent_decoder.cli import cli
+
 from conftest import REPO_ROOT, journal_records, run_cli
 
 TEMP_MARK = ".ld-tmp-"
@@ -34,8 +39,9 @@ SUB_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "
 DEVICE = ("--device", "cpu")
 
 FRAMES = 9  # latent T = (9 - 1) / 4 + 1 = 3 -> Wan decodes 9 frames
-BIG = dict(prompts=2, videos=1, steps=8, frames=FRAMES, height=64, width=96)  # 16 items, ~0.25 s each on CPU
-SMALL = dict(prompts=1, videos=1, steps=3, frames=FRAMES, height=32, width=48)
+WIDTH, HEIGHT = 48, 32
+BIG = dict(prompts=2, videos=1, steps=8, frames=FRAMES, height=HEIGHT, width=WIDTH)  # 16 items
+SMALL = dict(prompts=1, videos=1, steps=3, frames=FRAMES, height=HEIGHT, width=WIDTH)
 
 STARTUP_DEADLINE = 120.0  # seconds until a run shows progress (imports + model load on a loaded box)
 
@@ -109,8 +115,9 @@ def runs(tmp_path: Path):
         run.kill()
 
 
-def decode(exp: Path, *args: str) -> subprocess.CompletedProcess:
-    return run_cli("decode", str(exp), *DEVICE, *args, env=SUB_ENV)
+def decode(exp: Path, *args: str) -> Result:
+    """``decode EXP ARGS`` in this process: a resume or a dry run, where the process does not matter."""
+    return CliRunner().invoke(cli, ["decode", str(exp), *DEVICE, *args])
 
 
 def read_records(out: Path) -> dict[str, dict]:
@@ -246,10 +253,10 @@ def test_sigkill_at_any_moment_then_resume(make_experiment, runs) -> None:
 
     done_before.update(fingerprints(out))
     final = decode(exp)
-    assert final.returncode == 0, final.stderr
+    assert final.exit_code == 0, final.stderr
     assert report_counts(final.stderr) == (total - killed_count, 0, killed_count), final.stderr
 
-    summary = check_consistent(exp, complete=True, width=96, height=64)
+    summary = check_consistent(exp, complete=True, width=WIDTH, height=HEIGHT)
     assert summary["total_steps"] == summary["successful_steps"] == total
     assert {k: v["total_steps"] for k, v in summary["video_summaries"].items()} == {
         "prompt_000/vid_001": 8, "prompt_001/vid_001": 8}
@@ -267,14 +274,14 @@ def test_resume_without_kills(make_experiment) -> None:
 
     # A dry run on a fresh experiment writes nothing at all.
     dry = decode(exp, "--dry-run")
-    assert dry.returncode == 0, dry.stderr
+    assert dry.exit_code == 0, dry.stderr
     assert "dry run: 3 items (3 decode)" in dry.stdout, dry.stdout
     assert not out.exists()
 
     first = decode(exp)
-    assert first.returncode == 0, first.stderr
+    assert first.exit_code == 0, first.stderr
     assert report_counts(first.stderr) == (3, 0, 0)
-    check_consistent(exp, complete=True, width=48, height=32)
+    check_consistent(exp, complete=True, width=WIDTH, height=HEIGHT)
 
     def outputs_snapshot() -> dict[str, tuple]:
         """Everything but what every run rewrites (the summary, and the lock's pid/host)."""
@@ -284,16 +291,16 @@ def test_resume_without_kills(make_experiment) -> None:
     before = outputs_snapshot()
     prints_before = fingerprints(out)
     again = decode(exp)
-    assert again.returncode == 0, again.stderr
+    assert again.exit_code == 0, again.stderr
     assert report_counts(again.stderr) == (0, 0, 3), again.stderr
     assert outputs_snapshot() == before
-    check_consistent(exp, complete=True, width=48, height=32)
+    check_consistent(exp, complete=True, width=WIDTH, height=HEIGHT)
 
     # Dry runs report what changed and write nothing (not even the summary).
     before_all = tree_snapshot(out)
     for changed in (["--fps", "4"], ["--dtype", "bfloat16"]):  # each setting alone makes every item stale
         dry = decode(exp, *changed, "--dry-run")
-        assert dry.returncode == 0, dry.stderr
+        assert dry.exit_code == 0, dry.stderr
         assert "dry run: 3 items (3 decode again (settings changed))" in dry.stdout, (changed, dry.stdout)
     assert tree_snapshot(out) == before_all
 
@@ -306,16 +313,16 @@ def test_resume_without_kills(make_experiment) -> None:
     assert "dry run: 3 items (2 done, 1 decode again (outputs missing))" in dry.stdout, dry.stdout
     assert tree_snapshot(out) == before_all
     redo = decode(exp)
-    assert redo.returncode == 0, redo.stderr
+    assert redo.exit_code == 0, redo.stderr
     assert report_counts(redo.stderr) == (1, 0, 2), redo.stderr
     now = fingerprints(out)
     assert {k for k in now if now[k] != prints_before[k]} == {victim}
-    check_consistent(exp, complete=True, width=48, height=32)
+    check_consistent(exp, complete=True, width=WIDTH, height=HEIGHT)
 
     # --fps and --dtype changed: everything decoded again; records and videos carry the new settings.
     before = fingerprints(out)
     r = decode(exp, "--fps", "4", "--dtype", "bfloat16")
-    assert r.returncode == 0, r.stderr
+    assert r.exit_code == 0, r.stderr
     assert report_counts(r.stderr) == (3, 0, 0), r.stderr
     after = fingerprints(out)
     assert all(after[k] != before[k] for k in before)
@@ -323,7 +330,7 @@ def test_resume_without_kills(make_experiment) -> None:
         assert rec["settings"]["fps"] == 4.0 and rec["settings"]["dtype"] == "bfloat16"
     for mp4 in out.rglob("step_*.mp4"):
         assert video_info(mp4)[2] == pytest.approx(4.0)
-    summary = check_consistent(exp, complete=True, width=48, height=32)
+    summary = check_consistent(exp, complete=True, width=WIDTH, height=HEIGHT)
     assert summary["settings"]["dtype"] == "bfloat16" and summary["settings"]["fps"] == 4.0
 
     # The same settings again: done, nothing touched.
@@ -335,15 +342,16 @@ def test_resume_without_kills(make_experiment) -> None:
     # --force: everything decoded again even though it is done.
     before = fingerprints(out)
     r = decode(exp, "--fps", "4", "--dtype", "bfloat16", "--force")
-    assert r.returncode == 0, r.stderr
+    assert r.exit_code == 0, r.stderr
     assert report_counts(r.stderr) == (3, 0, 0), r.stderr
     after = fingerprints(out)
     assert all(after[k][:3] != before[k][:3] for k in before)
-    check_consistent(exp, complete=True, width=48, height=32)
+    check_consistent(exp, complete=True, width=WIDTH, height=HEIGHT)
 
 
 def test_second_run_is_refused_while_one_holds_the_lock(make_experiment, runs) -> None:
-    exp = make_experiment("lock", **{**BIG, "steps": 10})
+    # Items of 64x96, so that the first run is still decoding when the refused one has ended.
+    exp = make_experiment("lock", **{**BIG, "steps": 10, "height": 64, "width": 96})
     out = exp / "latents_videos"
     first = runs(exp)
     first.wait_until("the first record", lambda: record_count(out) >= 1)
@@ -352,7 +360,7 @@ def test_second_run_is_refused_while_one_holds_the_lock(make_experiment, runs) -
     in_flight.parent.mkdir(parents=True, exist_ok=True)
     in_flight.write_bytes(b"being written")
 
-    second = decode(exp)
+    second = run_cli("decode", str(exp), *DEVICE, env=SUB_ENV)  # a real process: its whole stderr is seen
     assert second.returncode == 2, second.stderr
     assert first.proc.poll() is None, "the first run finished too early for this test to mean anything"
     lines = [line for line in second.stderr.splitlines() if "another latent-decoder run" in line]
@@ -371,7 +379,7 @@ def test_second_run_is_refused_while_one_holds_the_lock(make_experiment, runs) -
     step = done[0].rsplit("/", 1)[1]
     prompt = done[0].split("/", 1)[0]
     r = decode(exp, "--prompt-filter", prompt, "--step-filter", step)
-    assert r.returncode == 0, r.stderr
+    assert r.exit_code == 0, r.stderr
     assert report_counts(r.stderr) == (0, 0, 1), r.stderr
     assert "another latent-decoder run" not in r.stderr
     # It held the lock, so it cleaned up after the killed run; its summary covers every record.
@@ -391,7 +399,7 @@ def test_ctrl_c_and_sigterm_keep_finished_items(make_experiment, runs) -> None:
         assert run.wait(60) == code, run.stderr
         assert "interrupted:" in run.stderr, run.stderr
         assert "Traceback" not in run.stderr, run.stderr
-        summary = check_consistent(exp, complete=False, width=96, height=64)
+        summary = check_consistent(exp, complete=False, width=WIDTH, height=HEIGHT)
         assert summary["last_run"]["interrupted"] is True
         kept = record_count(out)
         assert kept_before < kept < total, "the interrupt must land mid-run for this test to mean anything"

@@ -1,6 +1,7 @@
 """``decode --watch`` against a real concurrent writer: steps written in place, some slowly in chunks
-(torn for a while), while a real ``latent-decoder decode --watch`` process runs. Each step is decoded
-exactly once, never a torn one, and the summary ends complete."""
+(torn for a while), by a real process while the watch runs (in this process, or as a real
+``latent-decoder decode --watch`` process where signals and exit statuses are checked). Each step is
+decoded exactly once, never a torn one, and the summary ends complete."""
 from __future__ import annotations
 
 import gzip
@@ -21,15 +22,28 @@ import pytest
 
 from latent_decoder.watch import Settling, is_complete
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, journal_records
 
 SUB_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-STEPS = 30
+STEPS = 10  # two of them (2 and 7) written slowly, in chunks
 
+# The generation: waits until the watch has made ``ready`` attempts (0: until it has opened its
+# journal), then writes ``steps`` steps in place, some slowly.
 WRITER = textwrap.dedent("""
-    import gzip, io, sys, time
+    import gzip, io, os, sqlite3, sys, time
     import numpy as np
-    video_dir, steps = sys.argv[1], int(sys.argv[2])
+    video_dir, steps, db, ready = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+    deadline = time.monotonic() + 180
+    def attempts():
+        try:
+            with sqlite3.connect(db) as conn:
+                return conn.execute("SELECT count(*) FROM attempts").fetchone()[0]
+        except sqlite3.Error:
+            return -1
+    while not (os.path.exists(db) and attempts() >= ready):
+        if time.monotonic() > deadline:
+            sys.exit("the watch never got ready")
+        time.sleep(0.05)
     rng = np.random.default_rng(0)
     for i in range(steps):
         buf = io.BytesIO()
@@ -37,7 +51,7 @@ WRITER = textwrap.dedent("""
         data = gzip.compress(buf.getvalue())
         path = f"{video_dir}/step_{i:03d}.npy.gz"
         with open(path, "wb") as fh:  # in place, not atomically, as generators do
-            if i % 5 == 2:  # slowly, in chunks: torn for a while
+            if i % 5 == 2:  # slowly, in chunks: torn for a while (longer than the watch's SETTLE_S)
                 for k in range(3):
                     fh.write(data[k * len(data) // 3:(k + 1) * len(data) // 3])
                     fh.flush()
@@ -63,25 +77,27 @@ def attempts(out: Path) -> dict[str, list[str]]:
     return found
 
 
-def watch_while_writing(exp: Path, steps: int, ready, *args: str, env: dict | None = None) -> tuple[int, str]:
-    """Run ``decode EXP --watch ARGS``; once ``ready()``, run the writer for ``steps`` steps; return the
-    watcher's exit status and stderr."""
-    watcher = subprocess.Popen(
-        [sys.executable, "-m", "latent_decoder", "decode", str(exp), "--device", "cpu", "--watch", *args],
-        cwd=REPO_ROOT, env=env or SUB_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def watch_while_writing(exp: Path, steps: int, ready: int, *args: str) -> tuple[int, str]:
+    """Run ``decode EXP --watch ARGS`` in this process (CliRunner) while a real writer process, once
+    the watch has made ``ready`` attempts, writes ``steps`` steps; return the watch's exit status and
+    output."""
+    from click.testing import CliRunner
+
+    from latent_decoder.cli import cli
+
+    video_dir = exp / "latents" / "prompt_000" / "vid_001"
+    db = exp / "latents_videos" / ".latent-decoder.db"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(video_dir), str(steps), str(db), str(ready)],
+                              stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 180
-        while not ready():
-            assert time.monotonic() < deadline and watcher.poll() is None, watcher.communicate()
-            time.sleep(0.3)
-        video_dir = exp / "latents" / "prompt_000" / "vid_001"
-        writer = subprocess.run([sys.executable, "-c", WRITER, str(video_dir), str(steps)], timeout=120)
-        assert writer.returncode == 0
-        _, err = watcher.communicate(timeout=240)
+        result = CliRunner().invoke(cli, ["decode", str(exp), "--device", "cpu", "--watch", *args])
+        _, writer_err = writer.communicate(timeout=120)
     finally:
-        if watcher.poll() is None:
-            watcher.kill()
-    return watcher.returncode, err
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+    assert writer.returncode == 0, writer_err
+    return result.exit_code, result.output
 
 
 def test_watch_decodes_each_step_once_never_a_torn_one(make_experiment):
@@ -89,8 +105,7 @@ def test_watch_decodes_each_step_once_never_a_torn_one(make_experiment):
     video_dir = exp / "latents" / "prompt_000" / "vid_001"
     for f in video_dir.iterdir():
         f.unlink()  # an empty start: the generation has not written anything yet
-    started = time.monotonic()
-    code, err = watch_while_writing(exp, STEPS, lambda: time.monotonic() - started > 3, "--idle-exit", "4")
+    code, err = watch_while_writing(exp, STEPS, 0, "--idle-exit", "4")
     assert code == 0, err
     out = exp / "latents_videos"
     tries = attempts(out)
@@ -141,19 +156,18 @@ def test_torn_files_are_not_complete(tmp_path):
     assert settling.ready(step, 100.6)
 
 
-def test_watch_feeds_new_steps_to_a_running_ray_pool(make_experiment):
-    pytest.importorskip("ray")
+def test_watch_feeds_new_steps_to_a_running_ray_pool(shared_ray, make_experiment):
     exp = make_experiment(prompts=1, steps=2)
-    env = {**SUB_ENV, "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     out = exp / "latents_videos"
-    code, err = watch_while_writing(exp, 4, lambda: (out / ".latent-decoder.db").exists() and len(attempts(out)) >= 2,
-                                    "--workers", "1", "--idle-exit", "4", env=env)
+    code, err = watch_while_writing(exp, 4, 2, "--workers", "1", "--idle-exit", "4")
     assert code == 0, err
     tries = attempts(out)
     # The writer rewrote steps 0 and 1 (changed input: decoded again) and added steps 2 and 3.
     assert sorted(tries) == [f"prompt_000/vid_001/step_{i:03d}" for i in range(4)], err
     assert [len(tries[f"prompt_000/vid_001/step_{i:03d}"]) for i in range(4)] == [2, 2, 1, 1]
     assert all(status == "ok" for statuses in tries.values() for status in statuses)
+    records = journal_records(out)
+    assert {r["worker"] for r in records.values()} == {"ray-0"}, "decoded by the Ray pool"
 
 
 def start_watcher(exp: Path, *args: str) -> subprocess.Popen:
