@@ -35,13 +35,18 @@ def head():
     """A one-node Ray cluster with its dashboard (job server) on 127.0.0.1; yields the dashboard URL."""
     stop_shared_ray()  # as before the session had one: no other Ray runtime in this process meanwhile
     port, dashboard = free_port(), free_port()
+    # Every port of its own: the other pytest worker's Ray runtime holds the defaults (the dashboard
+    # agent's 52365 above all: a second agent there never starts, and the job server has no agent).
+    own_ports = [arg for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
+                                  "--runtime-env-agent-port", "--ray-client-server-port", "--node-manager-port",
+                                  "--object-manager-port") for arg in (flag, str(free_port()))]
     ray_bin = Path(sys.executable).with_name("ray")
     # Short: Ray's socket paths must fit 107 bytes (pytest-xdist's temp folders are longer).
     temp = Path(tempfile.mkdtemp(prefix="ld-jobs-", dir="/tmp"))
     proc = subprocess.Popen(
         [str(ray_bin), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--num-cpus", "2", "--num-gpus", "0",
-         "--object-store-memory", str(80 * 2**20), "--temp-dir", str(temp)],
+         "--object-store-memory", str(80 * 2**20), "--temp-dir", str(temp), *own_ports],
         env={**os.environ, **LOOPBACK}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{dashboard}"
     try:
