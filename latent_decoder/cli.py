@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import warnings
 from dataclasses import replace
@@ -58,15 +57,18 @@ def _fail(err: BaseException, verbose: bool) -> None:
 def interruptible(work: Callable[[], Any]) -> Any:
     """``work()`` with Ctrl-C and SIGTERM ending it cleanly (temp files removed as the stack unwinds),
     the process then exiting 130 or 143 with one line, like an interrupted decode."""
-    from .stop import Interrupted, StopSignals
+    from .stop import StopSignals, interrupt_signal
 
     signals = StopSignals()
     try:
         with signals:
             return work()
-    except KeyboardInterrupt as exc:
+    except BaseException as exc:
+        signum = interrupt_signal(exc, signals)
+        if signum is None:
+            raise
         click.echo("interrupted", err=True)
-        sys.exit(128 + (exc.signum if isinstance(exc, Interrupted) else signals.raised or signal.SIGINT))
+        sys.exit(128 + signum)
 
 
 def model_options(command: Callable[..., None]) -> Callable[..., None]:

@@ -36,7 +36,7 @@ from .pipeline import Executor, run_items
 from .plan import Plan, make_plan, migration, plan_run
 from .states import ItemState
 from .settings import RunSettings
-from .stop import Interrupted, StopSignals
+from .stop import StopSignals, interrupt_signal
 from .summary import RunInfo, build_summary, figures_differ, read_summary, write_summary
 from .video import remove_stale_temps
 from .watch import Watcher
@@ -144,18 +144,13 @@ def run_decode(
                         run.decode(executor, signals)
                 finally:
                     executor.close()
-        except KeyboardInterrupt as exc:
-            if not run.started:
-                raise  # before anything was written: the caller says "interrupted"
-            run.report.interrupted = _signum(exc, signals)
+        except BaseException as exc:
+            signum = interrupt_signal(exc, signals)
+            if signum is None or not run.started:
+                raise  # not an interrupt, or one before anything was written: the caller says "interrupted"
+            run.report.interrupted = signum
     run.report.wall_seconds = time.perf_counter() - start
     return run.report
-
-
-def _signum(exc: BaseException, signals: StopSignals) -> int:
-    """The signal behind an interrupt: ours carry it; a plain KeyboardInterrupt (re-raised by Ray or
-    watchfiles from inside their calls) is the last signal the handlers saw."""
-    return exc.signum if isinstance(exc, Interrupted) else signals.raised or signal.SIGINT
 
 
 def start_executor(settings: RunSettings, info: RunInfo, worker: Worker | None = None,
@@ -269,10 +264,13 @@ class Run:
                 run_items(self.plan.todo, executor, self.layout, self.settings.output, record)
             else:
                 self._watch(executor, journal, committer, bar, record)
-        except KeyboardInterrupt as exc:
-            self.report.interrupted = _signum(exc, signals)
         except RunStoppedError as exc:
             self.report.stopped = exc
+        except BaseException as exc:
+            signum = interrupt_signal(exc, signals)
+            if signum is None:
+                raise
+            self.report.interrupted = signum
         finally:
             if bar is not None:
                 bar.close()

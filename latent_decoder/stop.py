@@ -75,6 +75,19 @@ class StopSignals:
             _active = self.outer
 
 
+def interrupt_signal(exc: BaseException, signals: StopSignals) -> int | None:
+    """The signal behind ``exc``, or None when it is no interrupt. Ours carry it; a plain
+    KeyboardInterrupt (re-raised by Ray or watchfiles from inside their calls) is the last signal the
+    handlers saw. Any other exception after a signal was raised is that interrupt too: ``Interrupted``
+    raised while a ``threading.Condition`` waits (a thread pool's result, a queue) leaves its lock
+    released, and unwinding then fails with "cannot release un-acquired lock" instead."""
+    if isinstance(exc, Interrupted):
+        return exc.signum
+    if isinstance(exc, KeyboardInterrupt):
+        return signals.raised or signal.SIGINT
+    return signals.raised if isinstance(exc, Exception) else None
+
+
 _active: StopSignals | None = None  # the run's, while its handlers are installed
 
 

@@ -115,3 +115,28 @@ def test_records_written_elsewhere_are_handed_on(steps: list[LatentStep], tmp_pa
         run_items(steps, WrittenWhereComputed(layout), layout, OUTPUT, interrupting(3, delivered))
     assert len(delivered) == 3, "the interrupt lands once the record it interrupted has arrived"
     assert written_items(layout.root) == set(delivered)
+
+
+def test_an_error_raised_while_an_interrupt_unwinds_a_lock_wait_is_still_that_interrupt() -> None:
+    """``Interrupted`` raised inside a ``Condition.wait`` (a thread pool's ``map``) can surface as
+    "cannot release un-acquired lock" instead: ``gallery`` and ``calibrate-preview`` still exit 143
+    with one line, and an error with no signal behind it stays an error."""
+    import os
+
+    from latent_decoder.cli import interruptible
+
+    def unwinding_fails() -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except Interrupted:
+            raise RuntimeError("cannot release un-acquired lock") from None
+
+    with pytest.raises(SystemExit) as exited:
+        interruptible(unwinding_fails)
+    assert exited.value.code == 143
+
+    def plain_error() -> None:
+        raise RuntimeError("a real bug")
+
+    with pytest.raises(RuntimeError, match="a real bug"):
+        interruptible(plain_error)
