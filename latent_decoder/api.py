@@ -136,16 +136,19 @@ class ExperimentLatentDecoder:
 def decode_latent(latent: np.ndarray, model: str, device: str = "auto", dtype: str = "float32", *,
                   frames: int | None = None, height: int | None = None, width: int | None = None,
                   vae_subfolder: str | None = None, vae_config: str | None = None, family: str | None = None,
-                  decode_timestep: float | None = None, decode_noise_scale: float | None = None) -> np.ndarray:
+                  decode_timestep: float | None = None, decode_noise_scale: float | None = None,
+                  decode_chunk_size: int | None = None) -> np.ndarray:
     """Decode one model-space latent with ``model``'s VAE to ``[T, H, W, 3]`` uint8 frames.
 
     ``frames``/``height``/``width`` are the generated video's; packed (LTX) latents need them.
     ``family`` overrides the rule found from the model (``families/``); ``decode_timestep`` and
-    ``decode_noise_scale`` are the LTX pipelines' call arguments (``None``: their defaults).
+    ``decode_noise_scale`` are the LTX pipelines' call arguments, ``decode_chunk_size`` the image-VAE
+    pipelines' (AnimateDiff, Latte, SVD, ...; ``None``: their defaults).
     """
     output = OutputSettings(model=model, dtype=dtype, vae_subfolder=vae_subfolder, vae_config=vae_config,
                             frames=frames, height=height, width=width, family=family,
-                            decode_timestep=decode_timestep, decode_noise_scale=decode_noise_scale)
+                            decode_timestep=decode_timestep, decode_noise_scale=decode_noise_scale,
+                            decode_chunk_size=decode_chunk_size)
     worker = DecodeWorker(output, device=device)
     try:
         return worker.decode(latent)

@@ -87,8 +87,8 @@ def model_options(command: Callable[..., None]) -> Callable[..., None]:
 
 
 def rule_options(command: Callable[..., None]) -> Callable[..., None]:
-    """``--family``, ``--decode-timestep`` and ``--decode-noise-scale``: how the latents are decoded,
-    the same for ``decode`` and ``inspect``."""
+    """``--family``, ``--decode-timestep``, ``--decode-noise-scale`` and ``--decode-chunk-size``: how the
+    latents are decoded, the same for ``decode`` and ``inspect``."""
     for option in reversed([
         click.option("--family", metavar="NAME",
                      help="The decode rule to use instead of the one found from the model folder's "
@@ -101,6 +101,10 @@ def rule_options(command: Callable[..., None]) -> Callable[..., None]:
         click.option("--decode-noise-scale", type=click.FloatRange(0, 1), metavar="S",
                      help="LTX-Video/LTX-2: the pipeline's decode_noise_scale [default: the config's, else "
                           "the decode timestep]; the noise comes from a fixed seed."),
+        click.option("--decode-chunk-size", type=click.IntRange(1), metavar="N",
+                     help="Image VAEs per frame (AnimateDiff, Latte, SVD, ...): frames per VAE call, the "
+                          "pipeline's decode_chunk_size; it changes SVD's frames [default: the config's "
+                          "video_settings/model_settings value, else the pipeline's]."),
     ]):
         command = option(command)
     return command
@@ -182,7 +186,7 @@ def decode(experiment: Path, output_dir: Path | None, prompt_filter: str | None,
            actors_per_gpu: int | None, workers: int | None, address: str | None, io: str,
            start_timeout: float | None, item_timeout: float | None, verbose: bool, decoder: str = "vae",
            family: str | None = None, decode_timestep: float | None = None,
-           decode_noise_scale: float | None = None) -> None:
+           decode_noise_scale: float | None = None, decode_chunk_size: int | None = None) -> None:
     """Decode every stored step of EXPERIMENT into a video.
 
     Resumes by default: a step is skipped only if it was decoded from this very latent file with
@@ -203,7 +207,7 @@ def decode(experiment: Path, output_dir: Path | None, prompt_filter: str | None,
                       force=force, executor=executor, address=address, gpus=gpus, actors_per_gpu=actors_per_gpu,
                       workers=workers, io=io, start_timeout=start_timeout, item_timeout=item_timeout, view=view,
                       decoder=decoder, family=family, decode_timestep=decode_timestep,
-                      decode_noise_scale=decode_noise_scale)
+                      decode_noise_scale=decode_noise_scale, decode_chunk_size=decode_chunk_size)
     reports: list[tuple[RunSettings, RunReport]] = []
     watching = WatchOptions(idle_exit=idle_exit, poll=poll, refresh_every=refresh_every) if watch else None
     try:
@@ -317,7 +321,8 @@ def print_report(settings: RunSettings, report: RunReport) -> None:
               help="The decode's output folder whose state to show [default: EXP/latents_videos].")
 @click.option("--verbose", "-v", is_flag=True, help="Tracebacks on errors.")
 def inspect(experiment: Path, model: str | None, vae_subfolder: str | None, vae_config: str | None,
-            family: str | None, decode_timestep: float | None, decode_noise_scale: float | None, dtype: str,
+            family: str | None, decode_timestep: float | None, decode_noise_scale: float | None,
+            decode_chunk_size: int | None, dtype: str,
             max_files: int, output_dir: Path | None, verbose: bool) -> None:
     """Show what decoding EXPERIMENT would use and produce, without decoding: the resolved model,
     its VAE class and family rule (the diffusers pipeline it mirrors, and why it was chosen: --family,
@@ -336,7 +341,8 @@ def inspect(experiment: Path, model: str | None, vae_subfolder: str | None, vae_
                                     CliOptions(model=model, vae_subfolder=vae_subfolder, vae_config=vae_config,
                                                dtype=dtype, output_dir=output_dir, family=family,
                                                decode_timestep=decode_timestep,
-                                               decode_noise_scale=decode_noise_scale))
+                                               decode_noise_scale=decode_noise_scale,
+                                               decode_chunk_size=decode_chunk_size))
         info = inspect_experiment(settings.experiment, settings.output, max_files)
         lines = render(info) + x0_lines(settings) + output_lines(settings)
     except LatentDecoderError as err:

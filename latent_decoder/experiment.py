@@ -288,18 +288,22 @@ class Experiment:
         return value
 
     @property
-    def decode_arguments(self) -> dict[str, float]:
-        """``decode_timestep`` / ``decode_noise_scale`` the generation passed to an LTX pipeline, read
-        from ``video_settings`` or ``model_settings`` (the first that has it)."""
-        found: dict[str, float] = {}
+    def decode_arguments(self) -> dict[str, float | int]:
+        """``decode_timestep`` / ``decode_noise_scale`` the generation passed to an LTX pipeline and
+        ``decode_chunk_size`` (a whole number) it passed to an image-VAE pipeline, read from
+        ``video_settings`` or ``model_settings`` (the first that has it)."""
+        found: dict[str, float | int] = {}
         for section in ("video_settings", "model_settings"):
             raw = self._section(section)
-            for key in ("decode_timestep", "decode_noise_scale"):
+            for key, kind in (("decode_timestep", float), ("decode_noise_scale", float), ("decode_chunk_size", int)):
                 if key in found or raw.get(key) is None:
                     continue
                 value = raw[key][0] if isinstance(raw[key], list) and raw[key] else raw[key]
+                if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+                    raise ExperimentError(f"{self.config_path}: {section}.{key} must be a whole number, "
+                                          f"got {raw[key]!r}")
                 try:
-                    found[key] = float(value)
+                    found[key] = kind(value)
                 except (TypeError, ValueError):
                     raise ExperimentError(f"{self.config_path}: {section}.{key} must be a number, got {raw[key]!r}")
         return found

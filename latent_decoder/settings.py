@@ -58,6 +58,7 @@ class OutputSettings:
     family: str | None = None  # vae: the decode rule given with --family; preview: the latent space (wan2.1, ...)
     decode_timestep: float | None = None  # LTX-Video/LTX-2 decode arguments; None: the pipeline's default
     decode_noise_scale: float | None = None
+    decode_chunk_size: int | None = None  # image VAEs per frame: frames per vae.decode call; None: the pipeline's
     preview_factors: str | None = None  # preview: the map, "published:<digest>" or "calibrated:<digest>"
 
     @property
@@ -66,7 +67,7 @@ class OutputSettings:
 
     @property
     def decode_options(self) -> DecodeOptions:
-        return DecodeOptions(self.decode_timestep, self.decode_noise_scale)
+        return DecodeOptions(self.decode_timestep, self.decode_noise_scale, self.decode_chunk_size)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,7 +95,8 @@ class OutputSettings:
         return {"frames": self.frames, "height": self.height, "width": self.width}
 
 
-OPTIONAL_FIELDS = ("vae_subfolder", "vae_config", "family", "decode_timestep", "decode_noise_scale", "preview_factors")
+OPTIONAL_FIELDS = ("vae_subfolder", "vae_config", "family", "decode_timestep", "decode_noise_scale",
+                   "decode_chunk_size", "preview_factors")
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,7 @@ class CliOptions:
     family: str | None = None
     decode_timestep: float | None = None
     decode_noise_scale: float | None = None
+    decode_chunk_size: int | None = None
 
 
 def visible_gpus() -> int:
@@ -261,11 +264,14 @@ def resolve_settings(experiment: Experiment, opts: CliOptions) -> RunSettings:
     for flag, value in (("decode_timestep", timestep), ("decode_noise_scale", noise_scale)):
         if value is not None and not 0 <= value <= 1:
             raise SetupError(f"{flag} must be between 0 and 1, got {value}")
+    chunk = opts.decode_chunk_size if opts.decode_chunk_size is not None else configured.get("decode_chunk_size")
+    if chunk is not None and chunk < 1:
+        raise SetupError(f"decode_chunk_size must be at least 1, got {chunk}")
     output = OutputSettings(model=model, dtype=opts.dtype, fps=float(fps), format=opts.format, crf=crf,
                             preset=opts.preset, scale=opts.scale, vae_subfolder=opts.vae_subfolder or None,
                             vae_config=opts.vae_config or None, frames=video.frames, height=video.height,
                             width=video.width, view=view, family=opts.family or None, decode_timestep=timestep,
-                            decode_noise_scale=noise_scale)
+                            decode_noise_scale=noise_scale, decode_chunk_size=chunk)
     if opts.decoder not in DECODERS:
         raise SetupError(f"--decoder must be one of {', '.join(DECODERS)}, got {opts.decoder}")
     if opts.decoder == "preview":

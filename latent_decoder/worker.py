@@ -162,10 +162,13 @@ class DecodeWorker(Worker):
         except Exception as exc:
             if not is_out_of_memory(exc) or not hasattr(self.vae, "enable_tiling"):
                 raise
-            first = first_line(exc)
+            out_of_memory = exc
         self._free_device_memory()
-        log.warning("%s: out of memory (%s); trying again with tiling", source, first)
-        self.vae.enable_tiling()
+        try:
+            self.vae.enable_tiling()
+        except NotImplementedError:  # diffusers' answer for a VAE without tiling (SVD's temporal decoder)
+            raise out_of_memory from None
+        log.warning("%s: out of memory (%s); trying again with tiling", source, first_line(out_of_memory))
         try:
             return self.decode(latent, source, condition)
         finally:

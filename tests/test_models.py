@@ -264,13 +264,13 @@ def _with_class_name(src: Path, dst: Path, class_name: str) -> Path:
 
 
 def test_unsupported_vae_class_is_a_setup_error(make_experiment, tmp_path, bare_vae_dir):
-    model = _with_class_name(bare_vae_dir, tmp_path / "svd", "AutoencoderKLTemporalDecoder")
+    model = _with_class_name(bare_vae_dir, tmp_path / "dc", "AutoencoderDC")  # an image VAE: no video rule
     exp = make_experiment(prompts=1, steps=1, **SMALL)
     result = _decode(str(exp), "--model", str(model))
     assert result.exit_code == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, result.stderr
-    assert "AutoencoderKLTemporalDecoder" in errors[0] and "not supported" in errors[0]
+    assert "AutoencoderDC" in errors[0] and "not supported" in errors[0]
     assert "AutoencoderKLWan" in errors[0]  # says what is supported
     assert "Traceback" not in result.stderr
     assert not list(exp.rglob("*.mp4"))

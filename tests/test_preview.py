@@ -98,9 +98,9 @@ def test_published_factors_ship_with_the_package_and_name_their_source() -> None
     data = json.loads(FACTORS_FILE.read_text())
     assert "ComfyUI" in data["_about"] and "latent_formats.py" in data["_about"]
     assert set(published_families()) == {"wan2.1", "wan2.2", "hunyuanvideo", "hunyuanvideo1.5", "mochi", "ltx-video",
-                                         "cosmos1"}
+                                         "cosmos1", "sd1.5", "sdxl", "svd", "i2vgen-xl"}
     for name in published_families():
-        entry, preview = data[name], published_map(name)
+        entry, preview = data[data[name].get("same_as", name)], published_map(name)
         assert preview.factors.shape == (entry["channels"], 3) and preview.bias.shape == (3,)
     assert published_map("cogvideox") is None  # the wheel ships the file: tests/test_wheel.py
 
@@ -251,7 +251,7 @@ def test_an_unknown_model_with_16_channels_is_ambiguous(make_experiment) -> None
         assert word in lines[0]
     assert not (exp / "latents_previews").exists()
 
-    unknown = CliRunner().invoke(cli, ["decode", str(exp), "--decoder", "preview", "--family", "sdxl"])
+    unknown = CliRunner().invoke(cli, ["decode", str(exp), "--decoder", "preview", "--family", "flux"])
     assert unknown.exit_code == 2 and "unknown preview family" in unknown.output
     chosen = CliRunner().invoke(cli, ["decode", str(exp), "--decoder", "preview", "--family", "hunyuanvideo"])
     assert chosen.exit_code == 0, chosen.output

@@ -44,8 +44,8 @@ def test_a_model_that_cannot_be_found(exp):
 def test_a_vae_class_without_a_rule(exp, tmp_path):
     config = tmp_path / "model" / "vae" / "config.json"
     data = json.loads(config.read_text())
-    config.write_text(json.dumps({**data, "_class_name": "AutoencoderKLTemporalDecoder"}))
-    refuse(exp, word="AutoencoderKLTemporalDecoder")
+    config.write_text(json.dumps({**data, "_class_name": "AutoencoderDC"}))
+    refuse(exp, word="AutoencoderDC")
 
 
 def test_weights_that_cannot_be_loaded(exp, tmp_path):

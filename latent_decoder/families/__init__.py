@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from ..errors import UnsupportedModelError
 from .allegro import ALLEGRO
+from .animatediff import ANIMATEDIFF, ANIMATEDIFF_SDXL
 from .base import CONDITION_SUFFIXES, DecodeContext, DecodeOptions, Family, PipelineFacts, PreviewSpace
 from .cogvideox import COGVIDEOX
 from .cosmos import COSMOS1
@@ -27,10 +28,13 @@ from .easyanimate import EASYANIMATE
 from .hunyuan_video import HUNYUANVIDEO, HUNYUANVIDEO_I2V
 from .hunyuan_video15 import HUNYUANVIDEO15
 from .kandinsky5 import KANDINSKY5, KANDINSKY5_I2V
+from .latte import LATTE
 from .ltx_video import LTX_VIDEO
 from .ltx2 import LTX2, LTX2_CONDITIONED
 from .mochi import MOCHI
 from .sana_video import SANA_VIDEO
+from .stable_video_diffusion import SVD
+from .text_to_video_sd import I2VGEN_XL, TEXT_TO_VIDEO_SD
 from .wan import SKYREELS_V2, WAN, WAN22_I2V, WAN_USERS
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
@@ -46,6 +50,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     LTX_VIDEO,
     LTX2, LTX2_CONDITIONED,
     SANA_VIDEO,
+    ANIMATEDIFF, ANIMATEDIFF_SDXL, LATTE, SVD, TEXT_TO_VIDEO_SD, I2VGEN_XL,
 )}
 
 # The family (name) for a VAE class when no pipeline says otherwise.
@@ -60,6 +65,8 @@ VAE_DEFAULTS: dict[str, str] = {
     "AutoencoderKLMagvit": EASYANIMATE.name,
     "AutoencoderKLLTXVideo": LTX_VIDEO.name,
     "AutoencoderKLLTX2Video": LTX2.name,
+    "AutoencoderKL": ANIMATEDIFF.name,
+    "AutoencoderKLTemporalDecoder": SVD.name,
 }
 
 # The per-video input files some rule reads (``Family.condition_file``), in the order they are looked for.

@@ -43,6 +43,7 @@ class DecodeOptions:
 
     decode_timestep: float | None = None  # LTX-Video / LTX-2 with timestep_conditioning
     decode_noise_scale: float | None = None  # idem; None: the pipeline uses decode_timestep
+    decode_chunk_size: int | None = None  # image VAEs per frame: frames per ``vae.decode`` call (image_vae.py)
 
 
 @dataclass

@@ -74,10 +74,13 @@ def published_spaces() -> list[str]:
 
 
 def published_map(family: str) -> PreviewMap | None:
-    """The family's published factors, or None (e.g. CogVideoX has none)."""
+    """The family's published factors, or None (e.g. CogVideoX has none). An entry ``same_as`` another
+    takes its numbers (SVD's temporal decoder reads SD 1.5's latent space)."""
     entry = _published_table().get(family)
     if entry is None or family.startswith("_"):
         return None
+    if "same_as" in entry:
+        entry = _published_table()[entry["same_as"]]
     return PreviewMap(family, np.asarray(entry["factors"], np.float32), np.asarray(entry["bias"], np.float32),
                       PUBLISHED, "ComfyUI comfy/latent_formats.py, via latent_decoder/previews/latent_rgb_factors.json")
 

@@ -69,9 +69,12 @@ def geometry_from_rule(rule: Family, vae: Any, video: VideoSettings, source: str
 
 
 def preview_family(class_name: str, channels: int | None, rule: Family | None) -> str:
-    """The preview family of a VAE class with this many channels; a class or size without a preview
-    space keeps its rule's family name (else the class name)."""
-    space = preview_space_for_class(class_name, channels)
+    """The preview family of a VAE class with this many channels: the rule's own space of that class
+    and size first (``AutoencoderKL``: SD 1.5's or SDXL's, as the pipeline says), else the class's; a
+    class or size without a preview space keeps its rule's family name (else the class name)."""
+    own = [s for s in (rule.previews if rule is not None else ())
+           if s.vae_class == class_name and channels in (None, s.channels)]
+    space = own[0] if len(own) == 1 else preview_space_for_class(class_name, channels)
     return space.name if space is not None else rule.name if rule is not None else class_name
 
 
