@@ -23,7 +23,7 @@ from latent_decoder.previews.worker import PreviewWorker
 from latent_decoder.settings import OutputSettings
 from latent_decoder.worker import DecodeWorker
 
-from conftest import WAN_REPO_ID, journal_records, run_cli
+from conftest import WAN_REPO_ID, journal_records
 
 
 @pytest.fixture(autouse=True)
@@ -243,8 +243,8 @@ def test_a_model_id_that_is_not_cached_and_16_channels_means_wan21(make_experime
 def test_an_unknown_model_with_16_channels_is_ambiguous(make_experiment) -> None:
     exp = make_experiment(steps=1)
     write_config(exp, "my-lab/secret-video-model", 48, 32, 9, 8.0)
-    result = run_cli("decode", str(exp), "--decoder", "preview")
-    assert result.returncode == 2
+    result = CliRunner().invoke(cli, ["decode", str(exp), "--decoder", "preview"])
+    assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     for word in ("wan2.1", "hunyuanvideo", "cosmos1", "--family"):
@@ -359,8 +359,8 @@ def test_cogvideox_has_no_published_factors_until_calibrated(tmp_path: Path) -> 
         (exp / "latents" / f"prompt_{p:03d}" / "vid_001" / "step_000_metadata.json").write_text(
             json.dumps({"step": 0, "total_steps": 1}))  # the last step: what calibrate-preview fits on
 
-    before = run_cli("decode", str(exp), "--decoder", "preview")
-    assert before.returncode == 2
+    before = CliRunner().invoke(cli, ["decode", str(exp), "--decoder", "preview"])
+    assert before.exit_code == 2
     lines = before.stderr.strip().splitlines()
     assert len(lines) == 1 and "calibrate-preview" in lines[0] and "CogVideoX" in lines[0], before.stderr
 
