@@ -1,0 +1,11 @@
+"""The tiny decoder tier (``--decoder tiny``): a TAEHV-family decoder, published or distilled, that
+decodes a step in a fraction of the full VAE's time and memory, to the full VAE's frames and size.
+
+    model.py       the decoder itself (written here from the published description): configuration read
+                   from a checkpoint's tensors, random init, the differentiable decode for training and
+                   the lean piece-by-piece decode to uint8 frames for inference
+    checkpoint.py  reading ``.safetensors``/``.pth`` files safely (``weights_only``), their digest; saving
+"""
+from __future__ import annotations
+
+TINY_DIRNAME = "latents_tiny"  # EXP/latents_tiny: tiny decodes never overwrite full decodes
