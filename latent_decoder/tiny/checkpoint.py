@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,10 +53,13 @@ def _tensors(data: bytes, path: Path) -> dict[str, Any]:
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "truncated" in str(exc).lower():
-            raise TinyCheckpointError(f"{path}: truncated ({first_line(exc)})") from None
-        raise TinyCheckpointError(f"{path}: refused: the pickle holds more than tensors (code would run on "
-                                  f"loading); only weights_only checkpoints are read") from None
+        text = str(exc)
+        called = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if called:
+            raise TinyCheckpointError(f"{path}: refused: the pickle calls {called.group(1)}, code that would run on "
+                                      f"loading (only tensors are read: torch.load weights_only=True)") from None
+        what = "truncated" if "truncated" in text.lower() else "not a PyTorch checkpoint"
+        raise TinyCheckpointError(f"{path}: {what} (an unreadable pickle)") from None
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
         raise TinyCheckpointError(f"{path}: truncated or not a PyTorch checkpoint ({first_line(exc)})") from None
     if not isinstance(state, dict):
