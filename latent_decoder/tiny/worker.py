@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import DecodeError, TinyMismatchError
 from ..families import DecodeContext
+from ..latents import validate_latent
 from ..lifecycle import ItemWork
 from ..models import ResolvedModel
 from ..settings import OutputSettings
@@ -51,6 +52,7 @@ class TinyWorker(DeviceWorker):
         the full decode's count and size (resized by ``--scale``)."""
         import torch
 
+        latent = validate_latent(np.asarray(latent), source, self.rule.layout)
         ctx = DecodeContext(self.setup.vae, self.output.video, self.setup.model.pipeline, self.output.decode_options,
                             condition)
         self.rule.check_shape(latent.shape, ctx, source)
