@@ -123,7 +123,8 @@ def cli() -> None:
 @cli.command()
 @click.argument("experiment", type=click.Path(path_type=Path))
 @click.option("--output-dir", type=click.Path(path_type=Path),
-              help="Where videos go [default: EXP/latents_videos; EXP/latents_previews with --decoder preview].")
+              help="Where videos go [default: EXP/latents_videos; EXP/latents_tiny with --decoder tiny; "
+                   "EXP/latents_previews with --decoder preview].")
 @click.option("--prompt-filter", metavar="NAMES", help="Only these prompt folders (comma list of exact names).")
 @click.option("--video-filter", metavar="NAMES", help="Only these video folders, e.g. vid_001,vid_002.")
 @click.option("--step-filter", metavar="NAMES", help="Only these steps, e.g. step_000,step_019 (or 0,19).")
@@ -141,9 +142,15 @@ def cli() -> None:
               help="Resize frames by this factor (0.5 = half size).")
 @model_options
 @click.option("--decoder", type=click.Choice(DECODERS), default="vae", show_default=True,
-              help="vae: the model's own VAE. preview: no model, no weights, no device: every latent frame through "
+              help="vae: the model's own VAE. tiny: a tiny TAEHV-family decoder (published by madebyollin/taehv, "
+                   "or distilled into EXP/tiny_decoder), many times faster, to the full VAE's frames and size, "
+                   "into EXP/latents_tiny. preview: no model, no weights, no device: every latent frame through "
                    "a linear latent->RGB map (the family's published factors, or this model's calibrate-preview "
                    "map), repeated to the full video's frames and size, into EXP/latents_previews.")
+@click.option("--tiny-weights", type=click.Path(path_type=Path), metavar="FILE",
+              help="--decoder tiny: this .safetensors/.pth decoder file [default: EXP/tiny_decoder/, else the "
+                   "published file the family rule names in $LATENT_DECODER_TINY_DIR (default "
+                   "~/.cache/latent-decoder/tiny), else in the HF cache; nothing is downloaded].")
 @rule_options
 @click.option("--view", type=click.Choice(VIEWS), default="xt", show_default=True,
               help="xt: the stored latents. x0: the model's prediction of the clean video at each step, "
@@ -185,7 +192,7 @@ def decode(experiment: Path, output_dir: Path | None, prompt_filter: str | None,
            force: bool, dry_run: bool, executor: str, gpus: int | None,
            actors_per_gpu: int | None, workers: int | None, address: str | None, io: str,
            start_timeout: float | None, item_timeout: float | None, verbose: bool, decoder: str = "vae",
-           family: str | None = None, decode_timestep: float | None = None,
+           tiny_weights: Path | None = None, family: str | None = None, decode_timestep: float | None = None,
            decode_noise_scale: float | None = None, decode_chunk_size: int | None = None) -> None:
     """Decode every stored step of EXPERIMENT into a video.
 
@@ -207,7 +214,8 @@ def decode(experiment: Path, output_dir: Path | None, prompt_filter: str | None,
                       force=force, executor=executor, address=address, gpus=gpus, actors_per_gpu=actors_per_gpu,
                       workers=workers, io=io, start_timeout=start_timeout, item_timeout=item_timeout, view=view,
                       decoder=decoder, family=family, decode_timestep=decode_timestep,
-                      decode_noise_scale=decode_noise_scale, decode_chunk_size=decode_chunk_size)
+                      decode_noise_scale=decode_noise_scale, decode_chunk_size=decode_chunk_size,
+                      tiny_weights=str(tiny_weights) if tiny_weights else None)
     reports: list[tuple[RunSettings, RunReport]] = []
     watching = WatchOptions(idle_exit=idle_exit, poll=poll, refresh_every=refresh_every) if watch else None
     try:
@@ -244,6 +252,8 @@ def _describe(settings: RunSettings) -> None:
              settings.output_dir, o.format, enc, o.dtype, f", scale {o.scale:g}" if o.scale != 1 else "", view)
     if o.decoder == "preview":
         log.info("decoder    preview (no model loaded): %s latents, %s map", o.family, o.preview_factors)
+    elif o.decoder == "tiny":
+        log.info("decoder    tiny: %s (%s)", o.tiny_file, o.tiny_weights)
 
 
 def _warn_duplicates(plan: Plan) -> None:
@@ -319,11 +329,13 @@ def print_report(settings: RunSettings, report: RunReport) -> None:
               help="Read the headers of at most this many latent files (spread over the experiment).")
 @click.option("--output-dir", type=click.Path(path_type=Path),
               help="The decode's output folder whose state to show [default: EXP/latents_videos].")
+@click.option("--tiny-weights", type=click.Path(path_type=Path), metavar="FILE",
+              help="The tiny decoder file to check against the latents [default: the one --decoder tiny would find].")
 @click.option("--verbose", "-v", is_flag=True, help="Tracebacks on errors.")
 def inspect(experiment: Path, model: str | None, vae_subfolder: str | None, vae_config: str | None,
             family: str | None, decode_timestep: float | None, decode_noise_scale: float | None,
             decode_chunk_size: int | None, dtype: str,
-            max_files: int, output_dir: Path | None, verbose: bool) -> None:
+            max_files: int, output_dir: Path | None, tiny_weights: Path | None, verbose: bool) -> None:
     """Show what decoding EXPERIMENT would use and produce, without decoding: the resolved model,
     its VAE class and family rule (the diffusers pipeline it mirrors, and why it was chosen: --family,
     the pipeline in model_index.json, or the VAE class), the stored latent shapes,
@@ -333,7 +345,7 @@ def inspect(experiment: Path, model: str | None, vae_subfolder: str | None, vae_
 
     Exit status: 0 all fits, 1 some latents do not fit the VAE, 2 the model cannot be used.
     """
-    from .inspection import inspect_experiment, output_lines, render, x0_lines
+    from .inspection import inspect_experiment, output_lines, render, tiny_lines, x0_lines
 
     _setup_logging(verbose)
     try:
@@ -344,7 +356,7 @@ def inspect(experiment: Path, model: str | None, vae_subfolder: str | None, vae_
                                                decode_noise_scale=decode_noise_scale,
                                                decode_chunk_size=decode_chunk_size))
         info = inspect_experiment(settings.experiment, settings.output, max_files)
-        lines = render(info) + x0_lines(settings) + output_lines(settings)
+        lines = render(info) + tiny_lines(settings, tiny_weights) + x0_lines(settings) + output_lines(settings)
     except LatentDecoderError as err:
         _fail(err, verbose)
         return
@@ -468,21 +480,27 @@ def demo(directory: Path, steps: int, seed: int, device: str, dtype: str, fmt: s
 @click.option("--full", is_flag=True,
               help="The real-size Wan2.1 VAE (random weights) on 61 frames at 848x480; without it a tiny VAE at "
                    "17x128x192, which a CPU runs in about a minute.")
+@click.option("--size", metavar="FxHxW",
+              help="Another video size for the real-size Wan2.1 VAE and the tiny decoder, e.g. 17x240x432 "
+                   "(frames x height x width; frames 4k+1, sides multiples of 8).")
 @click.option("--items", type=click.IntRange(2), default=6, show_default=True, help="Steps to decode.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--dtype", "dtypes", type=click.Choice(DTYPES), multiple=True,
               help="Our dtypes to measure (repeatable) [default: float32 and bfloat16].")
 @click.option("--verbose", "-v", is_flag=True, help="More logging; tracebacks on errors.")
-def bench(full: bool, items: int, device: str, dtypes: tuple[str, ...], verbose: bool) -> None:
+def bench(full: bool, size: str | None, items: int, device: str, dtypes: tuple[str, ...], verbose: bool) -> None:
     """Measure the tool against the plain diffusers loop on this machine and print them side by side:
     the plain loop (float32 decode, export_to_video, one step after the other), our decode alone per
-    dtype (with peak GPU memory), our whole run per dtype, and the ratios. Nothing is downloaded;
-    the model is built with random weights in a temporary folder."""
-    from .bench import run_bench
+    dtype (with peak GPU memory), our whole run per dtype, the tiny decoder (--decoder tiny, shaped
+    like taew2_1) on the same device and latents, and the ratios. Nothing is downloaded; the models
+    are built with random weights in a temporary folder."""
+    from .bench import parse_size, run_bench
 
     _setup_logging(verbose)
     try:
-        result = run_bench(full=full, items=items, device=device, dtypes=dtypes or ("float32", "bfloat16"),
+        geometry = parse_size(size) if size else None
+        result = run_bench(full=full or geometry is not None, items=items, device=device,
+                           dtypes=dtypes or ("float32", "bfloat16"), size=geometry,
                            log=lambda line: click.echo(line, err=True))
     except LatentDecoderError as err:
         _fail(err, verbose)

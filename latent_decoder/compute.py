@@ -11,7 +11,8 @@ e.g. the ``DeviceFailure`` of a broken GPU) is raised.
 
 A decoder subclasses ``Worker`` and implements ``to_frames`` (a parsed latent -> frames); the
 hooks below it cover what decoders really differ in. ``worker.DecodeWorker`` runs a diffusers VAE
-on a device, ``previews.worker.PreviewWorker`` a linear latent -> RGB map.
+on a device, ``tiny.worker.TinyWorker`` a tiny TAEHV-family decoder, ``previews.worker.PreviewWorker``
+a linear latent -> RGB map.
 """
 from __future__ import annotations
 

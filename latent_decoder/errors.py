@@ -46,6 +46,23 @@ class UnsupportedModelError(SetupError):
     """The VAE exists but its class has no family rule in ``families/``."""
 
 
+class TinyWeightsError(SetupError):
+    """The tiny decoder's weights (``--decoder tiny``) cannot be found or used."""
+
+
+class TinyWeightsNotFoundError(TinyWeightsError):
+    """No tiny decoder file where it was looked for; the message says where, and which file to get."""
+
+
+class TinyCheckpointError(TinyWeightsError):
+    """A tiny decoder file that cannot be loaded: truncated, a pickle that holds code, not a TAEHV decoder."""
+
+
+class TinyMismatchError(TinyWeightsError):
+    """A tiny decoder made for another latent space than the experiment's (channels, frames, size), or
+    a distilled one made from another VAE."""
+
+
 class DeviceError(SetupError):
     """The requested torch device does not exist on this machine."""
 

@@ -188,6 +188,22 @@ def render(info: Inspection) -> list[str]:
     return lines
 
 
+def tiny_lines(settings: RunSettings, flag: str | Path | None = None) -> list[str]:
+    """``inspect``'s line on the tiny decoder: which file ``--decoder tiny`` would use, where it was
+    found and what it is, or why there is none."""
+    from .tiny.setup import resolve_tiny
+
+    o = settings.output
+    try:
+        setup = resolve_tiny(settings.experiment.root, o.model, o.vae_subfolder, o.vae_config, o.family, flag)
+    except LatentDecoderError as err:
+        return [f"tiny        not available: {err}"]
+    lines = [f"tiny        {setup.checkpoint.describe()}", f"            from {setup.how}: {setup.checkpoint.path}"]
+    if setup.card and setup.card.get("held_out_psnr") is not None:
+        lines.append(f"            distilled: held-out PSNR {setup.card['held_out_psnr']:.1f} dB against the full VAE")
+    return lines
+
+
 def x0_lines(settings: RunSettings) -> list[str]:
     """``inspect``'s lines on the x0 view: for how many steps it is available, and what it shows."""
     from .x0 import attach_x0, model_scheduler

@@ -117,7 +117,7 @@ def run_decode(
     worker: Worker | None = None,
     progress: bool = True,
     on_result: Callable[[LatentStep, StepRecord], None] | None = None,
-    worker_cls: type[Worker] = DecodeWorker,
+    worker_cls: type[Worker] | None = None,
 ) -> RunReport:
     """Decode every planned item that is not done, committing each to the journal as it finishes;
     then update the summary and the views.
@@ -126,8 +126,8 @@ def run_decode(
     device, model, family rule, weights, Ray workers): a refused run leaves no output folder. A run
     with nothing to do writes only what is behind (the journal's view of deleted or touched latents,
     the summary, views), and nothing at all on a read-only folder. ``settings.executor.decided()``
-    picks in-process decoding or a Ray actor pool of ``worker_cls``; a given ``worker`` is always
-    used in-process.
+    picks in-process decoding or a Ray actor pool of ``worker_cls`` (default: the class of
+    ``--decoder``, ``decoder_class``); a given ``worker`` is always used in-process.
     """
     start = time.perf_counter()
     check_output_dir(settings.output_dir)
@@ -153,11 +153,21 @@ def run_decode(
     return run.report
 
 
+def decoder_class(decoder: str) -> type[Worker]:
+    """The worker class of ``--decoder`` vae or tiny (the preview's worker runs in-process, without a device)."""
+    if decoder == "tiny":
+        from .tiny.worker import TinyWorker
+
+        return TinyWorker
+    return DecodeWorker
+
+
 def start_executor(settings: RunSettings, info: RunInfo, worker: Worker | None = None,
-                   worker_cls: type[Worker] = DecodeWorker) -> Executor:
+                   worker_cls: type[Worker] | None = None) -> Executor:
     """Everything that can refuse the run, before the output folder is touched: the device, the model,
     its family rule and weights (in-process), or the Ray workers, which load them. A given ``worker``
     stays its caller's; one made here is closed with the executor."""
+    worker_cls = worker_cls or decoder_class(settings.output.decoder)
     if worker is not None:
         info.model = worker.describe()
         return InlineExecutor(worker)
@@ -177,8 +187,10 @@ def start_executor(settings: RunSettings, info: RunInfo, worker: Worker | None =
         return executor
     else:
         resolve_device(settings.device)
-        model = resolve_model(settings.output.model, settings.output.vae_subfolder, settings.output.vae_config)
-        worker = worker_cls(settings.output, settings.output_dir, settings.device, model=model)
+        o = settings.output
+        # the tiny decoder reads the model's config only, never downloading it (TinyWorker finds it)
+        model = None if o.decoder == "tiny" else resolve_model(o.model, o.vae_subfolder, o.vae_config)
+        worker = worker_cls(o, settings.output_dir, settings.device, model=model)
     info.model = worker.describe()
     return InlineExecutor(worker, owns_worker=True)
 

@@ -26,7 +26,7 @@ PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "sl
 DEFAULT_PRESET = "veryfast"
 EXECUTORS = ("auto", "inline", "ray")
 IO_MODES = ("driver", "shared")
-DECODERS = ("vae", "preview")  # the full VAE, or a linear latent -> RGB preview (previews/)
+DECODERS = ("vae", "tiny", "preview")  # the full VAE, a tiny TAEHV-family decoder (tiny/), a linear map (previews/)
 
 
 def crf_from_quality(quality: float) -> int:
@@ -54,12 +54,14 @@ class OutputSettings:
     height: int | None = None
     width: int | None = None
     view: str = "xt"  # "xt": the stored latents; "x0": the model's x0 prediction at each step (x0.py)
-    decoder: str = "vae"  # "vae": the model's VAE; "preview": a linear latent -> RGB map, no model (previews/)
+    decoder: str = "vae"  # "vae": the model's VAE; "tiny": a tiny decoder (tiny/); "preview": a linear map (previews/)
     family: str | None = None  # vae: the decode rule given with --family; preview: the latent space (wan2.1, ...)
     decode_timestep: float | None = None  # LTX-Video/LTX-2 decode arguments; None: the pipeline's default
     decode_noise_scale: float | None = None
     decode_chunk_size: int | None = None  # image VAEs per frame: frames per vae.decode call; None: the pipeline's
     preview_factors: str | None = None  # preview: the map, "published:<digest>" or "calibrated:<digest>"
+    tiny_weights: str | None = None  # tiny: the decoder file's identity, "sha256:<digest>"
+    tiny_file: str | None = None  # tiny: where that file is (not in the fingerprint: the digest says which)
 
     @property
     def video(self) -> VideoSettings:
@@ -83,8 +85,9 @@ class OutputSettings:
             del data["preset"]
         if self.decoder == "vae":  # likewise for runs from before previews existed
             del data["decoder"]
-        else:  # a preview's pixels do not depend on the VAE's precision
+        elif self.decoder == "preview":  # a preview's pixels do not depend on the VAE's precision
             del data["dtype"]
+        data.pop("tiny_file", None)
         if self.format == "png":
             del data["fps"], data["crf"]
             data.pop("preset", None)
@@ -96,7 +99,7 @@ class OutputSettings:
 
 
 OPTIONAL_FIELDS = ("vae_subfolder", "vae_config", "family", "decode_timestep", "decode_noise_scale",
-                   "decode_chunk_size", "preview_factors")
+                   "decode_chunk_size", "preview_factors", "tiny_weights", "tiny_file")
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,7 @@ class CliOptions:
     decode_timestep: float | None = None
     decode_noise_scale: float | None = None
     decode_chunk_size: int | None = None
+    tiny_weights: str | None = None  # --tiny-weights FILE
 
 
 def visible_gpus() -> int:
@@ -274,6 +278,12 @@ def resolve_settings(experiment: Experiment, opts: CliOptions) -> RunSettings:
                             decode_noise_scale=noise_scale, decode_chunk_size=chunk)
     if opts.decoder not in DECODERS:
         raise SetupError(f"--decoder must be one of {', '.join(DECODERS)}, got {opts.decoder}")
+    if opts.tiny_weights and opts.decoder != "tiny":
+        raise SetupError("--tiny-weights goes with --decoder tiny")
+    if opts.decoder == "tiny":
+        from .tiny.setup import tiny_output
+
+        output = tiny_output(experiment, output, opts.tiny_weights)
     if opts.decoder == "preview":
         from .previews.setup import preview_output
 
@@ -289,6 +299,10 @@ def resolve_settings(experiment: Experiment, opts: CliOptions) -> RunSettings:
             from .previews import PREVIEW_DIRNAME
 
             output_dir = experiment.root / PREVIEW_DIRNAME
+        elif output.decoder == "tiny":
+            from .tiny import TINY_DIRNAME
+
+            output_dir = experiment.root / TINY_DIRNAME
         if view == "x0":
             output_dir = output_dir.with_name(output_dir.name + X0_SUFFIX)
     return RunSettings(

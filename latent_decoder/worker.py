@@ -19,7 +19,7 @@ import numpy as np
 
 from .compute import Worker
 from .errors import DecodeError, DeviceError, DeviceFailure, ItemError, first_line
-from .families import DecodeContext, detect
+from .families import DecodeContext, Family, detect
 from .latents import Layout, parse_latent, validate_latent
 from .lifecycle import ItemWork
 from .models import ResolvedModel, load_vae, resolve_model
@@ -78,17 +78,14 @@ def torch_dtype(name: str) -> "torch.dtype":
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-class DecodeWorker(Worker):
-    """Holds one VAE on one device and computes items; knows nothing of the journal."""
+class DeviceWorker(Worker):
+    """A decoder that runs torch on one device in one precision: what the VAE and the tiny decoder share
+    (the device and its failures, the rule's condition file)."""
 
-    def __init__(
-        self,
-        output: OutputSettings,
-        output_dir: Path | None = None,
-        device: str = "auto",
-        model: ResolvedModel | None = None,
-        name: str = "inline",
-    ) -> None:
+    rule: Family  # set by the subclass: the family rule its latents are decoded by
+
+    def __init__(self, output: OutputSettings, output_dir: Path | None = None, device: str = "auto",
+                 name: str = "inline") -> None:
         import torch
 
         self.device = resolve_device(device)
@@ -98,24 +95,11 @@ class DecodeWorker(Worker):
         super().__init__(output, output_dir, self.device_name, name)
         self.dtype = torch_dtype(output.dtype)
         if self.device.type == "cpu" and output.dtype == "float16":
-            warnings.warn("float16 on CPU is slow and poorly supported; prefer float32 or bfloat16", stacklevel=2)
-        self.model = model or resolve_model(output.model, output.vae_subfolder, output.vae_config)
-        self.detection = detect(self.model.class_name, self.model.pipeline, output.family)
-        self.rule = self.detection.family
-        self.vae = load_vae(self.model, self.device, self.dtype)
-        # Wan: decode_to_uint8 streams frame by frame through lean modules, once shown to give vae.decode here
-        self.streams = streams_correctly(self.vae, self.device)
-        log.info("loaded %s (%s rule: %s; %s) from %s on %s", self.model.class_name, self.rule.name,
-                 self.detection.reason, self.output.dtype, self.model.folder, self.device_name)
+            warnings.warn("float16 on CPU is slow and poorly supported; prefer float32 or bfloat16", stacklevel=3)
 
     @property
     def latent_layout(self) -> Layout:
         return self.rule.layout
-
-    def context(self, condition: "torch.Tensor | None" = None) -> DecodeContext:
-        """What the family rule reads besides the latent (``condition``: the video's condition latent)."""
-        return DecodeContext(self.vae, self.output.video, self.model.pipeline, self.output.decode_options,
-                             condition)
 
     def parse_condition(self, work: ItemWork) -> "torch.Tensor | None":
         """The item's condition file, as ``prepare`` read it, parsed when this rule reads it (never read here:
@@ -126,6 +110,60 @@ class DecodeWorker(Worker):
         import torch
 
         return torch.from_numpy(parse_latent(work.condition, path, self.rule.layout).astype(np.float32))
+
+    def _free_device_memory(self) -> None:
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def item_error(self, exc: Exception, work: ItemWork) -> ItemError:
+        """A sticky CUDA error stops the device's holder; out-of-memory frees what it can first."""
+        if is_sticky_device_error(exc):
+            raise DeviceFailure(f"{self.device_name}: {first_line(exc)} while decoding {work.step.path}; "
+                                "the device cannot be used any more") from exc
+        if is_out_of_memory(exc):
+            self._free_device_memory()
+        return super().item_error(exc, work)
+
+    def synchronize(self) -> None:
+        """Wait for the device, so a decode's time is its own and an asynchronous CUDA error surfaces here."""
+        if self.device.type == "cuda":
+            import torch
+
+            try:
+                torch.cuda.synchronize(self.device)
+            except RuntimeError as exc:
+                if is_sticky_device_error(exc):
+                    raise DeviceFailure(f"{self.device_name}: {first_line(exc)}") from exc
+                raise
+
+
+class DecodeWorker(DeviceWorker):
+    """Holds one VAE on one device and computes items; knows nothing of the journal."""
+
+    def __init__(
+        self,
+        output: OutputSettings,
+        output_dir: Path | None = None,
+        device: str = "auto",
+        model: ResolvedModel | None = None,
+        name: str = "inline",
+    ) -> None:
+        super().__init__(output, output_dir, device, name)
+        self.model = model or resolve_model(output.model, output.vae_subfolder, output.vae_config)
+        self.detection = detect(self.model.class_name, self.model.pipeline, output.family)
+        self.rule = self.detection.family
+        self.vae = load_vae(self.model, self.device, self.dtype)
+        # Wan: decode_to_uint8 streams frame by frame through lean modules, once shown to give vae.decode here
+        self.streams = streams_correctly(self.vae, self.device)
+        log.info("loaded %s (%s rule: %s; %s) from %s on %s", self.model.class_name, self.rule.name,
+                 self.detection.reason, self.output.dtype, self.model.folder, self.device_name)
+
+    def context(self, condition: "torch.Tensor | None" = None) -> DecodeContext:
+        """What the family rule reads besides the latent (``condition``: the video's condition latent)."""
+        return DecodeContext(self.vae, self.output.video, self.model.pipeline, self.output.decode_options,
+                             condition)
 
     # ------------------------------------------------------------------ in-memory decode
 
@@ -174,38 +212,11 @@ class DecodeWorker(Worker):
         finally:
             self.vae.disable_tiling()
 
-    def _free_device_memory(self) -> None:
-        if self.device.type == "cuda":
-            import torch
-
-            torch.cuda.empty_cache()
-
     # ------------------------------------------------------------------ the Worker hooks
 
     def to_frames(self, latent: np.ndarray, work: ItemWork) -> np.ndarray:
         """The VAE's decode of the item's latent (with its condition, for a rule that reads one)."""
         return self._decode_with_fallback(latent, str(work.step.path), self.parse_condition(work))
-
-    def item_error(self, exc: Exception, work: ItemWork) -> ItemError:
-        """A sticky CUDA error stops the device's holder; out-of-memory frees what it can first."""
-        if is_sticky_device_error(exc):
-            raise DeviceFailure(f"{self.device_name}: {first_line(exc)} while decoding {work.step.path}; "
-                                "the device cannot be used any more") from exc
-        if is_out_of_memory(exc):
-            self._free_device_memory()
-        return super().item_error(exc, work)
-
-    def synchronize(self) -> None:
-        """Wait for the device, so a decode's time is its own and an asynchronous CUDA error surfaces here."""
-        if self.device.type == "cuda":
-            import torch
-
-            try:
-                torch.cuda.synchronize(self.device)
-            except RuntimeError as exc:
-                if is_sticky_device_error(exc):
-                    raise DeviceFailure(f"{self.device_name}: {first_line(exc)}") from exc
-                raise
 
     def close(self) -> None:
         """Free the VAE and its device memory."""

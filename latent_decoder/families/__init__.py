@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from ..errors import UnsupportedModelError
 from .allegro import ALLEGRO
 from .animatediff import ANIMATEDIFF, ANIMATEDIFF_SDXL
-from .base import CONDITION_SUFFIXES, DecodeContext, DecodeOptions, Family, PipelineFacts, PreviewSpace
+from .base import CONDITION_SUFFIXES, DecodeContext, DecodeOptions, Family, PipelineFacts, PreviewSpace, TinySpace
 from .cogvideox import COGVIDEOX
 from .cosmos import COSMOS1
 from .cosmos2 import COSMOS2, COSMOS2_5, COSMOS2_5_TRANSFER
@@ -76,7 +76,7 @@ CONDITION_FILES: tuple[str, ...] = tuple(dict.fromkeys(f.condition_file for f in
 PREVIEW_SPACES: dict[str, PreviewSpace] = {s.name: s for f in FAMILIES.values() for s in f.previews}
 
 __all__ = ["CONDITION_FILES", "FAMILIES", "PREVIEW_SPACES", "VAE_DEFAULTS", "DecodeContext", "DecodeOptions",
-           "Detection", "Family", "PipelineFacts", "PreviewSpace", "default_family", "detect", "find_condition",
+           "Detection", "Family", "PipelineFacts", "PreviewSpace", "TinySpace", "default_family", "detect", "find_condition",
            "preview_space_for_class", "spaces_for_model_id", "supported_vae_classes"]
 
 

@@ -11,6 +11,7 @@ and returns ``[B, 3, F, H, W]`` in ``[-1, 1]``.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
@@ -143,6 +144,26 @@ class PreviewSpace:
 
 
 @dataclass(frozen=True)
+class TinySpace:
+    """A latent space as the tiny decoder (``--decoder tiny``) sees it: the published TAEHV-family
+    files (madebyollin/taehv) made for its latents, by file stem, preferred first (the base file, then
+    the larger variants). The file's own tensors decide its configuration; this names which file fits."""
+
+    files: tuple[str, ...]
+    channels: int  # the latent channels the files take (the stored channel count picks the space)
+    # regular expressions searched in the lower-cased model id (``_`` as ``-``): among spaces of the same
+    # channel count, one whose pattern matches wins over one without patterns (LTX-2.3 over LTX-2)
+    model_ids: tuple[str, ...] = ()
+    # latent frames per independently encoded piece whose first decoded frames are dropped like a new
+    # clip's (MiniMax H3's taeh3: 5, as stable-diffusion.cpp decodes it); None: the whole clip is one piece
+    segment: int | None = None
+
+    def named_by(self, model_id: str) -> bool:
+        text = model_id.lower().replace("_", "-")
+        return any(re.search(p, text) for p in self.model_ids)
+
+
+@dataclass(frozen=True)
 class Family:
     """How one family of diffusers pipelines decodes the latents of its denoising loop."""
 
@@ -177,6 +198,8 @@ class Family:
     # in the lower-cased id with ``_`` as ``-``; the longest match wins, see ``spaces_for_model_id``).
     previews: tuple[PreviewSpace, ...] = ()
     model_ids: tuple[str, ...] = ()
+    # The tiny decoder: the published TAEHV-family files for these pipelines' latent spaces.
+    tiny: tuple[TinySpace, ...] = ()
 
     @property
     def decodes_plainly(self) -> bool:
@@ -243,6 +266,11 @@ class Family:
         if self.cast_first:
             return self.denormalize(z.to(ctx.dtype), ctx)
         return self.denormalize(z, ctx).to(ctx.dtype)
+
+    def tiny_space(self, channels: int, model_id: str) -> TinySpace | None:
+        """The tiny decoder files for latents of ``channels`` channels of ``model_id``, if any are published."""
+        fitting = [s for s in self.tiny if s.channels == channels]
+        return next((s for s in fitting if s.named_by(model_id)), next((s for s in fitting if not s.model_ids), None))
 
     def decode_latent(self, z: "torch.Tensor", ctx: DecodeContext) -> "torch.Tensor":
         """Stored latent (float32, on the VAE's device) -> ``[B, 3, F, H, W]`` video in ``[-1, 1]``."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..latents import BTCHW
-from .base import DecodeContext, Family, PreviewSpace, causal_frames, config_temporal_ratio, latent_channels
+from .base import DecodeContext, Family, PreviewSpace, TinySpace, causal_frames, config_temporal_ratio, latent_channels
 
 if TYPE_CHECKING:
     import torch
@@ -57,5 +57,6 @@ COGVIDEOX = Family(
     to_grid=_to_grid,
     decoded_frames=_frames,
     previews=(COGVIDEOX_SPACE,),
+    tiny=(TinySpace(("taecvx",), 16),),  # an even latent frame count keeps the first frames: see _frames
     model_ids=("cogvideo",),
 )

@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ..latents import BCTHW
-from .base import (DecodeContext, Family, PreviewSpace, causal_frames, config_spatial_ratio, config_temporal_ratio,
+from .base import (DecodeContext, Family, PreviewSpace, TinySpace, causal_frames, config_spatial_ratio, config_temporal_ratio,
                     divide_by_scaling_factor, latent_channels, plain_decode)
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ HUNYUANVIDEO = Family(
     flow_matching=True,
     previews=(HUNYUANVIDEO_SPACE,),
     model_ids=("hunyuan",),
+    tiny=(TinySpace(("taehv",), 16),),
 )
 
 HUNYUANVIDEO_I2V = replace(

@@ -9,7 +9,7 @@ per-step latents are captured by wrapping ``pipe.scheduler.step`` (its output is
 from __future__ import annotations
 
 from ..latents import BCTHW
-from .base import Family, PreviewSpace, config_spatial_ratio, config_temporal_ratio, divide_by_scaling_factor, latent_channels
+from .base import Family, PreviewSpace, TinySpace, config_spatial_ratio, config_temporal_ratio, divide_by_scaling_factor, latent_channels
 
 HUNYUANVIDEO15_SPACE = PreviewSpace("hunyuanvideo1.5", "HunyuanVideo 1.5", "AutoencoderKLHunyuanVideo15", BCTHW,
                                     32, 4, 16)
@@ -28,5 +28,6 @@ HUNYUANVIDEO15 = Family(
     flow_matching=True,
     note="the pipeline has no callback_on_step_end: store the output of a wrapped pipe.scheduler.step",
     previews=(HUNYUANVIDEO15_SPACE,),
+    tiny=(TinySpace(("taehv1_5", "taehv1_5_super"), 32),),
     model_ids=(r"hunyuan-?video-?1[._-]?5", "hunyuan"),  # "hunyuan" alone: HunyuanVideo or 1.5
 )

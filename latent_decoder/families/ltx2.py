@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ..latents import BSC
-from .base import DecodeContext, Family, causal_grid, latent_channels, spatial_ratio, temporal_ratio
+from .base import DecodeContext, Family, TinySpace, causal_grid, latent_channels, spatial_ratio, temporal_ratio
 from .ltx_video import buffer_denormalize, decode_timestep, mix_decode_noise, unpack
 
 if TYPE_CHECKING:
@@ -79,6 +79,8 @@ LTX2 = Family(
     flow_matching=True,
     reads=("decode_timestep", "decode_noise_scale"),
     model_ids=("ltx-?2",),  # another VAE than LTX-Video's, without published preview factors
+    # LTX-2.3 retrained the VAE: its own files (taeltx2_3_wide: less blurry, larger)
+    tiny=(TinySpace(("taeltx2_3", "taeltx2_3_wide"), 128, model_ids=(r"ltx-?2\.3",)), TinySpace(("taeltx_2",), 128)),
 )
 
 LTX2_CONDITIONED = replace(

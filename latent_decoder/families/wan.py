@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Mapping
 
 from ..latents import BCTHW
-from .base import DecodeContext, Family, PreviewSpace, channel_stats
+from .base import DecodeContext, Family, PreviewSpace, TinySpace, channel_stats
 
 if TYPE_CHECKING:
     import torch
@@ -89,6 +89,8 @@ WAN = Family(
     flow_matching=True,
     previews=(WAN21_SPACE, WAN22_SPACE),
     model_ids=("wan",),
+    # Wan2.1 and Wan2.2 A14B share the 16-channel VAE; only Wan2.2 TI2V-5B has the 48-channel one
+    tiny=(TinySpace(("taew2_1",), 16), TinySpace(("taew2_2", "taew2_2_super"), 48)),
 )
 
 WAN22_I2V = replace(

@@ -119,6 +119,7 @@ class RunMeta:
     model: str = ""
     family: str | None = None
     vae_class: str = ""
+    decoder: str = ""  # which decoder made the tree (``decoder_label``)
     settings: str = ""
 
 
@@ -217,6 +218,17 @@ def _run_figures(entries: list[VideoEntry]) -> list[Figure]:
             Figure(_duration(decode / ok) if ok else "-", "per step")]
 
 
+def decoder_label(model: dict[str, Any]) -> str:
+    """Which decoder made a tree, from the run's model description: the full VAE, a tiny decoder (its
+    file and where it came from) or the preview map."""
+    kind = model.get("decoder")
+    if kind == "tiny":
+        return f"tiny decoder {model.get('tiny_name') or '?'} ({model.get('tiny_from') or '?'})"
+    if kind == "preview":
+        return f"preview map ({model.get('factors') or '?'} factors, no VAE)"
+    return "full VAE"
+
+
 def _run_meta(summary: dict[str, Any], model: dict[str, Any] | None) -> RunMeta:
     parts: list[str] = []
     fields: dict[str, Any] = {}
@@ -231,7 +243,7 @@ def _run_meta(summary: dict[str, Any], model: dict[str, Any] | None) -> RunMeta:
         parts.append("model")
         fields.update(model=str(model.get("model") or "?"),
                       family=str(model["family"]) if model.get("family") else None,
-                      vae_class=str(model.get("vae_class") or ""))
+                      vae_class=str(model.get("vae_class") or ""), decoder=decoder_label(model))
     settings = summary.get("settings") or {}
     if settings:
         parts.append("settings")

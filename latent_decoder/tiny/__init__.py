@@ -1,0 +1,15 @@
+"""The tiny decoder tier (``--decoder tiny``): a TAEHV-family decoder, published or distilled, that
+decodes a step in a fraction of the full VAE's time and memory, to the full VAE's frames and size.
+
+    model.py       the decoder itself (written here from the published description): configuration read
+                   from a checkpoint's tensors, random init, the differentiable decode for training and
+                   the lean piece-by-piece decode to uint8 frames for inference
+    checkpoint.py  reading ``.safetensors``/``.pth`` files safely (``weights_only``), their digest; saving
+    distilled.py   a decoder distilled for an experiment: EXP/tiny_decoder/ (weights and card), the VAE identity
+    setup.py       which file a run uses (flag, distilled, folder setting, HF cache; never downloaded) and
+                   whether it fits the latents (the published files per latent space: ``Family.tiny``)
+    worker.py      TinyWorker: the compute stage of the item lifecycle with a tiny decoder
+"""
+from __future__ import annotations
+
+TINY_DIRNAME = "latents_tiny"  # EXP/latents_tiny: tiny decodes never overwrite full decodes
