@@ -116,11 +116,10 @@ def _summarize(shape: tuple[int, ...], dtypes: tuple[str, ...], count: int, exam
     rule = info.rule
     if rule is None or ctx is None:
         return summary
-    batched = (1, *shape) if len(shape) == rule.layout.rank - 1 else shape
+    batched = rule.layout.batched(shape)
     try:
-        if len(batched) != rule.layout.rank:
-            raise ItemError(f"{len(shape)} dims, expected {rule.layout.describe()} or "
-                            f"{rule.layout.describe(batched=False)}")
+        if batched is None:
+            raise ItemError(f"{len(shape)} dims, expected {rule.layout.describe_all()}")
         rule.check_shape(batched, ctx, str(example))
     except ItemError as exc:
         return ShapeSummary(shape, dtypes, count, example, problem=str(exc))

@@ -165,11 +165,13 @@ class DecodeWorker(Worker):
             first = first_line(exc)
         self._free_device_memory()
         log.warning("%s: out of memory (%s); trying again with tiling", source, first)
+        tiled = bool(getattr(self.vae, "use_tiling", False))  # MiniMax H3's VAE tiles by default: left so
         self.vae.enable_tiling()
         try:
             return self.decode(latent, source, condition)
         finally:
-            self.vae.disable_tiling()
+            if not tiled:
+                self.vae.disable_tiling()
 
     def _free_device_memory(self) -> None:
         if self.device.type == "cuda":
