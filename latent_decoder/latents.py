@@ -56,7 +56,7 @@ class Layout:
         """Every form, batched or not: ``[1, S, C] or [S, C] or [1, C, T, H, W] or [C, T, H, W]``."""
         return " or ".join(f"{f.describe()} or {f.describe(batched=False)}" for f in (self, *self.also))
 
-    def describe(self, batched: bool = True, **sizes: int) -> str:
+    def describe(self, batched: bool = True, **sizes: int | str) -> str:
         """``[1, C, T, H, W]``; known sizes fill their letter (``C=16`` -> ``[1, 16, T, H, W]``)."""
         axes = self.axes if batched else self.axes[1:]
         return "[" + ", ".join("1" if a == "B" else str(sizes.get(a, a)) for a in axes) + "]"

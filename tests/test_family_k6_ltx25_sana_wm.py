@@ -395,7 +395,8 @@ def test_ltx25_folder_decodes_with_its_vae_by_default_and_says_so(ltx25: Case, t
     result = CliRunner().invoke(cli, ["inspect", str(exp), "--vae-subfolder", "diffusion_decoder"])
     assert result.exit_code == 0, result.output
     assert "family      ltx2.5-diffusion-decoder (LTX-2.5 diffusion decoder)" in result.output
-    assert "note: cost: a diffusion decoder, decoder_num_inference_steps (config) denoising passes" in result.output
+    assert "cost        a diffusion model, not a VAE: each decode runs 1 denoising pass(es)" in result.output
+    assert "note: its noise comes from a fixed seed" in result.output
     assert "[1, 288, 4] float16 x1 -> 5 frames 24x16" in result.output
 
 

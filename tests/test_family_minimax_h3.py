@@ -228,7 +228,7 @@ def test_inspect_names_the_pipeline_and_the_packed_grid(case: Case, tmp_path: Pa
         "family      minimax-h3 (MiniMax H3), mirrors diffusers.MiniMaxH3ModularPipeline",
         f"rule        pipeline {PIPELINE} in {case.model_dir / 'modular_model_index.json'}",
         "note: packed rows are unpacked with video_settings",
-        "[1, S, 4] stored latents",
+        "layout      [1, S, 4*p_t*p*p] or [1, 4, T, H, W] stored latents",
         "[48, 16] float16 x1 -> 22 frames 24x16",
     ])
     assert "not in the family table" not in out

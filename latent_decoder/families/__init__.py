@@ -49,6 +49,10 @@ from .wan_animate import WAN_ANIMATE
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     WAN, WAN22_I2V, SKYREELS_V2, WAN_USERS,
+    # issue 19: the newer pipelines
+    WAN_VACE, WAN_MODULAR, WAN_ANIMATE, ANYFLOW, CHRONOEDIT, MOTIF_VIDEO, COSMOS3,
+    KANDINSKY6, MINIMAX_H3, SANA_WM, ECHO, LTX2_5, LTX2_5_DIFFUSION_DECODER,
+    KVAE_VIDEO, VIDTOK,
     HUNYUANVIDEO, HUNYUANVIDEO_I2V,
     KANDINSKY5, KANDINSKY5_I2V,
     ALLEGRO,
@@ -60,15 +64,15 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     LTX_VIDEO,
     LTX2, LTX2_CONDITIONED,
     SANA_VIDEO,
-    # issue 19: the newer pipelines
-    WAN_VACE, WAN_MODULAR, WAN_ANIMATE, ANYFLOW, CHRONOEDIT, MOTIF_VIDEO, COSMOS3,
-    KANDINSKY6, MINIMAX_H3, SANA_WM, ECHO, LTX2_5, LTX2_5_DIFFUSION_DECODER,
-    KVAE_VIDEO, VIDTOK,
 )}
 
 # The family (name) for a VAE class when no pipeline says otherwise.
 VAE_DEFAULTS: dict[str, str] = {
     "AutoencoderKLWan": WAN.name,
+    "AutoencoderKLMiniMaxH3": MINIMAX_H3.name,  # issue 19
+    DIFFUSION_DECODER: LTX2_5_DIFFUSION_DECODER.name,
+    "AutoencoderKLKVAEVideo": KVAE_VIDEO.name,
+    "AutoencoderVidTok": VIDTOK.name,
     "AutoencoderKLHunyuanVideo": HUNYUANVIDEO.name,
     "AutoencoderKLHunyuanVideo15": HUNYUANVIDEO15.name,
     "AutoencoderKLCosmos": COSMOS1.name,
@@ -78,10 +82,6 @@ VAE_DEFAULTS: dict[str, str] = {
     "AutoencoderKLMagvit": EASYANIMATE.name,
     "AutoencoderKLLTXVideo": LTX_VIDEO.name,
     "AutoencoderKLLTX2Video": LTX2.name,
-    "AutoencoderKLMiniMaxH3": MINIMAX_H3.name,
-    DIFFUSION_DECODER: LTX2_5_DIFFUSION_DECODER.name,
-    "AutoencoderKLKVAEVideo": KVAE_VIDEO.name,
-    "AutoencoderVidTok": VIDTOK.name,
 }
 
 # The per-video input files some rule reads (``Family.condition_file``), in the order they are looked for.

@@ -171,6 +171,7 @@ class Family:
     # travels with each item and is part of the item's input identity.
     condition_file: str | None = None
     note: str = ""  # said by ``inspect`` (a caveat of this rule)
+    cost: Callable[[Any], str] | None = None  # vae -> what a decode costs, said by ``inspect``, where not a VAE pass
     # The preview decoder: the latent spaces these pipelines' stored latents may be in (the stored
     # channel count picks), and the model ids that name these pipelines (regular expressions searched
     # in the lower-cased id with ``_`` as ``-``; the longest match wins, see ``spaces_for_model_id``).
@@ -189,8 +190,12 @@ class Family:
         return self.condition_file is not None and any(name == self.condition_file + s for s in CONDITION_SUFFIXES)
 
     def expected_layout(self, vae: Any) -> str:
-        """The stored shape this VAE takes, e.g. ``[1, 16, T, H, W]``."""
-        return self.layout.describe(C=self.channels(vae))
+        """The stored shape this VAE takes, e.g. ``[1, 16, T, H, W]``; with other forms (``Layout.also``),
+        each: the pipeline's packed one with its patch, e.g. ``[1, S, 24*p_t*p*p] or [1, 24, T, H, W]``."""
+        c = self.channels(vae)
+        if not self.layout.also:
+            return self.layout.describe(C=c)
+        return " or ".join([self.layout.describe(C=f"{c}*p_t*p*p"), *(f.describe(C=c) for f in self.layout.also)])
 
     def check_shape(self, shape: tuple[int, ...], ctx: DecodeContext, source: str) -> None:
         """Reject a (batched) latent that cannot fit this VAE, before decoding, naming both shapes."""

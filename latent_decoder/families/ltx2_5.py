@@ -18,7 +18,7 @@ diffusion_decoder`` picks the pipeline's own decoder.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .base import DecodeContext
 from .ltx2 import LTX2_CONDITIONED
@@ -28,6 +28,13 @@ if TYPE_CHECKING:
     import torch
 
 DIFFUSION_DECODER = "LTX2VideoDiffusionDecoderModel"
+
+
+def cost(decoder: Any) -> str:
+    steps = decoder.config.decoder_num_inference_steps
+    return (f"a diffusion model, not a VAE: each decode runs {steps} denoising pass(es) of the decoder "
+            f"(decoder_num_inference_steps), each about one VAE decode's work or more; the memory estimate "
+            f"below is a VAE's")
 
 
 def diffusion_decode(z: "torch.Tensor", ctx: DecodeContext) -> "torch.Tensor":
@@ -58,6 +65,6 @@ LTX2_5_DIFFUSION_DECODER = replace(
     decode=diffusion_decode,
     reads=(),
     model_ids=(),
-    note="cost: a diffusion decoder, decoder_num_inference_steps (config) denoising passes per decode, not one VAE "
-         "pass; its noise comes from a fixed seed (reproducible, not the run's own draw)",
+    cost=cost,
+    note="its noise comes from a fixed seed: reproducible, the same kind of noise, not the run's own draw",
 )
