@@ -273,6 +273,32 @@ def test_anyflow_condition_latent_is_written_over_the_first_frames(models_dir: P
     assert psnr(frames, expected) >= PARITY_DB
 
 
+def test_tiny_anyflow_pipeline_run_decodes_to_its_own_frames(tmp_path: Path):
+    """A tiny AnyFlowPipeline runs on CPU; its callback hands frames-first ``[1, T, C, H, W]`` latents (the
+    rule Wan's layout used to be assumed for), which decode back to the run's own frames."""
+    import torch
+    from diffusers import AnyFlowPipeline, AnyFlowTransformer3DModel, FlowMapEulerDiscreteScheduler
+
+    from family_harness import assert_run_decodes_to_its_own_frames, capture
+
+    torch.manual_seed(0)
+    transformer = AnyFlowTransformer3DModel(num_attention_heads=2, attention_head_dim=12, text_dim=8, freq_dim=16,
+                                            ffn_dim=16, num_layers=1, rope_max_seq_len=32).eval()
+    vae = wan_vae()
+    pipe = AnyFlowPipeline(tokenizer=None, text_encoder=None, transformer=transformer, vae=vae,
+                           scheduler=FlowMapEulerDiscreteScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    captured: list[np.ndarray] = []
+    video = VideoSettings(width=32, height=32, fps=FPS, frames=9)
+    with torch.inference_mode():
+        out = pipe(prompt_embeds=torch.randn(1, 4, 8, generator=torch.Generator().manual_seed(1)), height=32,
+                   width=32, num_frames=9, num_inference_steps=3, guidance_scale=1.0,
+                   callback_on_step_end=capture(captured), output_type="np",
+                   generator=torch.Generator().manual_seed(0))
+    assert [c.shape for c in captured] == [(1, 3, 16, 4, 4)] * 3
+    assert_run_decodes_to_its_own_frames(tmp_path, vae, "AnyFlowPipeline", captured, video, out, "anyflow")
+
+
 def test_vace_reference_frames_need_the_video_frame_count(models_dir: Path):
     """Without ``video_settings.frames`` the reference image's latent frame cannot be told apart: decoded as
     a frame (one more latent frame, four more frames), as the note says."""
