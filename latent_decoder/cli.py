@@ -92,7 +92,8 @@ def rule_options(command: Callable[..., None]) -> Callable[..., None]:
     for option in reversed([
         click.option("--family", metavar="NAME",
                      help="The decode rule to use instead of the one found from the model folder's "
-                          "model_index.json pipeline or the VAE class (see `inspect`; families: "
+                          "model_index.json (or modular_model_index.json) pipeline or the VAE class (see "
+                          "`inspect`; families: "
                           + ", ".join(FAMILIES) + "). With --decoder preview: the latent family of "
                           "the published factors (" + ", ".join(published_spaces()) + ")."),
         click.option("--decode-timestep", type=click.FloatRange(0, 1), metavar="T",
@@ -338,7 +339,7 @@ def inspect(experiment: Path, model: str | None, vae_subfolder: str | None, vae_
             max_files: int, output_dir: Path | None, tiny_weights: Path | None, verbose: bool) -> None:
     """Show what decoding EXPERIMENT would use and produce, without decoding: the resolved model,
     its VAE class and family rule (the diffusers pipeline it mirrors, and why it was chosen: --family,
-    the pipeline in model_index.json, or the VAE class), the stored latent shapes,
+    the pipeline in model_index.json or modular_model_index.json, or the VAE class), the stored latent shapes,
     the frames and size each decodes to, a rough decode-memory estimate, and, where the output folder
     has been decoded into, which steps a decode with these settings would skip or redo (and why:
     changed input, other settings, outputs missing).

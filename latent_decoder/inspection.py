@@ -54,6 +54,7 @@ class Inspection:
     expected_layout: str | None = None
     parameters: int | None = None
     problem: str | None = None  # why the model cannot be used
+    cost: str | None = None  # the rule's word on what a decode costs, where it is not one VAE pass
     files: int = 0
     files_read: int = 0
     shapes: list[ShapeSummary] = field(default_factory=list)
@@ -73,6 +74,7 @@ def inspect_experiment(experiment: Experiment, output: OutputSettings, max_files
         ctx = DecodeContext(vae_skeleton(info.model), output.video, info.model.pipeline, output.decode_options)
         info.expected_layout = info.rule.expected_layout(ctx.vae)
         info.parameters = sum(p.numel() for p in ctx.vae.parameters())
+        info.cost = info.rule.cost(ctx.vae) if info.rule.cost else None
     except LatentDecoderError as exc:
         info.problem = str(exc)
     steps = experiment.discover()
@@ -116,11 +118,10 @@ def _summarize(shape: tuple[int, ...], dtypes: tuple[str, ...], count: int, exam
     rule = info.rule
     if rule is None or ctx is None:
         return summary
-    batched = (1, *shape) if len(shape) == rule.layout.rank - 1 else shape
+    batched = rule.layout.batched(shape)
     try:
-        if len(batched) != rule.layout.rank:
-            raise ItemError(f"{len(shape)} dims, expected {rule.layout.describe()} or "
-                            f"{rule.layout.describe(batched=False)}")
+        if batched is None:
+            raise ItemError(f"{len(shape)} dims, expected {rule.layout.describe_all()}")
         rule.check_shape(batched, ctx, str(example))
     except ItemError as exc:
         return ShapeSummary(shape, dtypes, count, example, problem=str(exc))
@@ -156,11 +157,13 @@ def render(info: Inspection) -> list[str]:
         lines.append(f"rule        {info.detection.reason}")
         if info.rule.note:
             lines.append(f"            note: {info.rule.note}")
+        if info.cost:
+            lines.append(f"cost        {info.cost}")
         if info.conditions is not None:
             found, videos = info.conditions
             name = info.rule.condition_file
             lines.append(f"condition   {found} of {videos} video(s) store {name}.npy[.gz]/.pt[.gz]"
-                         + ("" if found == videos else "; the others decode without the image condition"))
+                         + ("" if found == videos else "; the others decode without it"))
         if info.rule.reads:
             given = {name: getattr(o, name) for name in info.rule.reads}
             lines.append("decode args " + ", ".join(f"{k} {'pipeline default' if v is None else v}"

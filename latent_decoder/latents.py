@@ -26,16 +26,37 @@ class Layout:
     """A stored latent's axes, batch first, as a pipeline hands it to ``callback_on_step_end``.
 
     Letters: B batch, C channels, T latent frames, H/W latent height/width, S packed tokens
-    (``T*H*W``; unpacking needs the video's frames/height/width).
+    (``T*H*W``; unpacking needs the video's frames/height/width). ``also``: other forms the same
+    pipeline's latents may be stored in, told apart by their rank (MiniMax H3: its packed rows, or
+    the unpacked grid); the first is the pipeline's own.
     """
 
     axes: str
+    also: tuple["Layout", ...] = ()
 
     @property
     def rank(self) -> int:
         return len(self.axes)
 
-    def describe(self, batched: bool = True, **sizes: int) -> str:
+    def form(self, ndim: int) -> "Layout | None":
+        """The form a stored latent of ``ndim`` axes (batch axis or not) is in; None if none has that rank."""
+        for form in (self, *self.also):
+            if ndim in (form.rank, form.rank - 1):
+                return form
+        return None
+
+    def batched(self, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        """``shape`` with its batch axis (added when the stored latent has none); None if no form fits."""
+        form = self.form(len(shape))
+        if form is None:
+            return None
+        return (1, *shape) if len(shape) == form.rank - 1 else tuple(shape)
+
+    def describe_all(self) -> str:
+        """Every form, batched or not: ``[1, S, C] or [S, C] or [1, C, T, H, W] or [C, T, H, W]``."""
+        return " or ".join(f"{f.describe()} or {f.describe(batched=False)}" for f in (self, *self.also))
+
+    def describe(self, batched: bool = True, **sizes: int | str) -> str:
         """``[1, C, T, H, W]``; known sizes fill their letter (``C=16`` -> ``[1, 16, T, H, W]``)."""
         axes = self.axes if batched else self.axes[1:]
         return "[" + ", ".join("1" if a == "B" else str(sizes.get(a, a)) for a in axes) + "]"
@@ -88,13 +109,13 @@ def read_stored(data: bytes, path: Path | str) -> tuple[np.ndarray, str]:
 def validate_latent(array: np.ndarray, path: Path | str, layout: Layout = BCTHW) -> np.ndarray:
     """Check dtype, rank (for the VAE family's ``layout``) and values; return a batched view."""
     check_dtype(array.dtype, path)
-    if array.ndim == layout.rank - 1:
-        array = array[None]
-    elif array.ndim != layout.rank:
+    batched = layout.batched(array.shape)
+    if batched is None:
         raise LatentFileError(
-            f"{path}: latent has {array.ndim} dims {tuple(array.shape)}, expected {layout.describe()} or "
-            f"{layout.describe(batched=False)} for this VAE (does the config's model id match the experiment?)"
+            f"{path}: latent has {array.ndim} dims {tuple(array.shape)}, expected {layout.describe_all()} "
+            f"for this VAE (does the config's model id match the experiment?)"
         )
+    array = array.reshape(batched)
     if array.shape[0] != 1:
         raise LatentFileError(f"{path}: batch of {array.shape[0]} latents {tuple(array.shape)}, expected batch 1")
     if array.size == 0:
@@ -126,7 +147,7 @@ def latent_stats(array: np.ndarray, layout: Layout = BCTHW) -> dict[str, object]
     """Mean, standard deviation and per-channel L2 norms of a stored (batched) latent: they cost no
     model and show how the noise leaves across steps."""
     x = np.asarray(array, dtype=np.float32)
-    channel = layout.axes.index("C")
+    channel = (layout.form(x.ndim) or layout).axes.index("C")
     others = tuple(i for i in range(x.ndim) if i != channel)
     norms = np.sqrt(np.square(x, dtype=np.float64).sum(axis=others))
     return {"mean": round(float(x.mean(dtype=np.float64)), 6), "std": round(float(x.std(dtype=np.float64)), 6),

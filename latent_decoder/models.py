@@ -1,8 +1,9 @@
 """Finding a VAE (local folder, single file, HF cache, download) and loading it through diffusers.
 
 Besides the VAE's own ``config.json``, resolution reads what the model folder says about the
-pipeline around it (``model_index.json``, the transformer's and scheduler's configs): the family
-rules in ``families/`` are chosen by the pipeline first.
+pipeline around it (``model_index.json``, or ``modular_model_index.json`` for a modular pipeline,
+and the transformer's and scheduler's configs): the family rules in ``families/`` are chosen by the
+pipeline first.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 
 VAE_SUBFOLDER = "vae"
 MODEL_INDEX = "model_index.json"
+MODULAR_INDEX = "modular_model_index.json"  # a modular pipeline's (MiniMax H3, wan_animate_2...): read when no model_index.json
 WEIGHTS_NAME = "diffusion_pytorch_model"  # diffusers' weights file stem (.safetensors, .bin, sharded)
 PIPELINE_FILES = {"transformer": "transformer/config.json", "scheduler": "scheduler/scheduler_config.json"}
 
@@ -93,9 +95,14 @@ def _read_json(path: Path | None) -> dict[str, Any]:
 
 
 def _pipeline_facts(find: Callable[[str], Path | None]) -> PipelineFacts:
-    """``model_index.json`` and the transformer/scheduler configs, found by ``find(relative path)``."""
+    """``model_index.json`` (else ``modular_model_index.json``) and the transformer/scheduler configs,
+    found by ``find(relative path)``. A folder with both is loaded by ``DiffusionPipeline`` from the
+    first, which the experiment most likely ran."""
     index_path = find(MODEL_INDEX)
     index = _read_json(index_path)
+    if not index:
+        index_path = find(MODULAR_INDEX)
+        index = _read_json(index_path)
     if not index:
         return PipelineFacts()
     return PipelineFacts(class_name=index.get("_class_name"), index=index,
@@ -106,9 +113,9 @@ def _pipeline_facts(find: Callable[[str], Path | None]) -> PipelineFacts:
 def _local_pipeline(root: Path, vae_folder: Path) -> PipelineFacts:
     """The pipeline folder is ``root`` when it holds ``model_index.json``; a VAE folder given directly
     (``model/vae``) belongs to its parent's pipeline when that index names it."""
-    if not (root / MODEL_INDEX).is_file() and vae_folder == root:
+    if not any((root / name).is_file() for name in (MODEL_INDEX, MODULAR_INDEX)) and vae_folder == root:
         parent = root.parent
-        if vae_folder.name in _read_json(parent / MODEL_INDEX):
+        if any(vae_folder.name in _read_json(parent / name) for name in (MODEL_INDEX, MODULAR_INDEX)):
             root = parent
     return _pipeline_facts(lambda rel: root / rel)
 
@@ -198,7 +205,7 @@ def _download(repo_id: str, cache: Path, looked: list[str], subfolder: str | Non
     sub = subfolder or VAE_SUBFOLDER
     log.info("downloading the VAE of %s (only its %s/ files)", repo_id, sub)
     patterns = [f"{sub}/*"] if subfolder else [f"{VAE_SUBFOLDER}/*", "config.json", "diffusion_pytorch_model*"]
-    patterns += [MODEL_INDEX, *PIPELINE_FILES.values()]
+    patterns += [MODEL_INDEX, MODULAR_INDEX, *PIPELINE_FILES.values()]
     try:
         snapshot = Path(snapshot_download(repo_id, cache_dir=str(cache), allow_patterns=patterns))
     except Exception as exc:  # hub errors come in many classes; all mean "not found from here"

@@ -202,6 +202,7 @@ class DecodeWorker(DeviceWorker):
                 raise
             out_of_memory = exc
         self._free_device_memory()
+        tiled = bool(getattr(self.vae, "use_tiling", False))  # MiniMax H3's VAE tiles by default: left so
         try:
             self.vae.enable_tiling()
         except NotImplementedError:  # diffusers' answer for a VAE without tiling (SVD's temporal decoder)
@@ -210,7 +211,8 @@ class DecodeWorker(DeviceWorker):
         try:
             return self.decode(latent, source, condition)
         finally:
-            self.vae.disable_tiling()
+            if not tiled:
+                self.vae.disable_tiling()
 
     # ------------------------------------------------------------------ the Worker hooks
 

@@ -113,6 +113,7 @@ class FamilyCase:
     extra_frames: int = 0  # CogVideoX 1.5: padded latent frames the pipeline drops before decoding
     pipeline: str | None = None  # model_index.json _class_name, when the case is a pipeline folder
     index: dict[str, Any] = dataclasses.field(default_factory=dict)  # more model_index.json fields
+    modular: bool = False  # a modular pipeline: its folder has modular_model_index.json instead
 
 
 @dataclasses.dataclass
@@ -135,14 +136,18 @@ class Case:
         return self.expected[dtype]
 
 
-def save_model(vae: Any, model_dir: Path, pipeline: str | None = None, index: dict[str, Any] | None = None) -> Path:
+def save_model(vae: Any, model_dir: Path, pipeline: str | None = None, index: dict[str, Any] | None = None,
+               modular: bool = False) -> Path:
     """``vae`` in ``model_dir/vae``; with ``pipeline``, a ``model_index.json`` naming it, as
-    ``DiffusionPipeline.save_pretrained`` writes one."""
+    ``DiffusionPipeline.save_pretrained`` writes one, or (``modular``) a ``modular_model_index.json``, as
+    ``ModularPipeline.save_pretrained`` does (each component a ``[library, class, loading spec]`` triple)."""
     vae.save_pretrained(model_dir / "vae")
     if pipeline:
-        data = {"_class_name": pipeline, "_diffusers_version": "0.42.1", "vae": ["diffusers", type(vae).__name__],
-                **(index or {})}
-        (model_dir / "model_index.json").write_text(json.dumps(data))
+        component = ["diffusers", type(vae).__name__]
+        if modular:
+            component.append({"pretrained_model_name_or_path": None, "subfolder": "vae", "type_hint": list(component)})
+        data = {"_class_name": pipeline, "_diffusers_version": "0.42.1", "vae": component, **(index or {})}
+        (model_dir / ("modular_model_index.json" if modular else "model_index.json")).write_text(json.dumps(data))
     return model_dir
 
 
@@ -157,7 +162,7 @@ def build_case(name: str, cases: dict[str, FamilyCase], models_dir: Path) -> Cas
     if key not in _BUILT:
         family = cases[name]
         vae = family.build()
-        model_dir = save_model(vae, models_dir / name, family.pipeline, family.index)
+        model_dir = save_model(vae, models_dir / name, family.pipeline, family.index, family.modular)
         c, t, h, w = family.grid
         rng = np.random.default_rng(sorted(cases).index(name))
         grid = rng.standard_normal((1, c, t + family.extra_frames, h, w)).astype(np.float16).astype(np.float32)
@@ -261,3 +266,31 @@ def assert_run_decodes_to_its_own_frames(tmp_path: Path, vae: Any, pipeline: str
     assert last.shape == expected.shape == (video.frames, video.height, video.width, 3)
     assert psnr(last, expected) >= PARITY_DB
     assert psnr(first, expected) < psnr(last, expected)
+
+
+def decoded_by_blocks(blocks: dict[str, Any], vae: Any, component: str = "vae", others: dict[str, Any] | None = None,
+                      **inputs: Any) -> Any:
+    """A modular pipeline's own decode blocks, run around ``vae`` (its ``component``, beside ``others``) as
+    the pipeline assembles them; what their ``vae.decode`` returned, joined on the frame axis (the video
+    before postprocessing, which the harness does as for every rule)."""
+    import torch
+    from diffusers.modular_pipelines import SequentialPipelineBlocks
+
+    decoded: list[Any] = []
+    decode = vae.decode
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        out = decode(*args, **kwargs)
+        decoded.append(out[0])
+        return out
+
+    pipe = SequentialPipelineBlocks.from_blocks_dict(blocks).init_pipeline()
+    pipe.update_components(**{component: vae})
+    for name, module in (others or {}).items():  # components the full pipeline loads, which these blocks only read
+        setattr(pipe, name, module)
+    vae.decode = recording
+    try:
+        pipe(**inputs, output_type="np", output="videos")
+    finally:
+        del vae.decode
+    return torch.cat(decoded, dim=2)

@@ -119,13 +119,21 @@ def test_override_wins_and_must_fit_the_vae_class():
 
 
 def test_every_family_names_a_pipeline_source_and_known_vae_classes():
+    """Every class a rule names exists in diffusers (an older one than the README's table describes may
+    lack the newer pipelines: ``make test-oldest``)."""
     import diffusers
+    from packaging.version import Version
 
+    from test_family_table import documented_diffusers
+
+    older = Version(diffusers.__version__) < Version(documented_diffusers())
     for family in FAMILIES.values():
         assert family.mirrors.startswith("diffusers."), family.name
-        assert family.pipelines, family.name
-        for cls in (*family.vae_classes, *family.pipelines):
+        assert family.pipelines or family.note.startswith("no pipeline"), family.name  # a bare VAE's rule says so
+        for cls in family.vae_classes:
             assert hasattr(diffusers, cls), f"{family.name}: diffusers has no {cls}"
+        for cls in family.pipelines:
+            assert hasattr(diffusers, cls) or older, f"{family.name}: diffusers has no {cls}"
 
 
 def _experiment(root: Path, model: Path) -> Path:

@@ -2,9 +2,11 @@
 
 Each module of this package mirrors one diffusers pipeline family (its layout, de-normalisation and
 decode call, with the pipeline file named at the top). ``detect`` picks the rule: ``--family`` if
-given, else the pipeline named by the model folder's ``model_index.json`` (Kandinsky 5 and
-HunyuanVideo share a VAE but not a layout, Cosmos 2 and Wan share a VAE but not a dtype order),
-else the VAE class's default family (a bare VAE, or a pipeline this table does not know).
+given, else the pipeline named by the model folder's ``model_index.json`` or, for a modular
+pipeline, ``modular_model_index.json`` (Kandinsky 5 and HunyuanVideo share a VAE but not a layout,
+Cosmos 2 and Wan share a VAE but not a dtype order), refusing a video pipeline no rule decodes
+(``unsupported.py``, with the reason), else the VAE class's default family (a bare VAE, or a
+pipeline this table does not know).
 
 The preview decoder's tables come from the same rules: each rule names the latent spaces its
 pipelines' latents are in (``Family.previews``, declared in the module of the family that owns the
@@ -20,25 +22,40 @@ from dataclasses import dataclass
 from ..errors import UnsupportedModelError
 from .allegro import ALLEGRO
 from .animatediff import ANIMATEDIFF, ANIMATEDIFF_SDXL
+from .anyflow import ANYFLOW
+from .bare_vaes import KVAE_VIDEO, VIDTOK
 from .base import CONDITION_SUFFIXES, DecodeContext, DecodeOptions, Family, PipelineFacts, PreviewSpace, TinySpace
+from .chronoedit import CHRONOEDIT
 from .cogvideox import COGVIDEOX
 from .cosmos import COSMOS1
 from .cosmos2 import COSMOS2, COSMOS2_5, COSMOS2_5_TRANSFER
+from .cosmos3 import COSMOS3
 from .easyanimate import EASYANIMATE
+from .echo import ECHO
 from .hunyuan_video import HUNYUANVIDEO, HUNYUANVIDEO_I2V
 from .hunyuan_video15 import HUNYUANVIDEO15
 from .kandinsky5 import KANDINSKY5, KANDINSKY5_I2V
+from .kandinsky6 import KANDINSKY6
 from .latte import LATTE
 from .ltx_video import LTX_VIDEO
 from .ltx2 import LTX2, LTX2_CONDITIONED
+from .ltx2_5 import DIFFUSION_DECODER, LTX2_5, LTX2_5_DIFFUSION_DECODER
+from .minimax_h3 import MINIMAX_H3
 from .mochi import MOCHI
+from .motif_video import MOTIF_VIDEO
 from .sana_video import SANA_VIDEO
+from .sana_wm import SANA_WM
 from .stable_video_diffusion import SVD
 from .text_to_video_sd import I2VGEN_XL, TEXT_TO_VIDEO_SD
-from .wan import SKYREELS_V2, WAN, WAN22_I2V, WAN_USERS
+from .unsupported import UNSUPPORTED
+from .wan import SKYREELS_V2, WAN, WAN22_I2V, WAN_MODULAR, WAN_USERS, WAN_VACE
+from .wan_animate import WAN_ANIMATE
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     WAN, WAN22_I2V, SKYREELS_V2, WAN_USERS,
+    WAN_VACE, WAN_MODULAR, WAN_ANIMATE, ANYFLOW, CHRONOEDIT, MOTIF_VIDEO, COSMOS3,
+    KANDINSKY6, MINIMAX_H3, SANA_WM, ECHO, LTX2_5, LTX2_5_DIFFUSION_DECODER,
+    KVAE_VIDEO, VIDTOK,
     HUNYUANVIDEO, HUNYUANVIDEO_I2V,
     KANDINSKY5, KANDINSKY5_I2V,
     ALLEGRO,
@@ -56,6 +73,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
 # The family (name) for a VAE class when no pipeline says otherwise.
 VAE_DEFAULTS: dict[str, str] = {
     "AutoencoderKLWan": WAN.name,
+    "AutoencoderKLMiniMaxH3": MINIMAX_H3.name,
+    DIFFUSION_DECODER: LTX2_5_DIFFUSION_DECODER.name,
+    "AutoencoderKLKVAEVideo": KVAE_VIDEO.name,
+    "AutoencoderVidTok": VIDTOK.name,
     "AutoencoderKLHunyuanVideo": HUNYUANVIDEO.name,
     "AutoencoderKLHunyuanVideo15": HUNYUANVIDEO15.name,
     "AutoencoderKLCosmos": COSMOS1.name,
@@ -75,8 +96,9 @@ CONDITION_FILES: tuple[str, ...] = tuple(dict.fromkeys(f.condition_file for f in
 # The latent spaces of the preview decoder, by name (``--decoder preview --family``), in registry order.
 PREVIEW_SPACES: dict[str, PreviewSpace] = {s.name: s for f in FAMILIES.values() for s in f.previews}
 
-__all__ = ["CONDITION_FILES", "FAMILIES", "PREVIEW_SPACES", "VAE_DEFAULTS", "DecodeContext", "DecodeOptions",
-           "Detection", "Family", "PipelineFacts", "PreviewSpace", "TinySpace", "default_family", "detect", "find_condition",
+__all__ = ["CONDITION_FILES", "FAMILIES", "PREVIEW_SPACES", "UNSUPPORTED", "VAE_DEFAULTS", "DecodeContext",
+           "DecodeOptions", "Detection", "Family", "PipelineFacts", "PreviewSpace", "TinySpace", "default_family",
+           "detect", "find_condition",
            "preview_space_for_class", "spaces_for_model_id", "supported_vae_classes"]
 
 
@@ -112,7 +134,8 @@ def default_family(vae_class: str) -> Family | None:
 
 
 def detect(vae_class: str, pipeline: PipelineFacts, override: str | None = None) -> Detection:
-    """``--family`` > the pipeline in ``model_index.json`` > the VAE class."""
+    """``--family`` > the pipeline in ``model_index.json`` (or ``modular_model_index.json``) > the VAE class;
+    a pipeline in ``UNSUPPORTED`` is refused with its reason."""
     if override:
         family = FAMILIES.get(override)
         if family is None:
@@ -126,6 +149,9 @@ def detect(vae_class: str, pipeline: PipelineFacts, override: str | None = None)
         for family in FAMILIES.values():
             if name in family.pipelines and vae_class in family.vae_classes and family.accepts(pipeline.index):
                 return Detection(family, f"pipeline {name} in {pipeline.source or 'model_index.json'}")
+        if name in UNSUPPORTED:
+            raise UnsupportedModelError(f"pipeline {name} ({pipeline.source or 'model_index.json'}) is not supported: "
+                                        f"{UNSUPPORTED[name]} (--family NAME decodes with a rule anyway)")
     default = default_family(vae_class)
     if default is None:
         raise UnsupportedModelError(f"VAE class {vae_class} is not supported yet "

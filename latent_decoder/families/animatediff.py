@@ -67,6 +67,8 @@ ANIMATEDIFF = Family(
     vae_classes=("AutoencoderKL",),
     pipelines=("AnimateDiffPipeline", "AnimateDiffControlNetPipeline", "AnimateDiffSparseControlNetPipeline",
                "AnimateDiffVideoToVideoPipeline", "AnimateDiffVideoToVideoControlNetPipeline", "PIAPipeline",
+               # pipelines/pag/pipeline_pag_sd_animatediff.py: the same decode_latents (16 frames a call)
+               "AnimateDiffPAGPipeline",
                "StableDiffusionPipeline"),
     layout=BCTHW,
     channels=latent_channels,

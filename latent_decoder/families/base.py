@@ -31,11 +31,11 @@ CONDITION_SUFFIXES = (".npy.gz", ".npy", ".pt.gz", ".pt")
 class PipelineFacts:
     """What the model folder says about the pipeline around the VAE (all optional: a bare VAE has none)."""
 
-    class_name: str | None = None  # model_index.json ``_class_name``
+    class_name: str | None = None  # model_index.json (or modular_model_index.json) ``_class_name``
     index: Mapping[str, Any] = field(default_factory=dict)  # model_index.json (pipeline config, e.g. expand_timesteps)
     transformer: Mapping[str, Any] = field(default_factory=dict)  # transformer/config.json (patch sizes)
     scheduler: Mapping[str, Any] = field(default_factory=dict)  # scheduler/scheduler_config.json
-    source: str | None = None  # the model_index.json it came from
+    source: str | None = None  # the index file it came from
 
 
 @dataclass(frozen=True)
@@ -193,6 +193,7 @@ class Family:
     # travels with each item and is part of the item's input identity.
     condition_file: str | None = None
     note: str = ""  # said by ``inspect`` (a caveat of this rule)
+    cost: Callable[[Any], str] | None = None  # vae -> what a decode costs, said by ``inspect``, where not a VAE pass
     # The preview decoder: the latent spaces these pipelines' stored latents may be in (the stored
     # channel count picks), and the model ids that name these pipelines (regular expressions searched
     # in the lower-cased id with ``_`` as ``-``; the longest match wins, see ``spaces_for_model_id``).
@@ -213,16 +214,22 @@ class Family:
         return self.condition_file is not None and any(name == self.condition_file + s for s in CONDITION_SUFFIXES)
 
     def expected_layout(self, vae: Any) -> str:
-        """The stored shape this VAE takes, e.g. ``[1, 16, T, H, W]``."""
-        return self.layout.describe(C=self.channels(vae))
+        """The stored shape this VAE takes, e.g. ``[1, 16, T, H, W]``; with other forms (``Layout.also``),
+        each: the pipeline's packed one with its patch, e.g. ``[1, S, 24*p_t*p*p] or [1, 24, T, H, W]``."""
+        c = self.channels(vae)
+        if not self.layout.also:
+            return self.layout.describe(C=c)
+        return " or ".join([self.layout.describe(C=f"{c}*p_t*p*p"), *(f.describe(C=c) for f in self.layout.also)])
 
     def check_shape(self, shape: tuple[int, ...], ctx: DecodeContext, source: str) -> None:
         """Reject a (batched) latent that cannot fit this VAE, before decoding, naming both shapes."""
         shape = tuple(int(n) for n in shape)
         expected = self.channels(ctx.vae)
-        axis = self.layout.axes.index("C")
+        form = self.layout.form(len(shape)) or self.layout
+        own = form is self.layout  # another form (``Layout.also``) is the unpacked grid: C channels, no tokens
+        axis = form.axes.index("C")
         want = self.expected_layout(ctx.vae)
-        if shape[axis] not in self.stored_channels(expected):
+        if shape[axis] not in (self.stored_channels(expected) if own else (expected,)):
             hint = "does the config's model id match the experiment?"
             others = [i for i, n in enumerate(shape) if n == expected and i != axis]
             if others:
@@ -233,12 +240,12 @@ class Family:
                 f"{expected}, as {want} ({hint})"
             )
         missing = [name for name in self.needs if getattr(ctx.video, name) is None]
-        if missing:
+        if missing and own:
             raise LatentShapeError(
                 f"{source}: {self.label} latent {shape} (stored as {want}) needs video_settings "
                 f"{', '.join(self.needs)} in the config to unpack into [1, C, T, H, W]; missing: {', '.join(missing)}"
             )
-        if self.token_grid is not None:
+        if self.token_grid is not None and own:
             t, h, w = self.token_grid(ctx)
             if shape[1] != t * h * w and not (self.extra_tokens and shape[1] > t * h * w):
                 raise LatentShapeError(

@@ -5,6 +5,8 @@ which conditions through extra transformer input channels, not the latents): the
 ``[B, C, T, H, W]`` latents are in the transformer's dtype; ``latents.to(vae.dtype) /
 vae.config.scaling_factor``, then ``vae.decode``. Neither pipeline takes ``callback_on_step_end``:
 per-step latents are captured by wrapping ``pipe.scheduler.step`` (its output is the step's latent).
+The modular ``HunyuanVideo15ModularPipeline`` (``modular_pipelines/hunyuan_video1_5/decoders.py``)
+decodes with the same lines.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ HUNYUANVIDEO15 = Family(
     label="HunyuanVideo 1.5",
     mirrors="diffusers.HunyuanVideo15Pipeline (pipelines/hunyuan_video1_5/pipeline_hunyuan_video1_5.py)",
     vae_classes=("AutoencoderKLHunyuanVideo15",),
-    pipelines=("HunyuanVideo15Pipeline", "HunyuanVideo15ImageToVideoPipeline"),
+    pipelines=("HunyuanVideo15Pipeline", "HunyuanVideo15ImageToVideoPipeline", "HunyuanVideo15ModularPipeline"),
     layout=BCTHW,
     channels=latent_channels,
     temporal_factor=config_temporal_ratio,

@@ -9,6 +9,8 @@ tokens and drop them first (``latents[:, :base_token_count]``); ``_unpack_latent
 ``timestep_conditioning`` the noise mix ``(1 - s) * latents + s * noise`` comes BEFORE de-normalising
 (LTX-Video mixes after); ``_denormalize_latents`` (``latents * latents_std / scaling_factor +
 latents_mean``, VAE buffers); ``vae.decode(latents, timestep)``. Sana-Video decodes this VAE otherwise.
+The modular ``LTX2ModularPipeline`` (``modular_pipelines/ltx2/decoders.py``: ``LTX2TrimConditionTokensStep``,
+``LTX2VaeDecoderStep``) decodes with the same lines.
 """
 from __future__ import annotations
 
@@ -87,7 +89,7 @@ LTX2_CONDITIONED = replace(
     LTX2, name="ltx2-conditioned", label="LTX-2 (keyframe/IC-LoRA conditions)",
     mirrors="diffusers.LTX2ConditionPipeline, LTX2InContextPipeline (pipelines/ltx2/pipeline_ltx2_condition.py, "
             "pipeline_ltx2_ic_lora.py): LTX2Pipeline's decode after latents[:, :base_token_count]",
-    pipelines=("LTX2ConditionPipeline", "LTX2InContextPipeline"),
+    pipelines=("LTX2ConditionPipeline", "LTX2InContextPipeline", "LTX2ModularPipeline"),
     extra_tokens=True,
     note="tokens past the video's T*H*W (appended keyframe/reference conditions) are dropped, as the pipeline does",
 )

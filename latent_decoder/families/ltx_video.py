@@ -6,7 +6,9 @@ Mirrors ``pipelines/ltx/pipeline_ltx.py``: the loop's float32 latents are packed
 buffers of the VAE) in float32, then the cast; with ``timestep_conditioning`` (0.9.1+) the VAE gets
 ``decode_timestep`` and the latent becomes ``(1 - s) * latents + s * noise`` with
 ``s = decode_noise_scale`` (``None``: ``decode_timestep``). The pipeline's defaults are 0.0 / None;
-LTX 0.9.1+ runs usually pass 0.05 / 0.025: set them in the config or with flags.
+LTX 0.9.1+ runs usually pass 0.05 / 0.025: set them in the config or with flags. The modular
+``LTXModularPipeline`` (``modular_pipelines/ltx/decoders.py``) packs its loop latents and decodes
+with the same lines.
 """
 from __future__ import annotations
 
@@ -84,7 +86,8 @@ LTX_VIDEO = Family(
     mirrors="diffusers.LTXPipeline (pipelines/ltx/pipeline_ltx.py: _unpack_latents, _denormalize_latents, "
             "decode_timestep)",
     vae_classes=("AutoencoderKLLTXVideo",),
-    pipelines=("LTXPipeline", "LTXImageToVideoPipeline", "LTXConditionPipeline", "LTXI2VLongMultiPromptPipeline"),
+    pipelines=("LTXPipeline", "LTXImageToVideoPipeline", "LTXConditionPipeline", "LTXI2VLongMultiPromptPipeline",
+               "LTXModularPipeline"),
     layout=BSC,
     channels=latent_channels,
     temporal_factor=temporal_ratio,

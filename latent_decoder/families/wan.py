@@ -1,7 +1,11 @@
-"""Wan 2.1 / 2.2 and the pipelines that reuse its VAE and formula (SkyReels-V2, Lucy Edit, AnyFlow).
+"""Wan 2.1 / 2.2 and the pipelines that reuse its VAE and formula (SkyReels-V2, Lucy Edit, Helios).
 
 Mirrors ``pipelines/wan/pipeline_wan.py``: ``latents.to(vae.dtype)``, then
 ``latents / (1 / latents_std) + latents_mean`` with both from ``vae.config``, then ``vae.decode``.
+``WanVACEPipeline`` first drops the latent frames of its reference images
+(``latents[:, :, num_reference_images:]``), a call argument: told here from ``video_settings.frames``.
+The modular Wan pipelines (``modular_pipelines/wan/decoders.py``) de-normalise in the loop's float32
+and cast after.
 Wan2.2 I2V with ``expand_timesteps`` (``pipeline_wan_i2v.py``) blends the image's condition latent
 into the first latent frame only after the loop: the stored steps lack it, so it is applied here
 when the video folder stores the condition latent (read with each step's latent, wherever that is
@@ -78,7 +82,7 @@ WAN = Family(
     label="Wan 2.1/2.2",
     mirrors="diffusers.WanPipeline (pipelines/wan/pipeline_wan.py)",
     vae_classes=("AutoencoderKLWan",),
-    pipelines=("WanPipeline", "WanImageToVideoPipeline", "WanVideoToVideoPipeline", "WanVACEPipeline"),
+    pipelines=("WanPipeline", "WanImageToVideoPipeline", "WanVideoToVideoPipeline"),
     layout=BCTHW,
     channels=_z_dim,
     temporal_factor=_temporal,
@@ -114,7 +118,40 @@ SKYREELS_V2 = replace(
 )
 
 WAN_USERS = replace(
-    SKYREELS_V2, name="wan-compatible", label="Wan-VAE pipelines (Lucy Edit, AnyFlow)",
-    mirrors="diffusers.LucyEditPipeline, AnyFlowPipeline (pipelines/lucy, pipelines/anyflow): Wan's formula",
-    pipelines=("LucyEditPipeline", "AnyFlowPipeline"),
+    SKYREELS_V2, name="wan-compatible", label="Wan-VAE pipelines (Lucy Edit, Helios)",
+    mirrors="diffusers.LucyEditPipeline, HeliosPipeline (pipelines/lucy, pipelines/helios; modular_pipelines/helios/"
+            "decoders.py): Wan's formula",
+    pipelines=("LucyEditPipeline", "HeliosPipeline", "HeliosPyramidPipeline", "HeliosModularPipeline",
+               "HeliosPyramidModularPipeline", "HeliosPyramidDistilledModularPipeline"),
+    note="Helios: a stored latent is one chunk's window, decoded on its own as the pipeline decodes each chunk before "
+         "joining them (the pyramid pipelines' early stages are at lower resolution)",
+)
+
+
+def _drop_reference_frames(z: "torch.Tensor", ctx: DecodeContext) -> "torch.Tensor":
+    """``latents[:, :, num_reference_images:]``: the leading latent frames beyond what ``video_settings.frames``
+    gives are the reference images' (none without ``frames``)."""
+    frames = ctx.video.frames
+    if frames is None:
+        return z
+    keep = (frames - 1) // _temporal(ctx.vae) + 1
+    return z[:, :, z.shape[2] - keep:] if z.shape[2] > keep else z
+
+
+WAN_VACE = replace(
+    SKYREELS_V2, name="wan-vace", label="Wan VACE",
+    mirrors="diffusers.WanVACEPipeline (pipelines/wan/pipeline_wan_vace.py): reference frames dropped, Wan's formula",
+    pipelines=("WanVACEPipeline",),
+    to_grid=_drop_reference_frames,
+    note="the leading latent frames of reference images (beyond what video_settings.frames gives) are dropped, as the "
+         "pipeline does; without video_settings.frames they are decoded as frames",
+)
+
+WAN_MODULAR = replace(
+    WAN_VACE, name="wan-modular", label="Wan (modular pipelines)",
+    mirrors="diffusers.WanModularPipeline (modular_pipelines/wan/decoders.py: WanVaeDecoderStep, after "
+            "WanVaceTrimReferenceLatentsStep): Wan's formula in float32, then the cast",
+    pipelines=("WanModularPipeline", "WanImage2VideoModularPipeline", "Wan22ModularPipeline",
+               "Wan22Image2VideoModularPipeline", "Wan22VaceModularPipeline"),
+    cast_first=False,
 )
