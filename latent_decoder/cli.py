@@ -143,13 +143,16 @@ def cli() -> None:
               help="Resize frames by this factor (0.5 = half size).")
 @model_options
 @click.option("--decoder", type=click.Choice(DECODERS), default="vae", show_default=True,
-              help="vae: the model's own VAE. tiny: a tiny TAEHV-family decoder (published by madebyollin/taehv, "
-                   "or distilled into EXP/tiny_decoder), many times faster, to the full VAE's frames and size, "
+              help="vae: the model's own VAE. tiny: a tiny decoder (a TAEHV-family video decoder published by "
+                   "madebyollin/taehv, a TAESD image decoder per frame for the image-VAE pipelines, published by "
+                   "madebyollin/taesd, or one distilled into EXP/tiny_decoder), many times faster, to the full "
+                   "VAE's frames and size, "
                    "into EXP/latents_tiny. preview: no model, no weights, no device: every latent frame through "
                    "a linear latent->RGB map (the family's published factors, or this model's calibrate-preview "
                    "map), repeated to the full video's frames and size, into EXP/latents_previews.")
 @click.option("--tiny-weights", type=click.Path(path_type=Path), metavar="FILE",
-              help="--decoder tiny: this .safetensors/.pth decoder file [default: EXP/tiny_decoder/, else the "
+              help="--decoder tiny: this .safetensors/.pth decoder file, or diffusers AutoencoderTiny folder "
+                   "[default: EXP/tiny_decoder/, else the "
                    "published file the family rule names in $LATENT_DECODER_TINY_DIR (default "
                    "~/.cache/latent-decoder/tiny), else in the HF cache; nothing is downloaded].")
 @rule_options

@@ -55,7 +55,7 @@ class TinyWeightsNotFoundError(TinyWeightsError):
 
 
 class TinyCheckpointError(TinyWeightsError):
-    """A tiny decoder file that cannot be loaded: truncated, a pickle that holds code, not a TAEHV decoder."""
+    """A tiny decoder file that cannot be loaded: truncated, a pickle that holds code, not a TAEHV or TAESD decoder."""
 
 
 class TinyMismatchError(TinyWeightsError):

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from ..latents import BCTHW
 from .base import DecodeContext, Family, latent_channels
-from .image_vae import (SD15_SPACE, SDXL_SPACE, decode_per_frame, image_spatial_ratio, one_frame_per_latent_frame,
+from .image_vae import (SD15_SPACE, SDXL_SPACE, TAESD, TAESDXL, decode_per_frame, image_spatial_ratio, one_frame_per_latent_frame,
                         times_inverse_scaling_factor)
 
 if TYPE_CHECKING:
@@ -79,6 +79,7 @@ ANIMATEDIFF = Family(
     reads=("decode_chunk_size",),
     previews=(SD15_SPACE,),
     model_ids=("animatediff", r"(^|/)pia\b", "stable-diffusion-v1"),
+    tiny=(TAESD,),
 )
 
 ANIMATEDIFF_SDXL = replace(
@@ -93,4 +94,5 @@ ANIMATEDIFF_SDXL = replace(
          "upcast fails in diffusers 0.42.1)",
     previews=(SDXL_SPACE,),
     model_ids=(r"animatediff.*sdxl", "stable-diffusion-xl", "sdxl"),
+    tiny=(TAESDXL,),
 )

@@ -143,14 +143,23 @@ class PreviewSpace:
         return len(shape) == self.layout.rank and shape[self.layout.axes.index("C")] == self.channels
 
 
+TAEHV_SOURCE = "https://github.com/madebyollin/taehv (safetensors/ folder)"
+
+
 @dataclass(frozen=True)
 class TinySpace:
-    """A latent space as the tiny decoder (``--decoder tiny``) sees it: the published TAEHV-family
-    files (madebyollin/taehv) made for its latents, by file stem, preferred first (the base file, then
-    the larger variants). The file's own tensors decide its configuration; this names which file fits."""
+    """A latent space as the tiny decoder (``--decoder tiny``) sees it: the published tiny decoder files
+    made for its latents (TAEHV-family video decoders, madebyollin/taehv; or TAESD-family image decoders
+    applied per frame, madebyollin/taesd), by file stem, preferred first (the base file, then the larger
+    variants). The file's own tensors decide its configuration; this names which file fits."""
 
     files: tuple[str, ...]
     channels: int  # the latent channels the files take (the stored channel count picks the space)
+    source: str = TAEHV_SOURCE  # where the files are published (the missing-file line says it)
+    suffix: str = ".safetensors"  # the suffix the missing-file line asks for (both are read)
+    # HF repos holding the same decoder as a diffusers ``AutoencoderTiny`` folder (its weights file
+    # is looked for in the HF cache, and in the tiny decoder folder under the repo's name)
+    diffusers_repos: tuple[str, ...] = ()
     # regular expressions searched in the lower-cased model id (``_`` as ``-``): among spaces of the same
     # channel count, one whose pattern matches wins over one without patterns (LTX-2.3 over LTX-2)
     model_ids: tuple[str, ...] = ()

@@ -12,7 +12,13 @@ run gives ``decode_chunk_size`` (``DecodeOptions``, part of the settings fingerp
 
 The latent spaces are Stable Diffusion's image VAEs (scaled by ``scaling_factor``), previewed with
 the SD 1.5 and SDXL factors ComfyUI publishes (``comfy/latent_formats.py``, classes ``SD15`` and
-``SDXL``; ComfyUI's ``SVD_img2vid`` model uses ``SD15`` too, ``comfy/supported_models.py``).
+``SDXL``; ComfyUI's ``SVD_img2vid`` model uses ``SD15`` too, ``comfy/supported_models.py``), and
+decoded by the tiny tier with the published TAESD decoders per frame (madebyollin/taesd, MIT: the
+``taesd_*`` files for SD 1.x/2.x latents, ``taesdxl_*`` for SDXL's; the same decoders as diffusers'
+``AutoencoderTiny`` folders madebyollin/taesd and madebyollin/taesdxl on the HF hub). TAESD takes the
+latents the sampler produces: its README says its latent "scale_factor" is 1, and diffusers' docs swap
+``AutoencoderTiny.from_pretrained("madebyollin/taesd")`` (``scaling_factor`` 1.0, the class default) into
+the SD pipelines as their VAE, whose ``latents / scaling_factor`` then hands it the loop's latents.
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..latents import BCTHW, BTCHW
-from .base import DecodeContext, PreviewSpace
+from .base import DecodeContext, PreviewSpace, TinySpace
 
 if TYPE_CHECKING:
     import torch
@@ -30,6 +36,10 @@ SDXL_SPACE = PreviewSpace("sdxl", "Stable Diffusion XL VAE", "AutoencoderKL", BC
 # SD 1.5's latent space in the frames-first layouts: SVD's temporal decoder and I2VGen-XL's step output.
 SVD_SPACE = PreviewSpace("svd", "Stable Video Diffusion", "AutoencoderKLTemporalDecoder", BTCHW, 4, 1, 8)
 I2VGEN_XL_SPACE = PreviewSpace("i2vgen-xl", "I2VGen-XL", "AutoencoderKL", BTCHW, 4, 1, 8)
+
+TAESD_SOURCE = "https://github.com/madebyollin/taesd"
+TAESD = TinySpace(("taesd_decoder",), 4, TAESD_SOURCE, ".pth", ("madebyollin/taesd",))
+TAESDXL = TinySpace(("taesdxl_decoder",), 4, TAESD_SOURCE, ".pth", ("madebyollin/taesdxl",))
 
 
 def image_spatial_ratio(vae: Any) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..latents import BCTHW
 from .base import Family, latent_channels
-from .image_vae import SD15_SPACE, chunked, image_spatial_ratio, one_frame_per_latent_frame, times_inverse_scaling_factor
+from .image_vae import SD15_SPACE, TAESD, chunked, image_spatial_ratio, one_frame_per_latent_frame, times_inverse_scaling_factor
 
 DECODE_CHUNK_SIZE = 14  # LattePipeline.__call__'s default
 
@@ -29,4 +29,5 @@ LATTE = Family(
     reads=("decode_chunk_size",),
     previews=(SD15_SPACE,),
     model_ids=(r"(^|/)latte",),
+    tiny=(TAESD,),
 )

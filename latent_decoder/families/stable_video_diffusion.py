@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ..latents import BTCHW
 from .base import Family, latent_channels
-from .image_vae import (SVD_SPACE, chunked, frames_first, image_spatial_ratio, one_frame_per_latent_frame,
+from .image_vae import (SVD_SPACE, TAESD, chunked, frames_first, image_spatial_ratio, one_frame_per_latent_frame,
                         times_inverse_scaling_factor)
 
 SVD = Family(
@@ -35,4 +35,5 @@ SVD = Family(
          "call, the pipeline's); give the run's own in video_settings or --decode-chunk-size",
     previews=(SVD_SPACE,),
     model_ids=("stable-video-diffusion", r"(^|/)svd"),
+    tiny=(TAESD,),  # per frame: TAESD has none of the temporal decoder's mixing across frames
 )

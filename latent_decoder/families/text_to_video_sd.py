@@ -16,7 +16,7 @@ from dataclasses import replace
 
 from ..latents import BCTHW, BTCHW
 from .base import Family, latent_channels
-from .image_vae import (I2VGEN_XL_SPACE, SD15_SPACE, chunked, frames_first, image_spatial_ratio,
+from .image_vae import (I2VGEN_XL_SPACE, SD15_SPACE, TAESD, chunked, frames_first, image_spatial_ratio,
                         one_frame_per_latent_frame, times_inverse_scaling_factor)
 
 TEXT_TO_VIDEO_SD = Family(
@@ -35,6 +35,7 @@ TEXT_TO_VIDEO_SD = Family(
     reads=("decode_chunk_size",),
     previews=(SD15_SPACE,),
     model_ids=("text-to-video-ms", "modelscope", "zeroscope"),
+    tiny=(TAESD,),
 )
 
 I2VGEN_XL = replace(

@@ -1,10 +1,14 @@
-"""The tiny decoder tier (``--decoder tiny``): a TAEHV-family decoder, published or distilled, that
-decodes a step in a fraction of the full VAE's time and memory, to the full VAE's frames and size.
+"""The tiny decoder tier (``--decoder tiny``): a TAEHV-family video decoder, published or distilled, or
+for the image-VAE pipelines a published TAESD-family image decoder run on every frame, that decodes a
+step in a fraction of the full VAE's time and memory, to the full VAE's frames and size.
 
     model.py       the decoder itself (written here from the published description): configuration read
                    from a checkpoint's tensors, random init, the differentiable decode for training and
                    the lean piece-by-piece decode to uint8 frames for inference
-    checkpoint.py  reading ``.safetensors``/``.pth`` files safely (``weights_only``), their digest; saving
+    taesd.py       the TAESD-family image decoder (written here from the published description), per frame,
+                   through the same piece-by-piece decode; its two published key layouts
+    checkpoint.py  reading ``.safetensors``/``.pth`` files (or an ``AutoencoderTiny`` folder's) safely
+                   (``weights_only``), which decoder their keys hold, their digest; saving
     distilled.py   a decoder distilled for an experiment: EXP/tiny_decoder/ (weights and card), the VAE identity
     setup.py       which file a run uses (flag, distilled, folder setting, HF cache; never downloaded) and
                    whether it fits the latents (the published files per latent space: ``Family.tiny``)

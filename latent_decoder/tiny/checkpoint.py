@@ -1,9 +1,14 @@
 """Reading a tiny decoder file: ``.safetensors`` or a PyTorch ``.pth`` (only through
 ``torch.load(weights_only=True)``, which refuses a pickle that would run code), read once, so that the
-digest recorded in every item's fingerprint is the digest of exactly the tensors decoded with.
+digest recorded in every item's fingerprint is the digest of exactly the tensors decoded with; or a
+diffusers ``AutoencoderTiny`` folder, by its weights file.
+
+Its keys say which decoder it is: ``decoder.<index>...`` a TAEHV-family video decoder (``model.py``);
+``<index>...`` (a published TAESD decoder file) or ``decoder.layers.<index>...`` (``AutoencoderTiny``) a
+TAESD-family image decoder, run per frame (``taesd.py``); its shapes then give the configuration.
 
 Every failure is one ``TinyCheckpointError`` line naming the file: missing, truncated, a pickle with
-code in it, or tensors that are not a TAEHV-family decoder.
+code in it, or tensors that are neither decoder.
 """
 from __future__ import annotations
 
@@ -16,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TinyCheckpointError, TinyWeightsNotFoundError, first_line
-from .model import NotTaehvDecoder, TinyConfig, config_from_state_dict, decoder_keys
+from ..models import WEIGHTS_NAME
+from . import taesd
+from .model import NotTaehvDecoder, PieceDecoder, TinyConfig, config_from_state_dict, decoder_keys, load_decoder
 
 SUFFIXES = (".safetensors", ".pth")
 
@@ -27,8 +34,14 @@ class TinyCheckpoint:
 
     path: Path
     digest: str  # SHA-256 of the file's bytes
-    config: TinyConfig
-    state: dict[str, Any]  # ``decoder.*`` tensors, published key layout
+    config: TinyConfig | taesd.TaesdConfig
+    state: dict[str, Any]  # the decoder's tensors, keyed as its module's state dict
+
+    def decoder(self) -> PieceDecoder:
+        """The decoder these tensors make (on the CPU, in the file's dtype)."""
+        if isinstance(self.config, taesd.TaesdConfig):
+            return taesd.load_decoder(self.state, self.config)
+        return load_decoder(self.state, self.config)
 
     @property
     def identity(self) -> str:
@@ -63,13 +76,43 @@ def _tensors(data: bytes, path: Path) -> dict[str, Any]:
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
         raise TinyCheckpointError(f"{path}: truncated or not a PyTorch checkpoint ({first_line(exc)})") from None
     if not isinstance(state, dict):
-        raise TinyCheckpointError(f"{path}: holds a {type(state).__name__}, not a state dict of a TAEHV decoder")
+        raise TinyCheckpointError(f"{path}: holds a {type(state).__name__}, not a state dict of a tiny decoder")
     return state
 
 
+def _decoder(tensors: dict[str, Any], path: Path) -> tuple[dict[str, Any], TinyConfig | taesd.TaesdConfig]:
+    """The decoder tensors and their configuration, by the keys' layout (see the module's docstring)."""
+    video = decoder_keys(tensors)
+    if video:
+        try:
+            return video, config_from_state_dict(video)
+        except NotTaehvDecoder as exc:
+            raise TinyCheckpointError(f"{path}: not a TAEHV-family decoder ({exc})") from None
+    image, layout = taesd.decoder_keys(tensors)
+    if image:
+        try:
+            return image, taesd.config_from_state_dict(image, layout)
+        except taesd.NotTaesdDecoder as exc:
+            raise TinyCheckpointError(f"{path}: not a TAESD-family decoder ({exc})") from None
+    raise TinyCheckpointError(f"{path}: not a TAEHV-family decoder nor a TAESD one (no decoder.<i>.* tensors, "
+                              f"nor a TAESD decoder file's <i>.* or an AutoencoderTiny's decoder.layers.<i>.*)")
+
+
+def _in_diffusers_folder(folder: Path) -> Path:
+    """A diffusers ``AutoencoderTiny`` folder's weights file."""
+    weights = folder / f"{WEIGHTS_NAME}.safetensors"
+    if not weights.is_file():
+        raise TinyWeightsNotFoundError(f"{folder}: a folder without {weights.name} (a tiny decoder is a "
+                                       f"{' or '.join(SUFFIXES)} file, or a diffusers AutoencoderTiny folder)")
+    return weights
+
+
 def load_checkpoint(path: str | Path) -> TinyCheckpoint:
-    """Read, hash and check a tiny decoder file. The configuration comes from the tensors."""
+    """Read, hash and check a tiny decoder file (or an ``AutoencoderTiny`` folder's). The configuration
+    comes from the tensors."""
     path = Path(path).expanduser().absolute()
+    if path.is_dir():
+        path = _in_diffusers_folder(path)
     if path.suffix not in SUFFIXES:
         raise TinyCheckpointError(f"{path}: a tiny decoder is a {' or '.join(SUFFIXES)} file")
     try:
@@ -78,11 +121,7 @@ def load_checkpoint(path: str | Path) -> TinyCheckpoint:
         raise TinyWeightsNotFoundError(f"{path}: no such tiny decoder file") from None
     except OSError as exc:
         raise TinyCheckpointError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    state = decoder_keys(_tensors(data, path))
-    try:
-        config = config_from_state_dict(state)
-    except NotTaehvDecoder as exc:
-        raise TinyCheckpointError(f"{path}: not a TAEHV-family decoder ({exc})") from None
+    state, config = _decoder(_tensors(data, path), path)
     return TinyCheckpoint(path, hashlib.sha256(data).hexdigest(), config, state)
 
 

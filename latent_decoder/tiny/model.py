@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol
 
 import numpy as np
 import torch
@@ -190,18 +190,19 @@ class TinyDecoder(nn.Module):
         layers += [_activation(config.activation), _conv3(w[3], IMAGE_CHANNELS * config.patch_size ** 2)]
         self.decoder = nn.Sequential(*layers)
 
-    def run(self, x: torch.Tensor, memory: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+    def run(self, x: torch.Tensor, memory: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
         """``[N, T, C, h, w]`` latents -> ``[N, T * t_upscale, 3, H, W]`` raw frames in ``[0, 1]``.
 
         All frames at once, each memory block's past being its input shifted by one frame. ``memory``
-        (one slot per layer) carries the last frame's input of every memory block from the previous
-        call, so that a clip decoded in consecutive pieces gives the frames of the whole at once."""
+        (by layer index) carries the last frame's input of every memory block from the previous call,
+        so that a clip decoded in consecutive pieces gives the frames of the whole at once."""
         n, t = x.shape[:2]
         x = x.reshape(n * t, *x.shape[2:])
         for index, layer in enumerate(self.decoder):
             if isinstance(layer, MemoryBlock):
                 seq = x.reshape(n, -1, *x.shape[1:])
-                before = memory[index] if memory is not None and memory[index] is not None else torch.zeros_like(seq[:, :1])
+                before = memory.get(index) if memory is not None else None
+                before = torch.zeros_like(seq[:, :1]) if before is None else before
                 past = torch.cat([before, seq[:, :-1]], 1).reshape(x.shape)
                 if memory is not None:
                     memory[index] = seq[:, -1:].clone()
@@ -217,6 +218,16 @@ class TinyDecoder(nn.Module):
 
 
 # --------------------------------------------------------------------------- which frames are kept
+
+
+class PieceDecoder(Protocol):
+    """What the piece-by-piece decode drives: ``TinyDecoder``, or TAESD's per-frame decoder
+    (``taesd.TaesdDecoder``), whose ``run`` takes the same latents and ignores ``memory``."""
+
+    config: Any  # t_upscale, spatial, widths
+
+    def run(self, x: torch.Tensor, memory: dict[int, torch.Tensor] | None = None) -> torch.Tensor: ...
+
 
 
 def kept_frames(latent_frames: int, t_upscale: int, trim: int, segment: int | None = None) -> np.ndarray:
@@ -238,14 +249,15 @@ def decode(model: TinyDecoder, latents: torch.Tensor, trim: int | None = None,
     return model.run(latents)[:, torch.as_tensor(keep, device=latents.device)]
 
 
-def chunk_latent_frames(config: TinyConfig, height: int, width: int, bytes_per_value: int,
+def chunk_latent_frames(config: Any, height: int, width: int, bytes_per_value: int,
                         budget: int = 256 * 2 ** 20) -> int:
-    """Latent frames per piece so that one activation of the full-size head stays within ``budget``."""
-    per_latent = config.t_upscale * height * config.spatial * width * config.spatial * config.widths[3] * bytes_per_value
+    """Latent frames per piece so that one activation of the full-size head stays within ``budget``
+    (``config``: a ``TinyConfig`` or a ``taesd.TaesdConfig``)."""
+    per_latent = config.t_upscale * height * config.spatial * width * config.spatial * config.widths[-1] * bytes_per_value
     return max(1, budget // max(1, per_latent))
 
 
-def frames_uint8(model: TinyDecoder, latents: torch.Tensor, trim: int | None = None, segment: int | None = None,
+def frames_uint8(model: PieceDecoder, latents: torch.Tensor, trim: int | None = None, segment: int | None = None,
                  scale: float = 1.0, chunk: int | None = None) -> np.ndarray:
     """One latent ``[1, T, C, h, w]`` -> the kept frames as ``[F, H', W', 3]`` uint8 on the host, without
     gradients and without ever holding the whole float video: the clip runs in pieces of ``chunk``
@@ -259,7 +271,7 @@ def frames_uint8(model: TinyDecoder, latents: torch.Tensor, trim: int | None = N
         raise ValueError(f"expected one latent [1, T, C, h, w], got {tuple(latents.shape)}")
     keep = kept_frames(t, config.t_upscale, config.t_upscale - 1 if trim is None else trim, segment)
     step = chunk or chunk_latent_frames(config, h, w, latents.element_size())
-    memory: list[torch.Tensor | None] = [None] * len(model.decoder)
+    memory: dict[int, torch.Tensor] = {}
     out: np.ndarray | None = None
     written = 0
     with torch.inference_mode():
@@ -294,8 +306,8 @@ def to_uint8(frames: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
 
 def decoder_keys(state: Mapping[str, Any]) -> dict[str, Any]:
     """The decoder's tensors of a published checkpoint (which also holds the encoder's), keyed as the
-    module's own state dict (``decoder.<index>...``)."""
-    return {k: v for k, v in state.items() if k.startswith(PREFIX)}
+    module's own state dict (``decoder.<index>...``; not diffusers' ``decoder.layers.*``, a TAESD's)."""
+    return {k: v for k, v in state.items() if k.startswith(PREFIX) and k[len(PREFIX):][:1].isdigit()}
 
 
 def _shape(state: Mapping[str, Any], key: str) -> tuple[int, ...]:

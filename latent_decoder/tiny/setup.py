@@ -4,8 +4,10 @@ and the tiny decoder file, found in this order:
 1. ``--tiny-weights FILE``;
 2. a decoder distilled for this experiment, ``EXP/tiny_decoder/`` (its card must name this model's VAE);
 3. the tiny decoder folder: ``$LATENT_DECODER_TINY_DIR``, by default
-   ``${XDG_CACHE_HOME:-~/.cache}/latent-decoder/tiny``, holding the published files under their names;
-4. the HF cache (any cached repo holding a published file under its name); nothing is ever downloaded.
+   ``${XDG_CACHE_HOME:-~/.cache}/latent-decoder/tiny``, holding the published files under their names
+   (or a diffusers ``AutoencoderTiny`` folder under its HF repo's name, e.g. ``taesd/``);
+4. the HF cache (any cached repo holding a published file under its name, or the published
+   ``AutoencoderTiny`` repo's weights); nothing is ever downloaded.
 
 Which published file fits is the family rule's (``Family.tiny``); the file's own tensors decide its
 configuration, which must fit the latent space: its channels, frames per latent frame and pixels per
@@ -21,14 +23,14 @@ from typing import Any
 
 from ..errors import LatentShapeError, ModelNotFoundError, TinyMismatchError, TinyWeightsNotFoundError
 from ..families import DecodeContext, Family, TinySpace, detect
-from ..models import ResolvedModel, hf_cache_dir, resolve_model, vae_skeleton
+from ..models import WEIGHTS_NAME, ResolvedModel, hf_cache_dir, resolve_model, vae_skeleton
 from .checkpoint import SUFFIXES, TinyCheckpoint, load_checkpoint
 from .distilled import DISTILLED_DIRNAME, WEIGHTS_FILE, check_card, distilled_dir, read_card
 
 log = logging.getLogger(__name__)
 
 TINY_DIR_ENV = "LATENT_DECODER_TINY_DIR"
-GET_FROM = "https://github.com/madebyollin/taehv (safetensors/ folder)"
+DIFFUSERS_WEIGHTS = f"{WEIGHTS_NAME}.safetensors"  # an AutoencoderTiny folder's weights file
 
 
 def tiny_dir() -> Path:
@@ -54,19 +56,40 @@ def _names(space: TinySpace) -> list[str]:
 
 
 def _in_folder(folder: Path, space: TinySpace) -> Path | None:
-    return next((folder.absolute() / name for name in _names(space) if (folder / name).is_file()), None)
+    """A published file under its own name, else an ``AutoencoderTiny`` folder under its repo's name."""
+    folder = folder.absolute()
+    candidates = [folder / name for name in _names(space)]
+    candidates += [folder / repo.split("/")[-1] / DIFFUSERS_WEIGHTS for repo in space.diffusers_repos]
+    return next((path for path in candidates if path.is_file()), None)
 
 
 def _in_hf_cache(space: TinySpace) -> Path | None:
     """A published file under its own name in any cached repo's snapshot (top level or one folder down),
-    preferred file first."""
-    snapshots = sorted(hf_cache_dir().absolute().glob("models--*/snapshots/*"))
+    preferred file first; else a cached ``AutoencoderTiny`` repo's weights."""
+    cache = hf_cache_dir().absolute()
+    snapshots = sorted(cache.glob("models--*/snapshots/*"))
     for name in _names(space):
         for snapshot in snapshots:
             for found in (snapshot / name, *sorted(snapshot.glob(f"*/{name}"))):
                 if found.is_file():
                     return found
+    for repo in space.diffusers_repos:
+        found = sorted(cache.glob(f"models--{repo.replace('/', '--')}/snapshots/*/{DIFFUSERS_WEIGHTS}"))
+        if found:
+            return found[0]
     return None
+
+
+def _wanted(space: TinySpace) -> str:
+    """What the missing-file line asks for."""
+    files = " or ".join(f"{stem}.safetensors/.pth" for stem in space.files)
+    return files + "".join(f" or the {repo} AutoencoderTiny folder" for repo in space.diffusers_repos)
+
+
+def _get(space: TinySpace) -> str:
+    repos = "".join(f", or the HF hub's AutoencoderTiny folder {repo} (as {repo.split('/')[-1]}/)"
+                    for repo in space.diffusers_repos)
+    return f"get {space.files[0]}{space.suffix} from {space.source}{repos}"
 
 
 @dataclass(frozen=True)
@@ -108,11 +131,10 @@ def find_weights(experiment_root: Path, model: ResolvedModel, rule: Family, chan
     folder = tiny_dir()
     found = _in_folder(folder, space) or _in_hf_cache(space)
     if found is None:
-        wanted = " or ".join(f"{stem}.safetensors/.pth" for stem in space.files)
         raise TinyWeightsNotFoundError(
-            f"no tiny decoder for the {label}: looked for {wanted} in {distilled}, in {folder} "
-            f"(${TINY_DIR_ENV}) and in the HF cache {hf_cache_dir()}; get {space.files[0]}.safetensors "
-            f"from {GET_FROM} into {folder}, or pass --tiny-weights FILE")
+            f"no tiny decoder for the {label}: looked for {_wanted(space)} in {distilled}, in {folder} "
+            f"(${TINY_DIR_ENV}) and in the HF cache {hf_cache_dir()}; {_get(space)} into {folder}, "
+            f"or pass --tiny-weights FILE")
     return found
 
 
@@ -124,7 +146,7 @@ def source_of(path: Path, model: ResolvedModel) -> tuple[str, dict[str, Any] | N
         check_card(card, model, path.parent)
         return f"distilled for this experiment ({path.parent})", card
     folder = tiny_dir()
-    if path.parent == folder.absolute():
+    if path.is_relative_to(folder.absolute()):
         return f"the tiny decoder folder {folder}" + (f" (${TINY_DIR_ENV})" if os.environ.get(TINY_DIR_ENV) else ""), None
     cache = hf_cache_dir().absolute()
     if path.is_relative_to(cache) and path.relative_to(cache).parts[0].startswith("models--"):
@@ -153,7 +175,7 @@ def resolve_tiny(experiment_root: Path, model_id: str, subfolder: str | None = N
                  family: str | None = None, flag: str | Path | None = None,
                  model: ResolvedModel | None = None) -> TinySetup:
     """Everything a tiny run needs but the device: refused in one line when the file is missing,
-    unsafe, not a TAEHV decoder or made for other latents."""
+    unsafe, not a tiny decoder or made for other latents."""
     model = model or local_model(model_id, subfolder, config)
     rule = detect(model.class_name, model.pipeline, family).family
     vae = vae_skeleton(model)

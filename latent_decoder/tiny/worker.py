@@ -1,4 +1,5 @@
-"""TinyWorker: a ``compute.Worker`` whose frames come from a TAEHV-family tiny decoder on a device.
+"""TinyWorker: a ``compute.Worker`` whose frames come from a tiny decoder on a device (a TAEHV-family
+video decoder, or a TAESD-family image decoder run on every frame: the checkpoint says which).
 
 It reads the model's VAE config only (the family rule brings the stored latent to its
 ``[B, C, T, H, W]`` grid, without de-normalising: the tiny decoders take the sampler's latents), loads
@@ -21,7 +22,7 @@ from ..lifecycle import ItemWork
 from ..models import ResolvedModel
 from ..settings import OutputSettings
 from ..worker import DeviceWorker
-from .model import frames_uint8, load_decoder
+from .model import frames_uint8
 from .setup import TinySetup, resolve_tiny, trim_for
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class TinyWorker(DeviceWorker):
             raise TinyMismatchError(f"{checkpoint.path} changed since the run was planned ({output.tiny_weights} -> "
                                     f"{checkpoint.identity}); run again")
         self.rule = self.setup.rule
-        self.decoder = load_decoder(checkpoint.state, checkpoint.config).to(self.device, self.dtype)
+        self.decoder = checkpoint.decoder().to(self.device, self.dtype)
         log.info("loaded tiny decoder %s (%s rule; %s) on %s", checkpoint.describe(), self.rule.name,
                  output.dtype, self.device_name)
 
