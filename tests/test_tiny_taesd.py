@@ -10,7 +10,6 @@ its ``scaling_factor`` is 1.0, so the decoder takes the loop's latents as they a
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
