@@ -48,7 +48,7 @@ test: install browser
 test-oldest: install $(OLDEST)
 	PYTHONPATH=$(CURDIR):$(CURDIR)/$(OLDEST) $(PY) -c 'import diffusers, sys; \
 		sys.exit(0 if diffusers.__version__ == "$(DIFFUSERS_OLDEST)" else f"got diffusers {diffusers.__version__}")'
-	PYTHONPATH=$(CURDIR):$(CURDIR)/$(OLDEST) $(PY) -m pytest -q tests/test_famil*.py tests/test_pipeline_parity.py
+	PYTHONPATH=$(CURDIR):$(CURDIR)/$(OLDEST) $(PY) -m pytest -q -n $(TEST_WORKERS) tests/test_famil*.py tests/test_pipeline_parity.py
 
 $(OLDEST):
 	rm -rf $@.tmp
