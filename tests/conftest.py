@@ -75,6 +75,17 @@ def make_experiment(tmp_path: Path, tiny_model_dir: Path):
     return make
 
 
+@pytest.fixture
+def isolated_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The tiny decoder folder (returned) and the HF cache live in this test's folder; both start empty."""
+    from latent_decoder.tiny.setup import TINY_DIR_ENV
+
+    monkeypatch.setenv(TINY_DIR_ENV, str(tmp_path / "tiny-cache"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    return tmp_path / "tiny-cache"
+
+
 SHARED_RAY = dict(num_cpus=2, num_gpus=2, object_store_memory=80 * 2**20)  # two fake GPUs: torch sees no CUDA
 
 

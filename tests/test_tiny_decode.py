@@ -32,13 +32,7 @@ from conftest import journal_records
 from taehv_reference import random_state_dict, reference_decode, reference_uint8
 
 
-@pytest.fixture(autouse=True)
-def isolated_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The tiny decoder folder and the HF cache live in this test's folder; both start empty."""
-    monkeypatch.setenv(TINY_DIR_ENV, str(tmp_path / "tiny-cache"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    return tmp_path / "tiny-cache"
+pytestmark = pytest.mark.usefixtures("isolated_caches")  # conftest: the tiny decoder folder and HF cache start empty
 
 
 def checkpoint(path: Path, seed: int = 0, channels: int = 16) -> Path:

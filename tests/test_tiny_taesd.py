@@ -25,7 +25,6 @@ from latent_decoder.experiment import VideoSettings
 from latent_decoder.families import FAMILIES
 from latent_decoder.tiny.checkpoint import load_checkpoint, save_checkpoint
 from latent_decoder.tiny.model import frames_uint8
-from latent_decoder.tiny.setup import TINY_DIR_ENV
 from latent_decoder.tiny.taesd import TaesdConfig
 
 from family_harness import FPS, png_frames, postprocess, psnr, save_model, write_experiment
@@ -34,13 +33,7 @@ from taehv_reference import random_state_dict
 SD_SCALING = 0.18215
 
 
-@pytest.fixture(autouse=True)
-def isolated_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The tiny decoder folder and the HF cache live in this test's folder; both start empty."""
-    monkeypatch.setenv(TINY_DIR_ENV, str(tmp_path / "tiny-cache"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    return tmp_path / "tiny-cache"
+pytestmark = pytest.mark.usefixtures("isolated_caches")  # conftest: the tiny decoder folder and HF cache start empty
 
 
 # --------------------------------------------------------------------------- the reference and its files
