@@ -470,7 +470,7 @@ def demo(directory: Path, steps: int, seed: int, device: str, dtype: str, fmt: s
     noise to the clip's latent (as a Wan pipeline's callback stores them), with a tiny Wan VAE
     trained on those clips (scripts/train_demo_vae.py). The decoded steps show the shapes emerging
     from noise. As a user would: `distill` (a sample of the steps decoded with the full VAE, a tiny
-    decoder trained on them until it reaches 25 dB on held-out steps, about two minutes on a CPU),
+    decoder trained on them until its held-out PSNR is good enough, a couple of minutes on a CPU),
     `decode` (the other steps, with the full VAE, into EXP/latents_videos) and `decode --decoder tiny`
     (every step, into EXP/latents_tiny, whose pages show both trees side by side). Running it again
     resumes (the distilled decoder is kept); a folder that is not a demo experiment is refused.

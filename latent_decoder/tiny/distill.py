@@ -54,7 +54,7 @@ from . import DISTILL_MINUTES, DISTILL_SAMPLE
 from .checkpoint import TinyCheckpoint, load_checkpoint, save_checkpoint
 from .distilled import WEIGHTS_FILE, check_card, distilled_dir, read_card, vae_identity, write_card
 from .model import TinyConfig, frames_uint8, kept_frames, load_decoder
-from .pairs import PAIRS_DIRNAME, StoredPair, keeping_pairs, open_pairs, read_pair
+from .pairs import PAIRS_DIRNAME, StoredPair, drop_stale_pairs, keeping_pairs, mark_pairs, read_pair
 from .setup import check_fit, published_file, tiny_input, trim_for
 from .training import (Outcome, Pair, Quality, Trainer, UnfitVae, config_for_vae, init_for_training, measure_quality,
                        train)
@@ -343,7 +343,8 @@ def distill(settings: RunSettings, options: DistillOptions, progress: bool = Tru
     result.device = str(device)
 
     pairs_dir = folder / PAIRS_DIRNAME
-    open_pairs(pairs_dir, {"vae": facts.identity, "dtype": settings.output.dtype})
+    made_by = {"vae": facts.identity, "dtype": settings.output.dtype}
+    drop_stale_pairs(pairs_dir, made_by)
     sampled = train_steps + held_steps
     missing = [s.key for s in sampled if read_pair(pairs_dir, s.key) is None]
     if missing:
@@ -351,6 +352,7 @@ def distill(settings: RunSettings, options: DistillOptions, progress: bool = Tru
         log.info("decoding %d sampled step(s) with the full VAE into %s (%d kept from before)", len(missing),
                  settings.output_dir, len(sampled) - len(missing))
         report = run_decode(run, progress=progress, worker_cls=keeping_pairs(decoder_class("vae"), pairs_dir))
+        mark_pairs(pairs_dir, made_by)
         result.decoded = report
         if on_decoded is not None:
             on_decoded(run, report)

@@ -14,7 +14,7 @@ or on a node that mounts the experiment's folder). ``distill`` checks that every
 pair is there before it trains.
 
 A pair folder is written whole or not at all (``video.write_dir_atomic``). ``identity.json`` says
-which VAE (and precision) made the pairs; pairs of another are removed (``open_pairs``).
+which VAE (and precision) made the pairs; pairs of another are removed (``drop_stale_pairs``).
 """
 from __future__ import annotations
 
@@ -82,21 +82,25 @@ def read_pair(folder: Path, key: str) -> StoredPair | None:
                       str(meta["device"]) if meta.get("device") else None)
 
 
-def open_pairs(folder: Path, identity: dict[str, Any]) -> None:
-    """Make ``folder`` the pairs of the VAE ``identity``: pairs another VAE (or precision) made are removed."""
+def drop_stale_pairs(folder: Path, identity: dict[str, Any]) -> None:
+    """Remove the pairs in ``folder`` unless ``identity.json`` says the VAE ``identity`` (and precision) made
+    them (pairs of an unknown maker are removed too: a distill stopped before it said)."""
     folder = Path(folder)
-    path = folder / IDENTITY_FILE
+    if not folder.exists():
+        return
     try:
-        same = json.loads(path.read_text()) == identity
+        same = json.loads((folder / IDENTITY_FILE).read_text()) == identity
     except (OSError, ValueError):
         same = False
-    if same:
-        return
-    if folder.exists():
+    if not same:
         log.info("removing the training pairs in %s: another VAE or precision made them", folder)
         shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    write_file_atomic(path, json.dumps(identity, indent=1, sort_keys=True).encode())
+
+
+def mark_pairs(folder: Path, identity: dict[str, Any]) -> None:
+    """Say which VAE (and precision) made the pairs in ``folder``."""
+    if Path(folder).is_dir():
+        write_file_atomic(Path(folder) / IDENTITY_FILE, json.dumps(identity, indent=1, sort_keys=True).encode())
 
 
 def keeping_pairs(worker_cls: type[Worker], folder: Path) -> type[Worker]:

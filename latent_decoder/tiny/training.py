@@ -13,9 +13,12 @@
   scored frame's memory blocks then see a real previous frame, as in a whole-clip decode.
 * **The loss** is the mean squared error of the unclamped output in ``[0, 1]`` (the clamp of a decode
   would give no gradient to pixels beyond it), which is what PSNR measures.
-* **Measured** is an exponential moving average of the weights (steadier than the weights of the last
-  step), decoding each held-out latent whole, as ``--decoder tiny`` does (``model.frames_uint8``),
-  against the VAE's uint8 frames: PSNR and SSIM (``quality.py``). The best weights measured are kept.
+* **Measured** are the current weights and an exponential moving average of them (steadier once the
+  loss levels off), decoding each held-out latent whole, as ``--decoder tiny`` does
+  (``model.frames_uint8``), against the VAE's uint8 frames: PSNR and SSIM (``quality.py``). The best
+  weights measured are kept.
+* **Speed**: channels-last convolutions, and bfloat16 autocast where the device computes it natively
+  (``fast_bfloat16``): on this project's 2-core CPU (AMX) the two make a training step about 2.5x faster.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ BASE_SPATIAL = 2 ** STAGES  # pixels per latent pixel from the three 2x upsample
 CROP_PIXELS = 2 ** 18  # output pixels (frames x height x width) a training crop holds at most
 BATCH = 4
 LEARNING_RATE = 1.5e-3
+MEASURE_EVERY_S = 10.0
 EMA_MOST = 0.99  # the moving average's decay, reached after ~1000 steps (it starts shorter: (1 + n) / (10 + n))
 
 
@@ -165,7 +169,8 @@ class Trainer:
     def __init__(self, model: TinyDecoder, train: list[Pair], held_out: list[Pair], device: torch.device,
                  seed: int = 0, batch: int = BATCH, lr: float = LEARNING_RATE) -> None:
         self.device = device
-        self.model = model.to(device).train()
+        # channels-last convolutions: about a fifth faster on a CPU (and what cuDNN prefers for bfloat16)
+        self.model = model.to(device, memory_format=torch.channels_last).train()
         self.average = copy.deepcopy(self.model).eval()
         for p in self.average.parameters():
             p.requires_grad_(False)
@@ -221,11 +226,17 @@ class Trainer:
         return loss.item()
 
     def measure(self) -> Quality:
-        """The averaged weights on the held-out pairs; kept when they are the best so far."""
-        quality = measure_quality(self.average, self.held_out, self.device)
+        """The averaged and the current weights on the held-out pairs (the average is better once the
+        loss levels off, the current weights while it still falls fast); the better of the two is
+        returned, and kept when it is the best so far."""
+        quality, model = measure_quality(self.average, self.held_out, self.device), self.average
+        if self.steps:
+            current = measure_quality(self.model, self.held_out, self.device)
+            if current.psnr > quality.psnr:
+                quality, model = current, self.model
         if self.best is None or quality.psnr > self.best.psnr:
             self.best, self.best_step = quality, self.steps
-            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.average.state_dict().items()}
+            self.best_state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
         return quality
 
 
@@ -241,11 +252,13 @@ class Outcome:
 
 
 def train(trainer: Trainer, seconds: float, outcome: Outcome, until_psnr: float | None = None,
-          on_progress: Progress | None = None, measure_every: float = 10.0) -> None:
-    """Train for ``seconds`` (measuring on the held-out pairs every ``measure_every`` seconds at most,
-    less often while measuring takes more than a tenth of the time, and once at the end), or until the
-    best held-out PSNR reaches ``until_psnr``. ``outcome`` says why it stopped and when, also when a
-    ``KeyboardInterrupt`` goes on to the caller (``trainer.best_state``: the best weights measured)."""
+          on_progress: Progress | None = None) -> None:
+    """Train for ``seconds`` (measuring on the held-out pairs every thirtieth of the time, between 2 and
+    ``MEASURE_EVERY_S`` seconds, less often while measuring takes more than a tenth of the time, and once
+    at the end), or until the best held-out PSNR reaches ``until_psnr``. ``outcome`` says why it stopped
+    and when, also when a ``KeyboardInterrupt`` goes on to the caller (``trainer.best_state``: the best
+    weights measured)."""
+    measure_every = min(MEASURE_EVERY_S, max(2.0, seconds / 30))
     start = time.perf_counter()
     last_measure = start
     spent_measuring = 0.0
