@@ -7,6 +7,10 @@ diffusers' ``export_to_video``, one after the other. Ours is measured twice: the
 with the in-process executor: read, decode, encode and write overlapped). The steps are a
 realistic mix: noisy early steps (expensive for x264) blending into smooth late ones.
 
+Beside them, the tiny decoder (``--decoder tiny``: a ``taew2_1``-shaped TAEHV decoder with random
+weights, ``TinyWorker.decode``) on the same device and latents, decode only, with its ratio to the
+full VAE's decode-only rate (the goal: at least 20x at full size).
+
 The default size runs on a CPU in about a minute (CI smoke-tests it); ``--full`` is the real-size
 Wan2.1 VAE (``AutoencoderKLWan()``, random weights) on a ``[1, 16, 16, 60, 106]`` latent
 (61 frames at 848x480), the size the project's GPU goals are stated for.
@@ -41,6 +45,8 @@ class BenchResult:
     decode: dict[str, float] = field(default_factory=dict)  # dtype -> s/step, decode only
     end_to_end: dict[str, float] = field(default_factory=dict)  # dtype -> s/step, whole run
     peak_gib: dict[str, float] = field(default_factory=dict)  # dtype -> peak device memory (CUDA only)
+    tiny: dict[str, float] = field(default_factory=dict)  # dtype -> s/step, the tiny decoder, decode only
+    tiny_peak_gib: dict[str, float] = field(default_factory=dict)
 
     def table(self) -> list[str]:
         """The figures side by side, with ratios to the plain loop."""
@@ -56,11 +62,30 @@ class BenchResult:
                          f"{(f'{peak:.2f}' if peak else '-'):>10}")
         for dtype, seconds in self.end_to_end.items():
             lines.append(f"{'latent-decoder end to end, ' + dtype:38}{seconds:10.3f}{ratio(seconds):>15}{'-':>10}")
+        for dtype, seconds in self.tiny.items():
+            peak = self.tiny_peak_gib.get(dtype)
+            lines.append(f"{'tiny decoder (taew2_1 shape), ' + dtype:38}{seconds:10.3f}{ratio(seconds):>15}"
+                         f"{(f'{peak:.2f}' if peak else '-'):>10}")
         for dtype, seconds in self.end_to_end.items():
             if self.decode.get(dtype):
                 lines.append(f"end-to-end rate / decode-only rate ({dtype}): {self.decode[dtype] / seconds:.2f} "
                              f"(goal >= 0.9: the encoder and I/O keep up with the device)")
+        for dtype, seconds in self.tiny.items():
+            if self.decode.get(dtype) and seconds:
+                lines.append(f"tiny decoder rate / full VAE decode-only rate ({dtype}): {self.decode[dtype] / seconds:.1f}x "
+                             f"(goal >= 20x at full size)")
         return lines
+
+
+def parse_size(text: str) -> dict[str, int]:
+    """``FxHxW`` (e.g. ``17x240x432``) -> the geometry; one line when it is not one a Wan VAE decodes."""
+    try:
+        frames, height, width = (int(n) for n in text.lower().split("x"))
+    except ValueError:
+        raise SetupError(f"--size {text}: expected FRAMESxHEIGHTxWIDTH, e.g. 17x240x432") from None
+    if frames < 1 or (frames - 1) % 4 or height < 8 or width < 8 or height % 8 or width % 8:
+        raise SetupError(f"--size {text}: frames must be 4k+1 and height and width multiples of 8")
+    return {"frames": frames, "height": height, "width": width}
 
 
 def _latents(items: int, shape: tuple[int, ...]) -> list[np.ndarray]:
@@ -136,17 +161,21 @@ def _free(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def decode_only(exp: Path, device: str, dtype: str) -> tuple[float, float]:
-    """The tool's decode of every step (latent in memory -> uint8 frames); (s/step, peak GiB or 0)."""
+def decode_only(exp: Path, device: str, dtype: str, tiny: Path | None = None) -> tuple[float, float]:
+    """The tool's decode of every step (latent in memory -> uint8 frames) with the full VAE, or with the
+    tiny decoder file ``tiny``; (s/step, peak GiB or 0)."""
     import torch
 
     from .experiment import Experiment
     from .latents import load_latent
     from .settings import CliOptions, resolve_settings
+    from .tiny.worker import TinyWorker
     from .worker import DecodeWorker
 
-    settings = resolve_settings(Experiment.load(exp), CliOptions(device=device, dtype=dtype))
-    worker = DecodeWorker(settings.output, None, device)
+    opts = CliOptions(device=device, dtype=dtype, decoder="tiny" if tiny else "vae",
+                      tiny_weights=str(tiny) if tiny else None)
+    settings = resolve_settings(Experiment.load(exp), opts)
+    worker = (TinyWorker if tiny else DecodeWorker)(settings.output, None, device)
     latents = [load_latent(s.path, worker.rule.layout) for s in settings.experiment.discover()]
     try:
         worker.decode(latents[0])  # warm-up: first-call kernels, cudnn autotuning
@@ -184,6 +213,15 @@ def end_to_end(exp: Path, device: str, dtype: str) -> float:
     return report.wall_seconds / len(report.records)
 
 
+def random_tiny_decoder(exp: Path) -> Path:
+    """A decoder shaped like the published ``taew2_1`` (16 latent channels, widths 256/128/64/64, 4x
+    temporal, 8x spatial), random weights, saved beside the experiment."""
+    from .tiny.checkpoint import save_checkpoint
+    from .tiny.model import TinyConfig, build_decoder, state_dict_for_saving
+
+    return save_checkpoint(state_dict_for_saving(build_decoder(TinyConfig(), seed=0)), exp / "taew2_1_random.safetensors")
+
+
 def _shape(exp: Path) -> tuple[int, ...]:
     from .latents import read_latent_header
 
@@ -217,17 +255,20 @@ def run_bench(full: bool = False, items: int = 6, device: str = "auto", dtypes: 
     geometry = size or (FULL if full else SMALL)
     tf32 = ", TF32 convolutions on (PyTorch's default)" if device.startswith("cuda") and \
         torch.backends.cudnn.allow_tf32 else ""
-    result = BenchResult(device_name(device) + tf32, "Wan2.1 full size (random weights)" if full else "tiny Wan",
+    result = BenchResult(device_name(device) + tf32, "Wan2.1 real-size VAE (random weights)" if full else "tiny Wan",
                          f"{geometry['frames']}x{geometry['height']}x{geometry['width']}", items)
     root = Path(tempfile.mkdtemp(prefix="ld-bench-"))
     try:
         exp = build_experiment(root, full, items, **geometry)
         log("plain diffusers loop ...")
         result.baseline = plain_loop(exp, device)
+        tiny = random_tiny_decoder(exp)
         for dtype in dtypes:
             log(f"latent-decoder, {dtype} ...")
             result.decode[dtype], result.peak_gib[dtype] = decode_only(exp, device, dtype)
             result.end_to_end[dtype] = end_to_end(exp, device, dtype)
+            log(f"tiny decoder, {dtype} ...")
+            result.tiny[dtype], result.tiny_peak_gib[dtype] = decode_only(exp, device, dtype, tiny)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return result

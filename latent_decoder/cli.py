@@ -503,21 +503,27 @@ def demo(directory: Path, steps: int, seed: int, device: str, dtype: str, fmt: s
 @click.option("--full", is_flag=True,
               help="The real-size Wan2.1 VAE (random weights) on 61 frames at 848x480; without it a tiny VAE at "
                    "17x128x192, which a CPU runs in about a minute.")
+@click.option("--size", metavar="FxHxW",
+              help="Another video size for the real-size Wan2.1 VAE and the tiny decoder, e.g. 17x240x432 "
+                   "(frames x height x width; frames 4k+1, sides multiples of 8).")
 @click.option("--items", type=click.IntRange(2), default=6, show_default=True, help="Steps to decode.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--dtype", "dtypes", type=click.Choice(DTYPES), multiple=True,
               help="Our dtypes to measure (repeatable) [default: float32 and bfloat16].")
 @click.option("--verbose", "-v", is_flag=True, help="More logging; tracebacks on errors.")
-def bench(full: bool, items: int, device: str, dtypes: tuple[str, ...], verbose: bool) -> None:
+def bench(full: bool, size: str | None, items: int, device: str, dtypes: tuple[str, ...], verbose: bool) -> None:
     """Measure the tool against the plain diffusers loop on this machine and print them side by side:
     the plain loop (float32 decode, export_to_video, one step after the other), our decode alone per
-    dtype (with peak GPU memory), our whole run per dtype, and the ratios. Nothing is downloaded;
-    the model is built with random weights in a temporary folder."""
-    from .bench import run_bench
+    dtype (with peak GPU memory), our whole run per dtype, the tiny decoder (--decoder tiny, shaped
+    like taew2_1) on the same device and latents, and the ratios. Nothing is downloaded; the models
+    are built with random weights in a temporary folder."""
+    from .bench import parse_size, run_bench
 
     _setup_logging(verbose)
     try:
-        result = run_bench(full=full, items=items, device=device, dtypes=dtypes or ("float32", "bfloat16"),
+        geometry = parse_size(size) if size else None
+        result = run_bench(full=full or geometry is not None, items=items, device=device,
+                           dtypes=dtypes or ("float32", "bfloat16"), size=geometry,
                            log=lambda line: click.echo(line, err=True))
     except LatentDecoderError as err:
         _fail(err, verbose)

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import DecodeError, TinyMismatchError
 from ..families import DecodeContext
+from ..latents import validate_latent
 from ..lifecycle import ItemWork
 from ..models import ResolvedModel
 from ..settings import OutputSettings
@@ -49,6 +50,7 @@ class TinyWorker(DeviceWorker):
     def decode(self, latent: np.ndarray, source: str = "<array>", condition: Any = None) -> np.ndarray:
         """One stored latent (the rule's layout, batch axis included) -> ``[F, H, W, 3]`` uint8 frames of
         the full decode's count and size (resized by ``--scale``)."""
+        latent = validate_latent(np.asarray(latent), source, self.rule.layout)
         ctx = DecodeContext(self.setup.vae, self.output.video, self.setup.model.pipeline, self.output.decode_options,
                             condition)
         x = tiny_input(self.rule, ctx, latent, source)
