@@ -104,6 +104,20 @@ def test_distill_decodes_the_sample_as_outputs_trains_and_decode_tiny_uses_it(ma
     assert refused.exit_code == 2 and "distilled from another VAE" in refused.output.strip().splitlines()[-1]
 
 
+def test_a_published_file_that_fits_is_where_training_starts(make_experiment, tmp_path: Path) -> None:
+    """Without --width, the published file the family rule names (here a random taew2_1-shaped one in
+    the tiny decoder folder) is the start: its configuration, not the default width's."""
+    from latent_decoder.tiny.checkpoint import save_checkpoint
+    from taehv_reference import random_state_dict
+
+    exp = make_experiment(prompts=1, steps=3, frames=5)
+    published = save_checkpoint(random_state_dict(latent_channels=16, seed=3), tmp_path / "tiny-cache" / "taew2_1.safetensors")
+    result = invoke("distill", str(exp), "--sample", "3", "--minutes", "0.05", "--format", "png", "--executor", "inline")
+    assert result.exit_code in (0, 1), result.output
+    assert f"from the published taew2_1.safetensors ({published})" in result.output
+    assert "widths 16/12/8/8" in result.output
+
+
 def test_a_card_that_describes_other_weights_is_one_line(make_experiment) -> None:
     exp = make_experiment(prompts=1, steps=3, frames=5)
     assert distill(exp, "--sample", "3", "--minutes", "0.05").exit_code == 0
@@ -153,7 +167,7 @@ def test_ctrl_c_during_training_saves_the_best_decoder_measured_and_exits_130(ma
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, "".join(lines) + err
-    assert "Traceback" not in err and "(interrupted)" in out and "saved" in out
+    assert "Traceback" not in err and "interrupted)" in out and "saved" in out
     card = json.loads((exp / DISTILLED_DIRNAME / CARD_FILE).read_text())
     assert card["stopped"] == "interrupted" and card["optimizer_steps"] > 0
 

@@ -128,9 +128,9 @@ class DistillResult:
                "interrupted": "interrupted"}.get(self.stopped, self.stopped)
         q, s = self.quality, self.start_quality
         worst, worst_db = q.worst
-        out.append(f"trained {self.steps} steps in {_duration(self.train_seconds)} on {self.device} on {len(self.trained)} "
-                   f"step(s) ({why}); on {len(self.held_out)} held-out step(s): PSNR {q.psnr:.1f} dB, SSIM {q.ssim:.3f} "
-                   f"against the full VAE (worst {worst} {worst_db:.1f} dB; {s.psnr:.1f} dB at the start)")
+        out.append(f"trained for {_duration(self.train_seconds)} ({self.steps} optimiser steps on {self.device}, {why}) on "
+                   f"{len(self.trained)} sampled step(s); on {len(self.held_out)} held-out step(s): PSNR {q.psnr:.1f} dB, "
+                   f"SSIM {q.ssim:.3f} against the full VAE (worst {worst} {worst_db:.1f} dB; {s.psnr:.1f} dB at the start)")
         if self.saved:
             out.append(f"saved {self.folder / WEIGHTS_FILE} and its card.json: `latent-decoder decode EXP --decoder tiny` "
                        f"uses it for this experiment")
@@ -301,15 +301,16 @@ class TrainingBar:
                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total_fmt} s{postfix}")
         self.line_mode = self.bar.disable and enabled
         self.best: float | None = None
+        self.measured = ""
 
     def __call__(self, steps: int, seconds: float, loss: float, quality: Quality | None) -> None:
         if quality is not None:
             self.best = quality.psnr if self.best is None else max(self.best, quality.psnr)
-            self.bar.set_postfix_str(f"step {steps}, held-out PSNR {quality.psnr:.1f} dB (best {self.best:.1f})",
-                                     refresh=False)
+            self.measured = f", held-out PSNR {quality.psnr:.1f} dB (best {self.best:.1f})"
             if self.line_mode:
                 log.info("training: step %d, %s: held-out PSNR %.1f dB, SSIM %.3f (best %.1f dB)", steps,
                          _duration(seconds), quality.psnr, quality.ssim, self.best)
+        self.bar.set_postfix_str(f"step {steps}{self.measured}", refresh=False)
         self.bar.update(max(0.0, min(seconds, self.bar.total) - self.bar.n))
 
     def close(self) -> None:
