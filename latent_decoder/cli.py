@@ -17,6 +17,7 @@ from .families import FAMILIES
 from .previews.factors import published_spaces
 from .plan import Plan
 from .states import ItemState
+from .tiny import DISTILL_MINUTES, DISTILL_SAMPLE
 from .plan import plan_run
 from .runner import RunReport, run_decode
 from .settings import (DECODERS, DEFAULT_CRF, DEFAULT_PRESET, DEFAULT_REFRESH_S, DTYPES, EXECUTORS, FORMATS, IO_MODES,
@@ -111,6 +112,52 @@ def rule_options(command: Callable[..., None]) -> Callable[..., None]:
     return command
 
 
+def output_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``--dtype``, ``--format``, ``--fps``, ``--crf``, ``--quality``, ``--preset``: how the full VAE's steps are
+    decoded and written, the same for ``decode`` and ``distill`` (whose sampled steps are outputs of the tree)."""
+    for option in reversed([
+        click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True, help="VAE precision."),
+        click.option("--format", "fmt", type=click.Choice(FORMATS), default="mp4", show_default=True,
+                     help="mp4: H.264 video per step; png: a folder of lossless frames per step."),
+        click.option("--fps", type=float, help="Frame rate [default: video_settings.fps from the config, else 12]."),
+        click.option("--crf", type=click.IntRange(0, 51),
+                     help=f"x264 constant rate factor, lower is better [default: {DEFAULT_CRF}]."),
+        click.option("--quality", type=click.FloatRange(0, 10),
+                     help="Quality 0-10 as in the original tool (instead of --crf)."),
+        click.option("--preset", type=click.Choice(PRESETS), default=DEFAULT_PRESET, show_default=True,
+                     help="x264 preset: slower presets spend more CPU per video for smaller files (veryfast: ~3.5x "
+                          "less CPU than medium on noisy steps, and smaller files there)."),
+    ]):
+        command = option(command)
+    return command
+
+
+def ray_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Where the full VAE's decodes run (this process or Ray workers), the same for ``decode`` and ``distill``."""
+    for option in reversed([
+        click.option("--executor", type=click.Choice(EXECUTORS), default="auto", show_default=True,
+                     help="inline: this process, one device. ray: a pool of Ray workers. auto: ray when a Ray option "
+                          "below is given, or more than one GPU is visible and --device is auto; else inline."),
+        click.option("--gpus", type=click.IntRange(1),
+                     help="Ray: GPUs to use, one worker each [default: all the cluster has]."),
+        click.option("--actors-per-gpu", type=click.IntRange(1), help="Ray: workers sharing each GPU [default: 1]."),
+        click.option("--workers", type=click.IntRange(1), help="Ray: number of CPU workers (no GPU) [default: 1]."),
+        click.option("--address", metavar="ADDR",
+                     help="Ray: join this cluster (auto, HOST:PORT or ray://HOST:10001) instead of starting a local one."),
+        click.option("--io", type=click.Choice(IO_MODES), default="driver", show_default=True,
+                     help="Ray: driver reads latents and writes videos, workers need no shared storage; "
+                          "shared: workers read and write the experiment path (all nodes must mount it)."),
+        click.option("--start-timeout", type=click.FloatRange(0, min_open=True), metavar="SECONDS",
+                     help="Ray: wait this long for workers to be placed; go on with those started, fail if none "
+                          "[default: 60]."),
+        click.option("--item-timeout", type=click.FloatRange(0, min_open=True), metavar="SECONDS",
+                     help="Ray: a step running longer than this (and 10x the median step time) counts as hung: its "
+                          "worker is restarted and the step retried [default: 300]."),
+    ]):
+        command = option(command)
+    return command
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="latent-decoder")
 def cli() -> None:
@@ -130,15 +177,7 @@ def cli() -> None:
 @click.option("--video-filter", metavar="NAMES", help="Only these video folders, e.g. vid_001,vid_002.")
 @click.option("--step-filter", metavar="NAMES", help="Only these steps, e.g. step_000,step_019 (or 0,19).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True, help="VAE precision.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="mp4", show_default=True,
-              help="mp4: H.264 video per step; png: a folder of lossless frames per step.")
-@click.option("--fps", type=float, help="Frame rate [default: video_settings.fps from the config, else 12].")
-@click.option("--crf", type=click.IntRange(0, 51), help=f"x264 constant rate factor, lower is better [default: {DEFAULT_CRF}].")
-@click.option("--quality", type=click.FloatRange(0, 10), help="Quality 0-10 as in the original tool (instead of --crf).")
-@click.option("--preset", type=click.Choice(PRESETS), default=DEFAULT_PRESET, show_default=True,
-              help="x264 preset: slower presets spend more CPU per video for smaller files (veryfast: ~3.5x less "
-                   "CPU than medium on noisy steps, and smaller files there).")
+@output_options
 @click.option("--scale", type=click.FloatRange(0, 4, min_open=True), default=1.0, show_default=True,
               help="Resize frames by this factor (0.5 = half size).")
 @model_options
@@ -171,23 +210,7 @@ def cli() -> None:
                                       "most this often (and always when the watch stops).")
 @click.option("--force", is_flag=True, help="Decode again items that are already done.")
 @click.option("--dry-run", is_flag=True, help="Print what would be decoded and what is already done; decode nothing.")
-@click.option("--executor", type=click.Choice(EXECUTORS), default="auto", show_default=True,
-              help="inline: this process, one device. ray: a pool of Ray workers. auto: ray when a Ray option "
-                   "below is given, or more than one GPU is visible and --device is auto; else inline.")
-@click.option("--gpus", type=click.IntRange(1), help="Ray: GPUs to use, one worker each [default: all the cluster has].")
-@click.option("--actors-per-gpu", type=click.IntRange(1), help="Ray: workers sharing each GPU [default: 1].")
-@click.option("--workers", type=click.IntRange(1), help="Ray: number of CPU workers (no GPU) [default: 1].")
-@click.option("--address", metavar="ADDR",
-              help="Ray: join this cluster (auto, HOST:PORT or ray://HOST:10001) instead of starting a local one.")
-@click.option("--io", type=click.Choice(IO_MODES), default="driver", show_default=True,
-              help="Ray: driver reads latents and writes videos, workers need no shared storage; "
-                   "shared: workers read and write the experiment path (all nodes must mount it).")
-@click.option("--start-timeout", type=click.FloatRange(0, min_open=True), metavar="SECONDS",
-              help="Ray: wait this long for workers to be placed; go on with those started, fail if none "
-                   "[default: 60].")
-@click.option("--item-timeout", type=click.FloatRange(0, min_open=True), metavar="SECONDS",
-              help="Ray: a step running longer than this (and 10x the median step time) counts as hung: its "
-                   "worker is restarted and the step retried [default: 300].")
+@ray_options
 @click.option("--verbose", "-v", is_flag=True, help="More logging; tracebacks on errors.")
 def decode(experiment: Path, output_dir: Path | None, prompt_filter: str | None, video_filter: str | None,
            step_filter: str | None, device: str, dtype: str, fmt: str, fps: float | None, crf: int | None,
@@ -459,25 +482,34 @@ def demo(directory: Path, steps: int, seed: int, device: str, dtype: str, fmt: s
     Four short clips of coloured shapes, each stored at every step of a flow-matching path from
     noise to the clip's latent (as a Wan pipeline's callback stores them), with a tiny Wan VAE
     trained on those clips (scripts/train_demo_vae.py). The decoded steps show the shapes emerging
-    from noise. Running it again resumes; a folder that is not a demo experiment is refused.
+    from noise. As a user would: `distill` (a sample of the steps decoded with the full VAE, a tiny
+    decoder trained on them until its held-out PSNR is good enough, a couple of minutes on a CPU),
+    `decode` (the other steps, with the full VAE, into EXP/latents_videos) and `decode --decoder tiny`
+    (every step, into EXP/latents_tiny, whose pages show both trees side by side). Running it again
+    resumes (the distilled decoder is kept); a folder that is not a demo experiment is refused.
     """
     from .demo import run_demo, where_to_look
 
     _setup_logging(verbose)
     opts = CliOptions(device=device, dtype=dtype, format=fmt, executor="inline")
+
+    def distilled(result: Any) -> None:
+        for line in result.lines():
+            click.echo(line, err=True)
+
     try:
-        settings, report = run_demo(directory, steps=steps, seed=seed, opts=opts)
+        run = run_demo(directory, steps=steps, seed=seed, opts=opts, on_decoded=print_report, on_distilled=distilled)
     except LatentDecoderError as err:
         _fail(err, verbose)
         return
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
-    print_report(settings, report)
-    click.echo(f"demo experiment {settings.experiment.root}: {steps} steps from noise to each clip")
-    for label, path in where_to_look(settings.output_dir):
-        click.echo(f"{label + ':':20s}{path}")
-    sys.exit(report.exit_code)
+    click.echo(f"demo experiment {run.settings.experiment.root}: {steps} steps from noise to each clip")
+    tiny = run.tiny_settings.output_dir if run.tiny_settings is not None else None
+    for label, path in where_to_look(run.settings.output_dir, tiny):
+        click.echo(f"{label + ':':22s}{path}")
+    sys.exit(run.exit_code)
 
 
 @cli.command()
@@ -556,6 +588,78 @@ def calibrate_preview(experiment: Path, model: str | None, vae_subfolder: str | 
     click.echo(result.summary())
     click.echo(result.outcome(), err=not result.saved)
     sys.exit(0 if result.saved else 1)
+
+
+@cli.command()
+@click.argument("experiment", type=click.Path(path_type=Path))
+@click.option("--sample", type=click.IntRange(2), default=DISTILL_SAMPLE, show_default=True,
+              help="Steps to decode with the full VAE, spread over prompts, videos and the whole trajectory (noisy "
+                   "early steps and clean late ones); they become outputs of the full-VAE tree like any decode's.")
+@click.option("--held-out", type=click.IntRange(1),
+              help="Of the sample, steps never trained on, on which PSNR and SSIM against the full VAE are measured "
+                   "[default: a fifth of the sample].")
+@click.option("--minutes", type=click.FloatRange(0, min_open=True), default=DISTILL_MINUTES, show_default=True,
+              help="Training time (after the sample's decode).")
+@click.option("--until-psnr", type=float, metavar="DB", help="Stop training as soon as the held-out PSNR reaches DB.")
+@click.option("--width", type=click.IntRange(4),
+              help="Train a new decoder with stage widths W, W/2, W/4, W/4 (the published decoders: 256) [default: go on "
+                   "from the decoder distilled for this experiment before, else from the published file that fits "
+                   "these latents, else a new one at 64].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample and of the training.")
+@click.option("--output-dir", type=click.Path(path_type=Path),
+              help="The full-VAE tree the sampled steps are decoded into [default: EXP/latents_videos].")
+@click.option("--device", default="auto", show_default=True,
+              help="auto, cpu, cuda or cuda:N: for the training, and for the sample's decode in this process.")
+@output_options
+@model_options
+@rule_options
+@ray_options
+@click.option("--verbose", "-v", is_flag=True, help="More logging; tracebacks on errors.")
+def distill(experiment: Path, sample: int, held_out: int | None, minutes: float, until_psnr: float | None,
+            width: int | None, seed: int, output_dir: Path | None, device: str, dtype: str, fmt: str, fps: float | None,
+            crf: int | None, quality: float | None, preset: str, model: str | None, vae_subfolder: str | None,
+            vae_config: str | None, family: str | None, decode_timestep: float | None,
+            decode_noise_scale: float | None, executor: str, gpus: int | None, actors_per_gpu: int | None,
+            workers: int | None, address: str | None, io: str, start_timeout: float | None,
+            item_timeout: float | None, verbose: bool) -> None:
+    """Train a tiny decoder for EXPERIMENT's VAE on EXPERIMENT's own steps, for `decode --decoder tiny`.
+
+    Decodes a sample of the steps with the full VAE (as `decode` would: they are outputs of
+    EXP/latents_videos, journaled, and a later decode skips them; on Ray too), trains a
+    TAEHV-family decoder on (stored latent, VAE frames) pairs in this process, and measures it on
+    held-out steps (PSNR and SSIM against the full VAE, shown as it trains). Saves
+    EXP/tiny_decoder/decoder.safetensors and card.json (the VAE's identity, the steps, the measured
+    quality, the training time), which `decode --decoder tiny` then uses for this experiment; the
+    training pairs stay in EXP/tiny_decoder/pairs/ for the next distill (delete them freely).
+    Ends with the decode time the tiny decoder saves on the steps the full VAE has not decoded.
+
+    Exit status: 0 saved, 1 some sampled steps failed to decode or nothing better than the decoder
+    already there was found (it is kept), 2 bad setup, 130/143 interrupted by Ctrl-C/SIGTERM (during
+    training: the best decoder measured so far is saved first).
+    """
+    from .tiny.distill import DistillOptions, distill as run_distill
+
+    _setup_logging(verbose)
+    opts = CliOptions(output_dir=output_dir, device=device, fps=fps, dtype=dtype, format=fmt, quality=quality,
+                      crf=crf, preset=preset, model=model, vae_subfolder=vae_subfolder, vae_config=vae_config,
+                      family=family, decode_timestep=decode_timestep, decode_noise_scale=decode_noise_scale,
+                      executor=executor, address=address, gpus=gpus, actors_per_gpu=actors_per_gpu, workers=workers,
+                      io=io, start_timeout=start_timeout, item_timeout=item_timeout)
+    options = DistillOptions(sample=sample, held_out=held_out, minutes=minutes, until_psnr=until_psnr, width=width,
+                             seed=seed)
+    try:
+        settings = resolve_settings(Experiment.load(experiment), opts)
+        _describe(settings)
+        result = run_distill(settings, options, on_decoded=print_report)
+    except LatentDecoderError as err:
+        _fail(err, verbose)
+        return
+    except KeyboardInterrupt as exc:  # before the training: what was decoded is kept, like an interrupted decode
+        click.echo("interrupted", err=True)
+        sys.exit(128 + getattr(exc, "signum", EXIT_INTERRUPTED - 128))
+    for line in result.lines():
+        click.echo(line)
+    sys.exit(result.exit_code)
 
 
 @cli.command()

@@ -14,11 +14,13 @@ import io
 import json
 import math
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .tiny.quality import psnr  # noqa: F401 - the demo's tests and scripts measure with it
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"  # pipeline-style: vae/{config.json, *.safetensors}
 
@@ -131,12 +133,6 @@ def demo_clips(count: int = len(SCENES), frames: int = CLIP_FRAMES, height: int 
 def to_uint8(clip: np.ndarray) -> np.ndarray:
     """``[3, T, H, W]`` in ``[-1, 1]`` -> ``[T, H, W, 3]`` uint8, as the decoder maps its output."""
     return np.round((np.clip(clip, -1, 1).transpose(1, 2, 3, 0) + 1) * 127.5).astype(np.uint8)
-
-
-def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
-    """PSNR in dB of two arrays of the same shape (uint8 frames: ``peak`` 255; ``[-1, 1]`` clips: 2)."""
-    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * math.log10(peak ** 2 / mse)
 
 
 # --------------------------------------------------------------------------- latents and schedule
@@ -302,27 +298,81 @@ def build_trained_demo(root: str | Path, steps: int = DEFAULT_STEPS, seed: int =
     return root
 
 
-def run_demo(root: str | Path, steps: int = DEFAULT_STEPS, seed: int = 0, opts: Any = None,
-             progress: bool = True) -> tuple[Any, Any]:
-    """Build the demo in ``root`` and decode it the way ``latent-decoder decode`` would (settings from
-    ``resolve_settings``, ``runner.run_decode``, full VAE). Returns ``(settings, report)``."""
+DEMO_DISTILL_SAMPLE = 48  # steps the distill decodes with the full VAE (all of them with --steps 12 or fewer)
+DEMO_DISTILL_MINUTES = 4.0  # at most; a 2-core CPU reaches DEMO_DISTILL_DB in about two minutes
+DEMO_DISTILL_DB = 24.5  # held-out PSNR at which the demo's training stops
+
+
+@dataclass
+class DemoRun:
+    """What ``run_demo`` did: the full VAE's tree, and the tiny decoder's (distilled for the demo)."""
+
+    settings: Any  # RunSettings of the full-VAE tree
+    report: Any  # its RunReport
+    distilled: Any = None  # the DistillResult; None when a decoder distilled before was there
+    tiny_settings: Any = None  # RunSettings of the tiny tree
+    tiny_report: Any = None
+
+    @property
+    def interrupted(self) -> bool:
+        return any(r is not None and r.interrupted is not None for r in (self.distilled, self.report, self.tiny_report))
+
+    @property
+    def exit_code(self) -> int:
+        codes = [r.exit_code for r in (self.distilled, self.report, self.tiny_report) if r is not None]
+        interrupted = [c for c in codes if c >= 128]
+        return interrupted[0] if interrupted else max(codes, default=0)
+
+
+def run_demo(root: str | Path, steps: int = DEFAULT_STEPS, seed: int = 0, opts: Any = None, progress: bool = True,
+             on_decoded: Any = None, on_distilled: Any = None) -> DemoRun:
+    """Build the demo in ``root`` and decode it the way a user would: ``distill`` (its sample of steps
+    decoded with the full VAE into ``latents_videos``, a tiny decoder trained on them), the rest of the
+    steps with the full VAE (``decode``), every step with the tiny decoder (``decode --decoder tiny``, into
+    ``latents_tiny``). Each is the command's own function, with settings from ``resolve_settings``. A
+    demo that holds a decoder distilled for its VAE before is not distilled again. ``on_decoded(settings,
+    report)`` hears of each decode run, ``on_distilled(result)`` of the distill; they stop the demo
+    when interrupted."""
     from .errors import SetupError
     from .experiment import Experiment
     from .runner import run_decode
     from .settings import CliOptions, resolve_settings
+    from .tiny.distill import DistillOptions, distill, has_distilled
 
     root = Path(root).expanduser().absolute()
     if not is_demo_folder(root):
         raise SetupError(f"{root} exists and is not a demo experiment; pick another folder (or remove it)")
     build_trained_demo(root, steps=steps, seed=seed)
-    settings = resolve_settings(Experiment.load(root), opts or CliOptions())
-    return settings, run_decode(settings, progress=progress)
+    experiment = Experiment.load(root)
+    opts = opts or CliOptions()
+    settings = resolve_settings(experiment, opts)
+    run = DemoRun(settings, None)
+    if not has_distilled(settings):
+        run.distilled = distill(settings, DistillOptions(sample=DEMO_DISTILL_SAMPLE, minutes=DEMO_DISTILL_MINUTES,
+                                                         until_psnr=DEMO_DISTILL_DB, seed=seed),
+                                progress=progress, on_decoded=on_decoded)
+        if on_distilled is not None:
+            on_distilled(run.distilled)
+        if run.distilled.interrupted is not None:
+            return run
+    run.report = run_decode(settings, progress=progress)
+    if on_decoded is not None:
+        on_decoded(settings, run.report)
+    if run.report.interrupted is not None:
+        return run
+    run.tiny_settings = resolve_settings(experiment, replace(opts, decoder="tiny"))
+    run.tiny_report = run_decode(run.tiny_settings, progress=progress)
+    if on_decoded is not None:
+        on_decoded(run.tiny_settings, run.tiny_report)
+    return run
 
 
-def where_to_look(output_dir: Path, clip: str = "prompt_000/vid_001") -> list[tuple[str, Path]]:
+def where_to_look(output_dir: Path, tiny_dir: Path | None = None, clip: str = "prompt_000/vid_001"
+                  ) -> list[tuple[str, Path]]:
     """What a demo user should open, as ``(label, path)``: the output folder, the gallery and one
     progression sheet when the end-of-run gallery step wrote them, and the first (noise) and last
-    (clean) step of one clip."""
+    (clean) step of one clip; then the tiny decoder's gallery and the page of that clip, which shows
+    the two trees' progressions side by side."""
     found: list[tuple[str, Path]] = [("videos", output_dir)]
     if (output_dir / "index.html").is_file():
         found.append(("gallery", output_dir / "index.html"))
@@ -333,6 +383,10 @@ def where_to_look(output_dir: Path, clip: str = "prompt_000/vid_001") -> list[tu
                      if p.suffix == ".mp4" or (p.is_dir() and not p.suffix))
     if outputs:
         found += [("noise (first step)", outputs[0]), ("clip (last step)", outputs[-1])]
+    if tiny_dir is not None and (tiny_dir / "index.html").is_file():
+        found.append(("tiny decoder gallery", tiny_dir / "index.html"))
+        if (tiny_dir / clip / "index.html").is_file():
+            found.append(("full VAE and tiny", tiny_dir / clip / "index.html"))
     return found
 
 

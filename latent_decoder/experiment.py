@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_RELPATH = Path("configs") / "generation_config.yaml"
 LATENTS_DIRNAME = "latents"
+VIDEOS_DIRNAME = "latents_videos"  # EXP/latents_videos: the full VAE's tree by default
 DEFAULT_FPS = 12.0
 
 PROMPT_DIR_RE = re.compile(r"^(prompt_.+|p\d+_b\d+_s\d+)$")
@@ -169,13 +170,21 @@ class Filters:
     prompts: NameFilter = field(default_factory=NameFilter)
     videos: NameFilter = field(default_factory=NameFilter)
     steps: NameFilter = field(default_factory=lambda: NameFilter(numeric=True))
+    # exact items by key (``prompt/video/step``): a run over a chosen sample (``distill``); empty: all
+    items: frozenset[str] = frozenset()
 
     @classmethod
     def parse(cls, prompt: str | None = None, video: str | None = None, step: str | None = None) -> "Filters":
         return cls(NameFilter.parse(prompt), NameFilter.parse(video), NameFilter.parse(step, numeric=True))
 
+    def __bool__(self) -> bool:
+        """Whether anything is filtered out."""
+        return bool(self.prompts or self.videos or self.steps or self.items)
+
     def covers(self, prompt: str, video: str, step: str) -> bool:
         """Whether an item (by its folder and step names) lies within these filters."""
+        if self.items and f"{prompt}/{video}/{step}" not in self.items:
+            return False
         digits = step.rpartition("_")[2]
         index = int(digits) if digits.isdigit() else None
         return self.prompts.matches(prompt) and self.videos.matches(video) and self.steps.matches(step, index)
@@ -224,7 +233,7 @@ class Experiment:
 
     @property
     def default_output_dir(self) -> Path:
-        return self.root / "latents_videos"
+        return self.root / VIDEOS_DIRNAME
 
     def _section(self, name: str) -> dict[str, Any]:
         """A mapping of the config (``model_settings``, ``video_settings``); absent or null is empty."""
@@ -325,6 +334,8 @@ class Experiment:
             for video in _subdirs(self.latents_dir / prompt):
                 if filters.videos.matches(video):
                     _scan_video(prompt, video, self.latents_dir / prompt / video, filters.steps, found)
+        if filters.items:
+            found.steps = [s for s in found.steps if s.key in filters.items]
         return found
 
 

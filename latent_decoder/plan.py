@@ -139,7 +139,7 @@ def make_plan(settings: RunSettings, journal: Journal) -> Plan:
     plan = Plan([], {}, present, entries=entries, x0_label=x0_label,
                 duplicates=[m for prompt, video, step, m in found.duplicates if covers(prompt, video, step)],
                 all_duplicates=[m for *_, m in found.duplicates])
-    everything = not (settings.filters.prompts or settings.filters.videos or settings.filters.steps)
+    everything = not settings.filters
     plan.unavailable = {k: why for k, why in unavailable.items() if everything or covers(*k.split("/"))}
     for step in present:
         key = step.key
@@ -179,6 +179,6 @@ def _nothing_to_decode(settings: RunSettings, plan: Plan) -> ExperimentError:
     if plan.unavailable:
         key, why = next(iter(plan.unavailable.items()))
         return ExperimentError(f"no step has an x0 to decode ({len(plan.unavailable)} without): {key}: {why}")
-    if f.prompts or f.videos or f.steps:
+    if f:
         return ExperimentError(f"no latent steps under {latents} match the filters")
     return ExperimentError(f"no latent steps under {latents} (expected <prompt>/<video>/step_NNN.npy.gz)")

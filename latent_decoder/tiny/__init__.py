@@ -13,7 +13,13 @@ step in a fraction of the full VAE's time and memory, to the full VAE's frames a
     setup.py       which file a run uses (flag, distilled, folder setting, HF cache; never downloaded) and
                    whether it fits the latents (the published files per latent space: ``Family.tiny``)
     worker.py      TinyWorker: the compute stage of the item lifecycle with a tiny decoder
+    quality.py     PSNR and SSIM of a decoder's frames against the full VAE's
+    training.py    training a tiny decoder on (latent, VAE frames) pairs, measured on held-out ones
+    pairs.py       the VAE worker that keeps each decoded step's latent and frames as a training pair
+    distill.py     ``latent-decoder distill``: the sample, its decode, the training, the card
 """
 from __future__ import annotations
 
 TINY_DIRNAME = "latents_tiny"  # EXP/latents_tiny: tiny decodes never overwrite full decodes
+DISTILL_SAMPLE = 32  # distill: steps decoded with the full VAE (training and held out)
+DISTILL_MINUTES = 5.0  # distill: training time

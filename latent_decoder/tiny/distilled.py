@@ -71,6 +71,15 @@ def check_card(card: dict[str, Any], model: ResolvedModel, folder: Path) -> None
             f"run distill again, or pass --tiny-weights FILE")
 
 
+def check_weights(card: dict[str, Any], digest: str, folder: Path) -> None:
+    """Refuse (one line) a card that describes other weights than the folder's decoder file (its
+    ``weights_sha256``): a distill stopped between writing the two."""
+    described = card.get("weights_sha256")
+    if described is not None and described != digest:
+        raise TinyCheckpointError(f"{Path(folder) / CARD_FILE}: describes other weights than {Path(folder) / WEIGHTS_FILE} "
+                                  f"(a distill stopped while saving?): run distill again")
+
+
 def write_card(folder: Path, card: dict[str, Any]) -> Path:
     """Write the card atomically (a reader never sees half of it)."""
     path = Path(folder) / CARD_FILE

@@ -190,8 +190,10 @@ class TinyDecoder(nn.Module):
         layers += [_activation(config.activation), _conv3(w[3], IMAGE_CHANNELS * config.patch_size ** 2)]
         self.decoder = nn.Sequential(*layers)
 
-    def run(self, x: torch.Tensor, memory: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
-        """``[N, T, C, h, w]`` latents -> ``[N, T * t_upscale, 3, H, W]`` raw frames in ``[0, 1]``.
+    def run(self, x: torch.Tensor, memory: dict[int, torch.Tensor] | None = None,
+            clamp: bool = True) -> torch.Tensor:
+        """``[N, T, C, h, w]`` latents -> ``[N, T * t_upscale, 3, H, W]`` raw frames in ``[0, 1]`` (not
+        clamped with ``clamp=False``: training's loss, which the clamp would cut off from pixels beyond it).
 
         All frames at once, each memory block's past being its input shifted by one frame. ``memory``
         (by layer index) carries the last frame's input of every memory block from the previous call,
@@ -211,7 +213,8 @@ class TinyDecoder(nn.Module):
                 x = layer(x)
         if self.config.patch_size > 1:
             x = F.pixel_shuffle(x, self.config.patch_size)
-        return x.reshape(n, -1, *x.shape[1:]).clamp(0, 1)
+        x = x.reshape(n, -1, *x.shape[1:])
+        return x.clamp(0, 1) if clamp else x
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         return self.run(latents)

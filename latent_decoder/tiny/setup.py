@@ -25,7 +25,7 @@ from ..errors import LatentShapeError, ModelNotFoundError, TinyMismatchError, Ti
 from ..families import DecodeContext, Family, TinySpace, detect
 from ..models import WEIGHTS_NAME, ResolvedModel, hf_cache_dir, resolve_model, vae_skeleton
 from .checkpoint import SUFFIXES, TinyCheckpoint, load_checkpoint
-from .distilled import DISTILLED_DIRNAME, WEIGHTS_FILE, check_card, distilled_dir, read_card
+from .distilled import DISTILLED_DIRNAME, WEIGHTS_FILE, check_card, check_weights, distilled_dir, read_card
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,12 @@ def _get(space: TinySpace) -> str:
     return f"get {space.files[0]}{space.suffix} from {space.source}{repos}"
 
 
+def published_file(space: TinySpace) -> Path | None:
+    """The published file for these latents in the tiny decoder folder, else in the HF cache; None when
+    neither holds one (nothing is downloaded)."""
+    return _in_folder(tiny_dir(), space) or _in_hf_cache(space)
+
+
 @dataclass(frozen=True)
 class TinySetup:
     """The rule, geometry and decoder file of a tiny run."""
@@ -129,7 +135,7 @@ def find_weights(experiment_root: Path, model: ResolvedModel, rule: Family, chan
         raise TinyWeightsNotFoundError(f"no published tiny decoder fits the {label}, and {distilled} holds none: "
                                        f"pass --tiny-weights FILE")
     folder = tiny_dir()
-    found = _in_folder(folder, space) or _in_hf_cache(space)
+    found = published_file(space)
     if found is None:
         raise TinyWeightsNotFoundError(
             f"no tiny decoder for the {label}: looked for {_wanted(space)} in {distilled}, in {folder} "
@@ -183,9 +189,23 @@ def resolve_tiny(experiment_root: Path, model_id: str, subfolder: str | None = N
     path = find_weights(experiment_root, model, rule, channels, model_id, flag)
     how, card = source_of(path, model)
     checkpoint = load_checkpoint(path)
+    if card is not None:
+        check_weights(card, checkpoint.digest, path.parent)
     space = rule.tiny_space(channels, model_id)
     check_fit(checkpoint, rule, vae, model_id, space)
     return TinySetup(model, rule, vae, checkpoint, how, space, card)
+
+
+def tiny_input(rule: Family, ctx: DecodeContext, latent: Any, source: str) -> Any:
+    """A stored latent (the rule's layout, batch axis included) as a tiny decoder's input ``[1, T, C, h, w]``
+    float32: the rule's ``[B, C, T, H, W]`` grid, not de-normalised (the tiny decoders take the sampler's
+    latents), time before channels."""
+    import numpy as np
+    import torch
+
+    rule.check_shape(latent.shape, ctx, source)
+    grid = rule.to_grid(torch.from_numpy(np.ascontiguousarray(latent)).float(), ctx)
+    return grid[:1].permute(0, 2, 1, 3, 4)
 
 
 def trim_for(rule: Family, ctx: DecodeContext, latent_frames: int, t_upscale: int, segment: int | None,

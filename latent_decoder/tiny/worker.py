@@ -23,7 +23,7 @@ from ..models import ResolvedModel
 from ..settings import OutputSettings
 from ..worker import DeviceWorker
 from .model import frames_uint8
-from .setup import TinySetup, resolve_tiny, trim_for
+from .setup import TinySetup, resolve_tiny, tiny_input, trim_for
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +51,12 @@ class TinyWorker(DeviceWorker):
     def decode(self, latent: np.ndarray, source: str = "<array>", condition: Any = None) -> np.ndarray:
         """One stored latent (the rule's layout, batch axis included) -> ``[F, H, W, 3]`` uint8 frames of
         the full decode's count and size (resized by ``--scale``)."""
-        import torch
-
         latent = validate_latent(np.asarray(latent), source, self.rule.layout)
         ctx = DecodeContext(self.setup.vae, self.output.video, self.setup.model.pipeline, self.output.decode_options,
                             condition)
-        self.rule.check_shape(latent.shape, ctx, source)
-        grid = self.rule.to_grid(torch.from_numpy(np.ascontiguousarray(latent)).float(), ctx)  # [B, C, T, H, W]
-        config = self.decoder.config
-        trim = trim_for(self.rule, ctx, grid.shape[2], config.t_upscale, self.setup.segment, source)
-        x = grid[:1].permute(0, 2, 1, 3, 4).to(self.device, self.dtype)
+        x = tiny_input(self.rule, ctx, latent, source)
+        trim = trim_for(self.rule, ctx, x.shape[1], self.decoder.config.t_upscale, self.setup.segment, source)
+        x = x.to(self.device, self.dtype)
         try:
             return frames_uint8(self.decoder, x, trim, self.setup.segment, self.output.scale)
         except FloatingPointError:

@@ -22,11 +22,14 @@ from ..journal import Journal
 from ..layout import OutputLayout
 from ..resources import usable_cpus
 from ..summary import read_summary
+from ..experiment import VIDEOS_DIRNAME
 from ..settings import X0_SUFFIX
+from ..tiny import TINY_DIRNAME
 from ..video import write_file_atomic
 from .collect import StepView, VideoDigest, VideoView, short_reason, video_digests, video_views
 from .frames import FrameReadError, read_frames
-from .gallery import PAGE_NAME, VideoEntry, entries_in_order, render_index, render_video_page, view_note
+from .gallery import (FULL_LABEL, PAGE_NAME, TINY_LABEL, X0_LABEL, XT_LABEL, Sibling, VideoEntry, entries_in_order,
+                      render_index, render_video_page, view_note)
 from .progression_video import PROGRESSION_NAME, ProgressionWriter, progression_format
 from .sheet import DEFAULT_GEOMETRY, SHEET_NAME, SHEET_THUMB_NAME, Sheet, sheet_geometry
 from .stats import STATS_NAME, stats_bytes
@@ -128,16 +131,26 @@ def build_video(root: Path, view: VideoView, note: str | None = None) -> VideoEn
         _remove(folder / SHEET_THUMB_NAME)
     if not entry.progression:
         _remove(folder / PROGRESSION_NAME)
-    sibling, is_x0 = _sibling_view(root, d.prompt, d.video)
-    write_file_atomic(folder / PAGE_NAME, render_video_page(view, entry, sibling, is_x0, note).encode())
+    siblings = [s for s in sibling_trees(root) if (root.with_name(s.tree) / d.prompt / d.video / SHEET_NAME).is_file()]
+    write_file_atomic(folder / PAGE_NAME, render_video_page(view, entry, siblings, note).encode())
     return entry
 
 
-def _sibling_view(root: Path, prompt: str, video: str) -> tuple[str | None, bool]:
-    """The other view's tree (``latents_videos`` <-> ``latents_videos_x0``) if it has this video's sheet."""
-    is_x0 = root.name.endswith(X0_SUFFIX)
-    other = root.with_name(root.name[: -len(X0_SUFFIX)] if is_x0 else root.name + X0_SUFFIX)
-    return (other.name if (other / prompt / video / SHEET_NAME).is_file() else None), is_x0
+def sibling_trees(root: Path) -> list[Sibling]:
+    """The trees beside ``root`` whose sheets its video pages show next to their own: the other view
+    (``latents_videos`` <-> ``latents_videos_x0``), and the full VAE's and the tiny decoder's trees
+    (``latents_videos`` <-> ``latents_tiny``)."""
+    name = root.name
+    found = []
+    if name.endswith(X0_SUFFIX):
+        found.append(Sibling(name[: -len(X0_SUFFIX)], "x_t and x0", X0_LABEL, XT_LABEL, mine_first=False))
+    else:
+        found.append(Sibling(name + X0_SUFFIX, "x_t and x0", XT_LABEL, X0_LABEL, mine_first=True))
+    if name == VIDEOS_DIRNAME:
+        found.append(Sibling(TINY_DIRNAME, "full VAE and tiny decoder", FULL_LABEL, TINY_LABEL, mine_first=True))
+    elif name == TINY_DIRNAME:
+        found.append(Sibling(VIDEOS_DIRNAME, "full VAE and tiny decoder", TINY_LABEL, FULL_LABEL, mine_first=False))
+    return found
 
 
 def _draw(root: Path, folder: Path, rows: list[StepView], decoded: list[StepView]) -> tuple[bool, bool]:

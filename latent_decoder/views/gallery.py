@@ -223,10 +223,22 @@ def decoder_label(model: dict[str, Any]) -> str:
     file and where it came from) or the preview map."""
     kind = model.get("decoder")
     if kind == "tiny":
-        return f"tiny decoder {model.get('tiny_name') or '?'} ({model.get('tiny_from') or '?'})"
+        return f"tiny decoder {model.get('tiny_name') or '?'} ({model.get('tiny_from') or '?'}){_measured(model)}"
     if kind == "preview":
         return f"preview map ({model.get('factors') or '?'} factors, no VAE)"
     return "full VAE"
+
+
+def _measured(model: dict[str, Any]) -> str:
+    """A distilled decoder's measured quality, from its card: held-out PSNR and SSIM against the full VAE."""
+    card = model.get("tiny_card") or {}
+    psnr, ssim = card.get("held_out_psnr"), card.get("held_out_ssim")
+    if not isinstance(psnr, (int, float)):
+        return ""
+    held = card.get("steps_held_out")
+    steps = f" on {len(held)} held-out step{'s' if len(held) != 1 else ''}" if isinstance(held, list) else " held out"
+    similar = f", SSIM {ssim:.3f}" if isinstance(ssim, (int, float)) else ""
+    return f": PSNR {psnr:.1f} dB{similar} against the full VAE{steps}"
 
 
 def _run_meta(summary: dict[str, Any], model: dict[str, Any] | None) -> RunMeta:
@@ -309,16 +321,35 @@ def _step_card(step: StepView, base: str) -> StepCard:
 
 
 XT_LABEL, X0_LABEL = "x_t (the stored latents)", "x0 (the model's prediction)"
+FULL_LABEL, TINY_LABEL = "full VAE", "tiny decoder"
 
 
-def _side_by_side(base: str, sibling: str | None, is_x0: bool) -> list[SheetFigure]:
-    """x_t and x0 progression sheets next to each other (x_t first), when the other view's tree has this video."""
-    if sibling is None:
-        return []
-    other = f"../../../{sibling}/{base}"
-    mine = SheetFigure(SHEET_NAME, None, "this view", X0_LABEL if is_x0 else XT_LABEL)
-    theirs = SheetFigure(f"{other}/{SHEET_NAME}", f"{other}/{PAGE_NAME}", "other view", XT_LABEL if is_x0 else X0_LABEL)
-    return [theirs, mine] if is_x0 else [mine, theirs]
+@dataclass(frozen=True)
+class Sibling:
+    """A tree beside this one whose sheet of the same video a page shows next to its own."""
+
+    tree: str  # its folder's name, beside this tree's
+    title: str  # what the pair shows, e.g. "x_t and x0"
+    mine: str  # the caption of this tree's sheet
+    theirs: str  # the caption of its sheet
+    mine_first: bool
+
+
+@dataclass(frozen=True)
+class SheetPair:
+    title: str
+    figures: list[SheetFigure]
+
+
+def _side_by_side(base: str, siblings: list[Sibling]) -> list[SheetPair]:
+    """This video's progression sheet next to the sheet of each sibling tree that has it."""
+    pairs = []
+    for s in siblings:
+        other = f"../../../{s.tree}/{base}"
+        mine = SheetFigure(SHEET_NAME, None, "this tree", s.mine)
+        theirs = SheetFigure(f"{other}/{SHEET_NAME}", f"{other}/{PAGE_NAME}", "the other tree", s.theirs)
+        pairs.append(SheetPair(s.title, [mine, theirs] if s.mine_first else [theirs, mine]))
+    return pairs
 
 
 def view_note(summary: dict[str, Any]) -> str | None:
@@ -331,11 +362,11 @@ def view_note(summary: dict[str, Any]) -> str | None:
             f"two consecutive stored steps (no model call); {label}")
 
 
-def render_video_page(view: VideoView, entry: VideoEntry, sibling: str | None = None, is_x0: bool = False,
+def render_video_page(view: VideoView, entry: VideoEntry, siblings: list[Sibling] | None = None,
                       note: str | None = None) -> str:
-    """One video: its progression (video, sheet, statistics) and every step; beside the sheet of the
-    other view (x_t or x0) when ``sibling`` (that tree's folder name) has this video. ``note``: what
-    the view shows, when it is not the stored latents (``view_note``)."""
+    """One video: its progression (video, sheet, statistics) and every step; its sheet beside those of
+    the ``siblings`` (trees that have this video: the other view, x_t or x0; the full VAE's or the tiny
+    decoder's tree). ``note``: what the view shows, when it is not the stored latents (``view_note``)."""
     d = view.digest
     base = d.key
     hidden = [s.step for s in view.steps if not s.shown]
@@ -347,7 +378,7 @@ def render_video_page(view: VideoView, entry: VideoEntry, sibling: str | None = 
                    video_figures=figures, progression=entry.progression,
                    poster=_rel(entry.poster, base) if entry.poster else None, charts=stats_charts(view),
                    stats=entry.stats, sheet=entry.sheet,
-                   side_by_side=_side_by_side(base, sibling, is_x0) if entry.sheet else [],
+                   side_by_side=_side_by_side(base, siblings or []) if entry.sheet else [],
                    steps=[_step_card(s, base) for s in view.steps if s.shown],
                    waiting=hidden[:50], waiting_more=len(hidden) > 50)
 
