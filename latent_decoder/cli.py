@@ -619,7 +619,8 @@ def distill(experiment: Path, sample: int, held_out: int | None, minutes: float,
             width: int | None, seed: int, output_dir: Path | None, device: str, dtype: str, fmt: str, fps: float | None,
             crf: int | None, quality: float | None, preset: str, model: str | None, vae_subfolder: str | None,
             vae_config: str | None, family: str | None, decode_timestep: float | None,
-            decode_noise_scale: float | None, executor: str, gpus: int | None, actors_per_gpu: int | None,
+            decode_noise_scale: float | None, decode_chunk_size: int | None, executor: str, gpus: int | None,
+            actors_per_gpu: int | None,
             workers: int | None, address: str | None, io: str, start_timeout: float | None,
             item_timeout: float | None, verbose: bool) -> None:
     """Train a tiny decoder for EXPERIMENT's VAE on EXPERIMENT's own steps, for `decode --decoder tiny`.
@@ -643,7 +644,7 @@ def distill(experiment: Path, sample: int, held_out: int | None, minutes: float,
     opts = CliOptions(output_dir=output_dir, device=device, fps=fps, dtype=dtype, format=fmt, quality=quality,
                       crf=crf, preset=preset, model=model, vae_subfolder=vae_subfolder, vae_config=vae_config,
                       family=family, decode_timestep=decode_timestep, decode_noise_scale=decode_noise_scale,
-                      executor=executor, address=address, gpus=gpus, actors_per_gpu=actors_per_gpu, workers=workers,
+                      decode_chunk_size=decode_chunk_size, executor=executor, address=address, gpus=gpus, actors_per_gpu=actors_per_gpu, workers=workers,
                       io=io, start_timeout=start_timeout, item_timeout=item_timeout)
     options = DistillOptions(sample=sample, held_out=held_out, minutes=minutes, until_psnr=until_psnr, width=width,
                              seed=seed)
