@@ -123,7 +123,7 @@ def wait_for_ray_resources(ray, **wanted: float) -> None:
 
 # The files with the longest runs start first (`make test` hands whole files to its two workers), so
 # that no worker is left with a long one at the end while the other idles.
-FIRST_FILES = ("test_ray_executor.py", "test_ray_robustness.py", "test_demo.py", "test_ray_nodes.py",
+FIRST_FILES = ("test_ray_executor.py", "test_ray_robustness.py", "test_demo.py", "test_distill.py", "test_ray_nodes.py",
                "test_watch.py", "test_resume.py", "test_ray_jobs.py", "test_ray_autoscale.py", "test_ray_overlap.py")
 
 

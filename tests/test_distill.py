@@ -23,7 +23,7 @@ from latent_decoder.cli import cli
 from latent_decoder.experiment import Experiment, LatentStep
 from latent_decoder.models import resolve_model
 from latent_decoder.tiny import training
-from latent_decoder.tiny.distill import choose_sample
+from latent_decoder.tiny.sampling import choose_sample
 from latent_decoder.tiny.distilled import CARD_FILE, DISTILLED_DIRNAME, WEIGHTS_FILE, vae_identity, write_card
 from latent_decoder.tiny.model import kept_frames
 from latent_decoder.tiny.pairs import PAIRS_DIRNAME

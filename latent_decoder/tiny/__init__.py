@@ -14,6 +14,7 @@ step in a fraction of the full VAE's time and memory, to the full VAE's frames a
                    whether it fits the latents (the published files per latent space: ``Family.tiny``)
     worker.py      TinyWorker: the compute stage of the item lifecycle with a tiny decoder
     quality.py     PSNR and SSIM of a decoder's frames against the full VAE's
+    sampling.py    which steps distill decodes with the full VAE, and which it holds out
     training.py    training a tiny decoder on (latent, VAE frames) pairs, measured on held-out ones
     pairs.py       the VAE worker that keeps each decoded step's latent and frames as a training pair
     distill.py     ``latent-decoder distill``: the sample, its decode, the training, the card

@@ -5,7 +5,7 @@
    names this VAE), else the published file the family rule names (``setup.published_file``, never
    downloaded), else a new one from the VAE's geometry (``training.config_for_vae``); ``--width``
    always starts anew at that width.
-2. **The sample** (``choose_sample``): ``--sample`` steps spread over the trajectory (each video's
+2. **The sample** (``sampling.choose_sample``): ``--sample`` steps spread over the trajectory (each video's
    steps by position, so noisy early steps and clean late ones are both there) and over the videos
    (taken in turn), ``--held-out`` of them, spread the same way, never trained on.
 3. **The sample's decode** is a normal run of the full VAE (``runner.run_decode`` over exactly the
@@ -13,11 +13,13 @@
    later ``decode`` skips them, and it runs in-process or on Ray like any decode. Its worker keeps
    each step's latent and frames as a training pair (``pairs.keeping_pairs``): one decode per step, exact
    frames. Pairs kept by an earlier distill are used again; a sampled step already decoded without
-   a pair is decoded again (``force``) to get one.
+   a pair is decoded again (``force``) to get one. So the item lifecycle stays written once (the
+   pipeline's prepare, compute, write, commit; the pair is a by-product of the compute stage), and
+   training never sees frames read back from a lossy MP4 (it would learn x264's artifacts).
 4. **Training** in this process on ``--device`` for ``--minutes`` (or until ``--until-psnr``), the
    held-out PSNR shown as it goes (``training.py``). Ctrl-C stops it: the best weights measured so
-   far are saved (a measured decoder is never worse than its card says), then the command exits
-   130/143.
+   far are saved when training improved on its start (measured, so the card tells the truth), then
+   the command exits 130/143.
 5. **Saving**: ``EXP/tiny_decoder/decoder.safetensors`` and ``card.json`` (``distilled.py``), unless
    the decoder already there scores better on these held-out steps (it is kept). ``--decoder tiny``
    then finds it without a flag.
@@ -38,10 +40,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 
 from ..errors import LatentDecoderError, SetupError, TinyCheckpointError, TinyMismatchError
-from ..experiment import Filters, LatentStep
+from ..experiment import Filters
 from ..families import DecodeContext, Family, TinySpace, detect
 from ..models import ResolvedModel, resolve_model, vae_skeleton
 from ..plan import plan_run
@@ -55,6 +56,7 @@ from .checkpoint import TinyCheckpoint, load_checkpoint, save_checkpoint
 from .distilled import WEIGHTS_FILE, check_card, distilled_dir, read_card, vae_identity, write_card
 from .model import TinyConfig, frames_uint8, kept_frames, load_decoder
 from .pairs import PAIRS_DIRNAME, StoredPair, drop_stale_pairs, keeping_pairs, mark_pairs, read_pair
+from .sampling import choose_sample
 from .setup import check_fit, published_file, tiny_input, trim_for
 from .training import (Outcome, Pair, Quality, Trainer, UnfitVae, config_for_vae, init_for_training, measure_quality,
                        train)
@@ -164,39 +166,6 @@ def _duration(seconds: float) -> str:
     if hours:
         return f"{hours}h{minutes:02d}m"
     return f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
-
-
-# ------------------------------------------------------------------------------------------- the sample
-
-
-def choose_sample(steps: list[LatentStep], size: int, held_out: int, seed: int = 0
-                  ) -> tuple[list[LatentStep], list[LatentStep]]:
-    """``size`` steps (training and held out), stratified: slot ``i`` of ``size`` wants the step at
-    position ``(i + 0.5) / size`` of its video's trajectory (its rank among the video's stored steps),
-    the videos taking the slots in turn (in an order shuffled by ``seed``); ``held_out`` of them,
-    evenly spaced over the slots, so they too span the noise levels. Returns ``(train, held_out)``."""
-    by_video: dict[str, list[LatentStep]] = {}
-    for step in steps:
-        by_video.setdefault(step.video_key, []).append(step)
-    for video in by_video.values():
-        video.sort(key=lambda s: s.step_index)
-    position = {s.key: (i / (len(v) - 1) if len(v) > 1 else 0.5) for v in by_video.values() for i, s in enumerate(v)}
-    videos = sorted(by_video)
-    np.random.default_rng(seed).shuffle(videos)
-    size = min(size, len(steps))
-    chosen: list[LatentStep] = []
-    taken: set[str] = set()
-    for slot in range(size):
-        wanted = (slot + 0.5) / size
-        for turn in range(len(videos)):
-            free = [s for s in by_video[videos[(slot + turn) % len(videos)]] if s.key not in taken]
-            if free:
-                step = min(free, key=lambda s: abs(position[s.key] - wanted))
-                chosen.append(step)
-                taken.add(step.key)
-                break
-    held = {int((j + 0.5) * len(chosen) / held_out) for j in range(held_out)}
-    return [s for i, s in enumerate(chosen) if i not in held], [s for i, s in enumerate(chosen) if i in held]
 
 
 # ------------------------------------------------------------------------------------------- setup

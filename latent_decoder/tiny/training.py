@@ -114,7 +114,12 @@ def measure_quality(model: TinyDecoder, pairs: list[Pair], device: torch.device)
     """Decode every pair's latent whole (as ``--decoder tiny`` does) and compare with the VAE's frames."""
     scores, similar = {}, []
     for pair in pairs:
-        frames = frames_uint8(model, pair.latent.to(device), pair.trim, pair.segment)
+        try:
+            frames = frames_uint8(model, pair.latent.to(device), pair.trim, pair.segment)
+        except FloatingPointError:  # weights a diverging step ruined: scored as worthless, never kept
+            scores[pair.key] = 0.0
+            similar.append(0.0)
+            continue
         target = np.asarray(pair.frames)
         if frames.shape != target.shape:
             raise ValueError(f"{pair.key}: the tiny decoder makes {frames.shape} frames, the VAE made {target.shape}")
