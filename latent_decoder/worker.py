@@ -97,6 +97,12 @@ class DeviceWorker(Worker):
         if self.device.type == "cpu" and output.dtype == "float16":
             warnings.warn("float16 on CPU is slow and poorly supported; prefer float32 or bfloat16", stacklevel=3)
 
+    def non_finite(self, source: str, what: str) -> DecodeError:
+        """The item error for a decode whose output holds NaN/Inf (an overflow), naming a safer dtype."""
+        others = " or ".join(d for d in ("bfloat16", "float32") if d != self.output.dtype)
+        return DecodeError(f"{source}: {what}'s output holds NaN/Inf values in {self.output.dtype} "
+                           f"(overflow?); decode with --dtype {others}")
+
     @property
     def latent_layout(self) -> Layout:
         return self.rule.layout
@@ -189,9 +195,7 @@ class DecodeWorker(DeviceWorker):
                     raise NonFiniteOutput(source)
                 return video_to_uint8(video, self.output.scale).cpu().numpy()
             except NonFiniteOutput:
-                others = " or ".join(d for d in ("bfloat16", "float32") if d != self.output.dtype)
-                raise DecodeError(f"{source}: the VAE's output holds NaN/Inf values in {self.output.dtype} "
-                                  f"(overflow?); decode with --dtype {others}") from None
+                raise self.non_finite(source, "the VAE") from None
 
     def _decode_with_fallback(self, latent: np.ndarray, source: str, condition: "torch.Tensor | None") -> np.ndarray:
         """``decode``; on out-of-memory once more with the VAE's tiling (slower, far less memory)."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DecodeError, TinyMismatchError
+from ..errors import TinyMismatchError
 from ..families import DecodeContext
 from ..latents import validate_latent
 from ..lifecycle import ItemWork
@@ -60,9 +60,7 @@ class TinyWorker(DeviceWorker):
         try:
             return frames_uint8(self.decoder, x, trim, self.setup.segment, self.output.scale)
         except FloatingPointError:
-            others = " or ".join(d for d in ("bfloat16", "float32") if d != self.output.dtype)
-            raise DecodeError(f"{source}: the tiny decoder's output holds NaN/Inf values in {self.output.dtype} "
-                              f"(overflow?); decode with --dtype {others}") from None
+            raise self.non_finite(source, "the tiny decoder") from None
 
     def to_frames(self, latent: np.ndarray, work: ItemWork) -> np.ndarray:
         return self.decode(latent, str(work.step.path), self.parse_condition(work))
