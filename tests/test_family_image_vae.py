@@ -138,6 +138,36 @@ def _ref_i2vgen_xl(vae: Any, latent: Any, video: VideoSettings) -> Any:
     return I2VGenXLPipeline.decode_latents(_pipe(vae), latents.to(vae.dtype), decode_chunk_size=1)
 
 
+def _ref_text_to_video_zero(vae: Any, latent: Any, video: VideoSettings) -> Any:
+    """TextToVideoZeroPipeline: ``decode_latents`` on the legacy callback's ``[F, C, H, W]`` (its frames
+    come back as numpy ``[F, H, W, 3]`` in [0, 1]; here as the ``[1, 3, F, H, W]`` in [-1, 1] that
+    ``postprocess`` takes)."""
+    import torch
+    from diffusers import TextToVideoZeroPipeline
+
+    image = TextToVideoZeroPipeline.decode_latents(_pipe(vae), latent.to(vae.dtype))
+    return torch.from_numpy(image).permute(3, 0, 1, 2)[None] * 2 - 1
+
+
+def _ref_text_to_video_zero_sdxl(vae: Any, latent: Any, video: VideoSettings) -> Any:
+    """TextToVideoZeroSDXLPipeline.__call__'s lines after its loop (they are not a method of their own):
+    ``needs_upcasting``, its ``upcast_vae``, the cast to ``post_quant_conv``'s dtype, ``vae.decode(latents /
+    scaling_factor)`` on every frame, the VAE back to float16."""
+    import torch
+    from diffusers import TextToVideoZeroSDXLPipeline
+
+    pipe, latents = _pipe(vae), latent.to(vae.dtype)
+    needs_upcasting = vae.dtype == torch.float16 and vae.config.force_upcast
+    if needs_upcasting:
+        with pytest.warns(FutureWarning, match="upcast_vae"):
+            TextToVideoZeroSDXLPipeline.upcast_vae(pipe)
+        latents = latents.to(next(iter(vae.post_quant_conv.parameters())).dtype)
+    image = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+    if needs_upcasting:
+        vae.to(dtype=torch.float16)
+    return image.permute(1, 0, 2, 3)[None]
+
+
 def _frames_first(grid: np.ndarray) -> np.ndarray:
     return grid.transpose(0, 2, 1, 3, 4)
 
@@ -168,6 +198,11 @@ CASES = {
                                    _ref_text_to_video_sd, pipeline="TextToVideoSDPipeline"),
     "i2vgen-xl": FamilyCase("i2vgen-xl", SD_VAE, partial(tiny_image_vae, 7), (4, 3, 8, 8), _video(3), _ref_i2vgen_xl,
                             store=_step_output, pipeline="I2VGenXLPipeline"),
+    "text-to-video-zero": FamilyCase("text-to-video-zero", SD_VAE, partial(tiny_image_vae, 8), (4, 3, 8, 8), _video(3),
+                                     _ref_text_to_video_zero, store=_step_output, pipeline="TextToVideoZeroPipeline"),
+    "text-to-video-zero-sdxl": FamilyCase("text-to-video-zero-sdxl", SD_VAE, partial(tiny_image_vae, 9, SDXL_SCALING),
+                                          (4, 3, 8, 8), _video(3), _ref_text_to_video_zero_sdxl, store=_step_output,
+                                          pipeline="TextToVideoZeroSDXLPipeline"),
 }
 
 
@@ -207,7 +242,8 @@ def test_cli_decode_matches_the_pipeline(case: Case, tmp_path: Path):
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-@pytest.mark.parametrize("name", ["animatediff", "animatediff-sdxl", "latte", "svd", "i2vgen-xl"])
+@pytest.mark.parametrize("name", ["animatediff", "animatediff-sdxl", "latte", "svd", "i2vgen-xl",
+                                  "text-to-video-zero-sdxl"])
 def test_low_precision_decode_is_the_pipelines_own(name: str, dtype: str, models_dir: Path):
     """The loop's latents are in the VAE's dtype: cast, ``1 / scaling_factor *`` in it, decode (the SDXL
     VAE upcast at float16)."""
@@ -377,6 +413,9 @@ def test_detection_picks_the_pipelines_family():
     assert picked(SD_VAE, "TextToVideoSDPipeline") == "text-to-video-sd"
     assert picked(SD_VAE, "VideoToVideoSDPipeline") == "text-to-video-sd"
     assert picked(SD_VAE, "I2VGenXLPipeline") == "i2vgen-xl"
+    assert picked(SD_VAE, "TextToVideoZeroPipeline") == "text-to-video-zero"
+    assert picked(SD_VAE, "TextToVideoZeroSDXLPipeline") == "text-to-video-zero-sdxl"
+    assert picked(SD_VAE, "StableDiffusionPipeline", override="text-to-video-zero") == "text-to-video-zero"
     assert picked(SVD_VAE, "StableVideoDiffusionPipeline") == "svd"
     # a bare VAE folder: the VAE class's rule (no longer "VAE class ... is not supported yet")
     bare = detect(SD_VAE, PipelineFacts())
@@ -385,6 +424,24 @@ def test_detection_picks_the_pipelines_family():
     assert picked(SD_VAE, "AnimateDiffPipeline", override="latte") == "latte"
     with pytest.raises(UnsupportedModelError, match="--family svd decodes AutoencoderKLTemporalDecoder latents"):
         picked(SD_VAE, "AnimateDiffPipeline", override="svd")
+
+
+@pytest.mark.parametrize("name", ["text-to-video-zero", "text-to-video-zero-sdxl"])
+def test_text_to_video_zeros_first_frame_steps_decode_to_one_frame(name: str, models_dir: Path):
+    """Text2Video-Zero's first two backward passes denoise the first frame alone: their callback latents
+    are ``[1, C, H, W]``, one frame, decoded as the pipeline's decode lines decode it; a plain Stable
+    Diffusion folder decodes the same with ``--family``."""
+    import torch
+
+    case = build_case(name, models_dir)
+    first = case.latent[:1]
+    with torch.no_grad():
+        expected = postprocess(case.family.reference(copy.deepcopy(case.vae), torch.from_numpy(first), case.family.video))
+    frames = decode_latent(first, str(case.model_dir), device="cpu")
+    assert frames.shape == (1, 16, 16, 3)
+    assert psnr(frames, expected) >= PARITY_DB
+    sd_folder = save_model(case.vae, models_dir / f"{name}-as-sd", "StableDiffusionPipeline")
+    assert psnr(decode_latent(case.latent, str(sd_folder), device="cpu", family=name), case.reference()) >= PARITY_DB
 
 
 def test_bare_vae_folders_and_family_override_decode(models_dir: Path):
@@ -413,6 +470,10 @@ def test_inspect_names_the_family_the_rule_and_the_chunk_size(models_dir: Path, 
                 "[1, 10, 4, 8, 8] float16 x1 -> 10 frames 16x16"],
         "i2vgen-xl": ["family      i2vgen-xl (I2VGen-XL)", "note: the pipeline has no step callback",
                       "[3, 4, 8, 8] float16 x1 -> 3 frames 16x16"],
+        "text-to-video-zero-sdxl": ["family      text-to-video-zero-sdxl (Text2Video-Zero SDXL), mirrors "
+                                    "diffusers.TextToVideoZeroSDXLPipeline",
+                                    "note: the legacy callback's latents are the video's frames in the batch",
+                                    "[3, 4, 8, 8] float16 x1 -> 3 frames 16x16"],
     }.items():
         case = build_case(name, models_dir)
         output = assert_inspect_says(case, tmp_path / name, words + [f"rule        pipeline {case.family.pipeline} in "])
@@ -445,15 +506,16 @@ def _projected(grid: np.ndarray, space: str, spatial: int) -> np.ndarray:
     return rgb.repeat(spatial, axis=1).repeat(spatial, axis=2)
 
 
-FRAMES_FIRST = ("svd", "i2vgen-xl")
+FRAMES_FIRST = ("svd", "i2vgen-xl", "text-to-video-zero", "text-to-video-zero-sdxl")
 
 
 @pytest.mark.parametrize("name, space", [("animatediff", "sd1.5"), ("animatediff-sdxl", "sdxl"), ("svd", "sd1.5"),
-                                         ("i2vgen-xl", "sd1.5"), ("latte", "sd1.5")])
+                                         ("i2vgen-xl", "sd1.5"), ("latte", "sd1.5"), ("text-to-video-zero", "sd1.5"),
+                                         ("text-to-video-zero-sdxl", "sdxl")])
 def test_preview_uses_the_sd_latent_factors_in_the_pipelines_layout(name: str, space: str, models_dir: Path,
                                                                     tmp_path: Path):
     """The published SD 1.5 / SDXL factors (ComfyUI's ``SD15``/``SDXL``; SVD's latents are SD 1.5's), one
-    video frame per latent frame, on the pipeline's layout (SVD and I2VGen-XL frames first); the pipeline
+    video frame per latent frame, on the pipeline's layout (SVD, I2VGen-XL and Text2Video-Zero frames first); the pipeline
     named by ``model_index.json`` picks SD 1.5 or SDXL for the same VAE class."""
     case = build_case(name, models_dir)
     frames, model = _preview(case.model_dir, case.latent, case.family.video.frames, tmp_path)

@@ -4,7 +4,7 @@ none does, and says what the code does.
 
 Which classes output video is read from diffusers' sources (never imported: importing every pipeline
 takes long and some need packages absent here): a pipeline whose ``__call__`` returns its output
-class with ``frames``/``video``/``videos``, and a modular pipeline whose folder's blocks output
+class with ``frames``/``video``/``videos`` (or a video output class with ``images``), and a modular pipeline whose folder's blocks output
 ``videos``. The sources are scanned as text (parsing them all takes seconds): classes start at
 column 0, methods at 4, and a ``return`` belongs to the last of each before it.
 """
@@ -33,7 +33,9 @@ def diffusers_root() -> Path:
     return Path(spec.origin).parent
 
 
-RETURNS_VIDEO = re.compile(r"^ {8,}return \w+\([^)]*?\b(?:frames|videos?)=", re.M)
+# a video output class: frames/video/videos, or a video pipeline's output class holding its frames as
+# ``images`` (Text2Video-Zero's TextToVideoPipelineOutput, TextToVideoSDXLPipelineOutput)
+RETURNS_VIDEO = re.compile(r"^ {8,}return (?:\w+\([^)]*?\b(?:frames|videos?)=|\w*Video\w*Output\(images=)", re.M)
 
 
 def _last_before(matches: list[re.Match[str]], position: int) -> str | None:

@@ -98,7 +98,8 @@ def test_published_factors_ship_with_the_package_and_name_their_source() -> None
     data = json.loads(FACTORS_FILE.read_text())
     assert "ComfyUI" in data["_about"] and "latent_formats.py" in data["_about"]
     assert set(published_families()) == {"wan2.1", "wan2.2", "hunyuanvideo", "hunyuanvideo1.5", "mochi", "ltx-video",
-                                         "cosmos1", "sd1.5", "sdxl", "svd", "i2vgen-xl"}
+                                         "cosmos1", "sd1.5", "sdxl", "svd", "i2vgen-xl", "text-to-video-zero",
+                                         "text-to-video-zero-sdxl"}
     for name in published_families():
         entry, preview = data[data[name].get("same_as", name)], published_map(name)
         assert preview.factors.shape == (entry["channels"], 3) and preview.bias.shape == (3,)

@@ -47,6 +47,7 @@ from .sana_video import SANA_VIDEO
 from .sana_wm import SANA_WM
 from .stable_video_diffusion import SVD
 from .text_to_video_sd import I2VGEN_XL, TEXT_TO_VIDEO_SD
+from .text_to_video_zero import TEXT_TO_VIDEO_ZERO, TEXT_TO_VIDEO_ZERO_SDXL
 from .unsupported import UNSUPPORTED
 from .wan import SKYREELS_V2, WAN, WAN22_I2V, WAN_MODULAR, WAN_USERS, WAN_VACE
 from .wan_animate import WAN_ANIMATE
@@ -67,7 +68,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     LTX_VIDEO,
     LTX2, LTX2_CONDITIONED,
     SANA_VIDEO,
-    ANIMATEDIFF, ANIMATEDIFF_SDXL, LATTE, SVD, TEXT_TO_VIDEO_SD, I2VGEN_XL,
+    ANIMATEDIFF, ANIMATEDIFF_SDXL, LATTE, SVD, TEXT_TO_VIDEO_SD, I2VGEN_XL, TEXT_TO_VIDEO_ZERO, TEXT_TO_VIDEO_ZERO_SDXL,
 )}
 
 # The family (name) for a VAE class when no pipeline says otherwise.

@@ -38,7 +38,7 @@ def _decode(z: "torch.Tensor", ctx: DecodeContext) -> "torch.Tensor":
     return decode_per_frame(z, ctx, chunk)
 
 
-def _needs_upcasting(ctx: DecodeContext) -> bool:
+def needs_upcasting(ctx: DecodeContext) -> bool:
     import torch
 
     return ctx.dtype == torch.float16 and bool(ctx.config.force_upcast)
@@ -46,12 +46,12 @@ def _needs_upcasting(ctx: DecodeContext) -> bool:
 
 def _upcast_denormalize(z: "torch.Tensor", ctx: DecodeContext) -> "torch.Tensor":
     """``latents.to(post_quant_conv's dtype)`` (float32 once upcast), then ``1 / scaling_factor *``."""
-    return times_inverse_scaling_factor(z.float() if _needs_upcasting(ctx) else z, ctx)
+    return times_inverse_scaling_factor(z.float() if needs_upcasting(ctx) else z, ctx)
 
 
-def _upcast_decode(z: "torch.Tensor", ctx: DecodeContext) -> "torch.Tensor":
+def upcast_decode(z: "torch.Tensor", ctx: DecodeContext) -> "torch.Tensor":
     """The one-call decode, on the VAE upcast to float32 and cast back after when it needs upcasting."""
-    if not _needs_upcasting(ctx):
+    if not needs_upcasting(ctx):
         return decode_per_frame(z, ctx)
     ctx.vae.float()  # ModelMixin.float: .to(dtype) logs a warning on every call
     try:
@@ -88,7 +88,7 @@ ANIMATEDIFF_SDXL = replace(
             "decode_latents)",
     pipelines=("AnimateDiffSDXLPipeline", "StableDiffusionXLPipeline"),
     denormalize=_upcast_denormalize,
-    decode=_upcast_decode,
+    decode=upcast_decode,
     note="with --dtype float16 and the VAE's force_upcast (the SDXL VAE's) the latents are scaled and decoded "
          "in float32, as StableDiffusionXLPipeline's upcast_vae does (AnimateDiffSDXLPipeline's own partial "
          "upcast fails in diffusers 0.42.1)",

@@ -164,7 +164,7 @@ class TinySpace:
     # channel count, one whose pattern matches wins over one without patterns (LTX-2.3 over LTX-2)
     model_ids: tuple[str, ...] = ()
     # latent frames per independently encoded piece whose first decoded frames are dropped like a new
-    # clip's (MiniMax H3's taeh3: 5, as stable-diffusion.cpp decodes it); None: the whole clip is one piece
+    # clip's (for a tiny decoder trained on a VAE that encodes its clip in pieces); None: one piece
     segment: int | None = None
 
     def named_by(self, model_id: str) -> bool:
