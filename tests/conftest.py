@@ -16,7 +16,7 @@ import pytest
 # Never touch the network: tests build every model they load.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-# One thread per process for torch and the encoder: `make test` runs two pytest workers on a 2-core
+# One thread per process for torch and the encoder: `make test` runs three pytest workers on a 2-core
 # box, each of which starts CLI processes and Ray actors (they inherit this environment); with more
 # threads they fight for the cores and per-item time swings by 10-20x without changing what is checked.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -121,7 +121,7 @@ def wait_for_ray_resources(ray, **wanted: float) -> None:
         time.sleep(0.1)
 
 
-# The files with the longest runs start first (`make test` hands whole files to its two workers), so
+# The files with the longest runs start first (`make test` hands whole files to its workers), so
 # that no worker is left with a long one at the end while the other idles.
 FIRST_FILES = ("test_ray_executor.py", "test_ray_robustness.py", "test_demo.py", "test_distill.py", "test_ray_nodes.py",
                "test_watch.py", "test_resume.py", "test_ray_jobs.py", "test_ray_autoscale.py", "test_ray_overlap.py")
