@@ -2,9 +2,10 @@
 # The GPU figures BENCHMARKS.md asks for, in one command, on a machine with a CUDA build of torch:
 #   bash benchmarks/gpu_run.sh [OUT [STEP...]]   figures and logs land in OUT (default: gpu-figures/)
 # STEPs (default: all, ~8-10 min on an H200): device equivalence wan_decode_path_bf16
-# wan_decode_path_fp32 bench.
+# wan_decode_path_fp32 bench tiny_full_size.
 # Runs: the CUDA-only test of the worker's Wan path in strict fp32 and bf16, Wan's decode paths at
-# full size in bf16 and fp32 (time and peak against vae.decode), and `latent-decoder bench --full`.
+# full size in bf16 and fp32 (time and peak against vae.decode), `latent-decoder bench --full`, and
+# the tiny decoder against vae.decode at 61x480x848 (issue 18's 20x goal).
 # Uses latent-decoder as installed (make install with a CUDA torch) or, where .gpu/ exists
 # (scripts/prepare_gpu_run.sh, for a machine without a package index), the code carried there.
 set -uo pipefail
@@ -39,4 +40,5 @@ step equivalence $PY -m pytest -q -p no:cacheprovider tests/test_wan_stream.py
 step wan_decode_path_bf16 $PY benchmarks/wan_decode_path.py --full --dtype bfloat16
 step wan_decode_path_fp32 $PY benchmarks/wan_decode_path.py --full --dtype float32
 step bench $PY -m latent_decoder bench --full --device cuda
+step tiny_full_size $PY benchmarks/tiny_full_size.py --device cuda
 exit $status
