@@ -34,7 +34,7 @@ from latent_decoder.synthetic import save_npy_gz, write_config
 from family_harness import (FPS, LOW_PRECISION_DB, PARITY_DB, Case, FamilyCase, assert_inspect_says,
                             assert_run_decodes_to_its_own_frames, assert_wrong_rules_caught,
                             build_case as _build_case, capture, cli_frames, in_memory, png_frames, postprocess, psnr,
-                            save_model, times_scaling_factor, torch_dtype, write_experiment)
+                            save_model, store_and_decode, times_scaling_factor, torch_dtype, write_experiment)
 
 SD_SCALING, SDXL_SCALING = 0.18215, 0.13025  # the released VAEs' scaling factors
 
@@ -575,6 +575,44 @@ def test_tiny_animatediff_pipeline_run_decodes_to_its_own_frames(tmp_path: Path)
                    generator=torch.Generator().manual_seed(0))
     assert [c.shape for c in captured] == [(1, 4, 18, 8, 8)] * 3
     assert_run_decodes_to_its_own_frames(tmp_path, vae, "AnimateDiffPipeline", captured, video, out, "animatediff")
+
+
+def test_tiny_text_to_video_zero_run_decodes_to_its_own_frames(tmp_path: Path):
+    """A tiny TextToVideoZeroPipeline (random UNet; its ``encode_prompt`` hands fixed embeddings, there
+    being no tokenizer to load here) runs 4 frames on CPU with its legacy ``callback``: the steps of its
+    first backward passes hold the first frame alone, the last ones every frame, frames first; each
+    decodes to one frame or to the video, the last step to the pipeline's own frames."""
+    import torch
+    from diffusers import DDIMScheduler, TextToVideoZeroPipeline, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=8, norm_num_groups=2,
+    )
+    vae = tiny_image_vae(10)
+    pipe = TextToVideoZeroPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=unet,
+                                   scheduler=DDIMScheduler(beta_schedule="linear", clip_sample=False),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    embeds = torch.randn(2, 1, 4, 8, generator=torch.Generator().manual_seed(1))
+    pipe.encode_prompt = lambda *args, **kwargs: (embeds[0], embeds[1])
+    captured: list[np.ndarray] = []
+    video = _video(4)
+    with torch.inference_mode():
+        out = pipe(prompt="a prompt", video_length=video.frames, height=video.height, width=video.width,
+                   num_inference_steps=5, guidance_scale=2.0, t0=1, t1=2, output_type="np",
+                   callback=lambda i, t, latents: captured.append(latents.float().cpu().numpy().copy()),
+                   generator=torch.Generator().manual_seed(0))
+    assert [c.shape for c in captured] == [(1, 4, 8, 8)] * 3 + [(4, 4, 8, 8)] * 3
+    expected = np.asarray(out.images, np.float64) * 255.0
+    model = save_model(vae, tmp_path / "model", "TextToVideoZeroPipeline")
+    first, last, summary = store_and_decode(tmp_path, model, captured, video)
+    assert summary["model"]["family"] == "text-to-video-zero"
+    assert first.shape == (1, 16, 16, 3) and last.shape == expected.shape == (4, 16, 16, 3)
+    assert psnr(last, expected) >= PARITY_DB
+    assert psnr(first, expected[:1]) < psnr(last[:1], expected[:1])
 
 
 def test_tiny_stable_video_diffusion_run_decodes_to_its_own_frames(tmp_path: Path):
