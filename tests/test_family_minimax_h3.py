@@ -270,3 +270,21 @@ def test_calibrate_preview_works_without_published_factors(case: Case, tmp_path:
     assert len(frames) == 22
     model = json.loads((exp / "latents_previews" / "decode_summary.json").read_text())["model"]
     assert model["family"] == "minimax-h3" and model["factors"] == "calibrated"
+
+
+def test_a_tiny_decoder_of_one_frame_per_latent_frame_is_refused_in_one_line(case: Case, tmp_path: Path):
+    """No published tiny decoder fits MiniMax H3 (README): ``taeh3`` is described as one frame per latent
+    frame at 8x. Such a decoder, given with ``--tiny-weights``, is refused before anything is written,
+    in one line naming both geometries."""
+    from latent_decoder.tiny.checkpoint import save_checkpoint
+
+    from taehv_reference import random_state_dict
+
+    weights = save_checkpoint(random_state_dict(latent_channels=CHANNELS, strides=(1, 1, 1)), tmp_path / "taeh3.safetensors")
+    exp = write_experiment(tmp_path / "exp", case.model_dir, VIDEO, case.latent)
+    result = CliRunner().invoke(cli, ["decode", str(exp), "--decoder", "tiny", "--tiny-weights", str(weights)])
+    assert result.exit_code == 2, result.output
+    line = result.output.strip().splitlines()[-1]
+    assert str(weights) in line and "making 1 frames per latent frame at 8x" in line, line
+    assert "MiniMax H3 VAE" in line and "makes 4 at 4x" in line, line
+    assert not (exp / "latents_tiny").exists()
