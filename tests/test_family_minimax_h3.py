@@ -280,7 +280,8 @@ def test_a_tiny_decoder_of_one_frame_per_latent_frame_is_refused_in_one_line(cas
 
     from taehv_reference import random_state_dict
 
-    weights = save_checkpoint(random_state_dict(latent_channels=CHANNELS, strides=(1, 1, 1)), tmp_path / "taeh3.safetensors")
+    weights = save_checkpoint(random_state_dict(latent_channels=CHANNELS, strides=(1, 1, 1)),
+                              tmp_path / "taeh3.safetensors")
     exp = write_experiment(tmp_path / "exp", case.model_dir, VIDEO, case.latent)
     result = CliRunner().invoke(cli, ["decode", str(exp), "--decoder", "tiny", "--tiny-weights", str(weights)])
     assert result.exit_code == 2, result.output
