@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING
 
 from ..latents import BTCHW
 from .animatediff import needs_upcasting, upcast_decode
-from .base import DecodeContext, Family, PreviewSpace, latent_channels
-from .image_vae import (TAESD, TAESDXL, chunked, frames_first, image_spatial_ratio, one_frame_per_latent_frame,
-                        times_inverse_scaling_factor)
+from .base import DecodeContext, PreviewSpace
+from .image_vae import TAESD, TAESDXL, chunked
+from .text_to_video_sd import I2VGEN_XL
 
 if TYPE_CHECKING:
     import torch
@@ -43,21 +43,13 @@ def _divided_by_scaling_factor(z: "torch.Tensor", ctx: DecodeContext) -> "torch.
     return (z.float() if needs_upcasting(ctx) else z) / ctx.config.scaling_factor
 
 
-TEXT_TO_VIDEO_ZERO = Family(
-    name="text-to-video-zero",
-    label="Text2Video-Zero",
+# I2VGen-XL's frames-first reading and scaling, all frames in one decode call
+TEXT_TO_VIDEO_ZERO = replace(
+    I2VGEN_XL, name="text-to-video-zero", label="Text2Video-Zero",
     mirrors="diffusers.TextToVideoZeroPipeline (pipelines/deprecated/text_to_video_synthesis/"
             "pipeline_text_to_video_zero.py: decode_latents)",
-    vae_classes=("AutoencoderKL",),
     pipelines=("TextToVideoZeroPipeline",),
-    layout=BTCHW,
-    channels=latent_channels,
-    temporal_factor=one_frame_per_latent_frame,
-    spatial_factor=image_spatial_ratio,
-    denormalize=times_inverse_scaling_factor,
-    to_grid=frames_first,
     decode=chunked(None),
-    reads=("decode_chunk_size",),
     note=_NOTE,
     previews=(ZERO_SPACE,),
     model_ids=("text2video-zero", "text-to-video-zero"),
