@@ -25,6 +25,12 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 # (DESIGN.md, "Ray facts"); every `ray start`, CLI process and Ray worker started here inherits it.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# The processes these tests send Ctrl-C to start as from a terminal, with SIGINT's default action. A
+# suite started in the background by a non-interactive shell (`make test &`) has SIGINT ignored in its
+# pytest-xdist workers, and every process they start would inherit that; a handler here (reset to the
+# default when a child executes) makes them start as a terminal's would.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from latent_decoder.synthetic import build_synthetic_experiment, build_tiny_wan_vae  # noqa: E402
 
