@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from contextlib import contextmanager, nullcontext
 from typing import Any, ContextManager, Iterator
 
@@ -34,6 +35,7 @@ class StopSignals:
         self.raised: int | None = None  # the last signal turned into Interrupted (Ray re-raises it plainly)
         self.previous: dict[int, Any] = {}
         self.outer: StopSignals | None = None  # a run started inside another run's (the API in a callback)
+        self.installed = False  # entered in the main thread: the active one until it exits
         self.pid = os.getpid()
 
     def _handler(self, signum: int, _frame: Any) -> None:
@@ -59,11 +61,14 @@ class StopSignals:
 
     def __enter__(self) -> "StopSignals":
         global _active
-        try:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self.previous[signum] = signal.signal(signum, self._handler)
-        except ValueError:  # not the main thread: leave signals alone
+        if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
             return self
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            # A signal its starter ignores stays ignored, as shells ask of a script's background job
+            # (`latent-decoder decode EXP &` there ignores SIGINT: a Ctrl-C for the script is not for it).
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                self.previous[signum] = signal.signal(signum, self._handler)
+        self.installed = True
         self.outer, _active = _active, self
         return self
 
@@ -71,7 +76,7 @@ class StopSignals:
         global _active
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
-        if self.previous:
+        if self.installed:
             _active = self.outer
 
 

@@ -51,14 +51,17 @@ STARTUP_DEADLINE = 120.0  # seconds until a run shows progress (imports + model 
 class Run:
     """A ``decode`` subprocess in its own session (so a Ctrl-C can go to its whole group)."""
 
-    def __init__(self, tmp: Path, exp: Path, *args: str) -> None:
+    def __init__(self, tmp: Path, exp: Path, *args: str, ignoring_sigint: bool = False) -> None:
         n = len(list(tmp.glob("run*.err")))
         self.err_path = tmp / f"run{n}.err"
         self.out_path = tmp / f"run{n}.out"
+        # ignoring_sigint: started as a shell script starts a background job (`latent-decoder decode EXP &`)
+        ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignoring_sigint else None
         with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "latent_decoder", "decode", str(exp), *DEVICE, *args],
                 cwd=REPO_ROOT, env={**os.environ, **SUB_ENV}, stdout=out, stderr=err, start_new_session=True,
+                preexec_fn=ignore,
             )
         self.pid = self.proc.pid
 
@@ -105,8 +108,8 @@ def runs(tmp_path: Path):
     """Start decode subprocesses; any still alive at teardown are killed."""
     started: list[Run] = []
 
-    def start(exp: Path, *args: str) -> Run:
-        run = Run(tmp_path, exp, *args)
+    def start(exp: Path, *args: str, ignoring_sigint: bool = False) -> Run:
+        run = Run(tmp_path, exp, *args, ignoring_sigint=ignoring_sigint)
         started.append(run)
         return run
 
@@ -423,3 +426,13 @@ def test_ctrl_c_and_sigterm_keep_finished_items(make_experiment, runs) -> None:
     interrupted_cleanly(run, 143, kept)
     after = fingerprints(out)
     assert {k: after[k] for k in done_before} == done_before, "items kept by Ctrl-C were decoded again"
+
+    # A run its starter told to ignore SIGINT (a script's background job) keeps ignoring it, during the
+    # run too: a Ctrl-C for the script's terminal is not for it. It decodes the rest and exits 0.
+    kept = record_count(out)
+    run = runs(exp, ignoring_sigint=True)
+    run.wait_until("1 more record", lambda: record_count(out) >= kept + 1)
+    assert record_count(out) < total, "the Ctrl-C must land mid-run for this check to mean anything"
+    run.signal(signal.SIGINT, group=True)
+    assert run.wait(120) == 0, run.stderr
+    assert "interrupted" not in run.stderr and record_count(out) == total, run.stderr
