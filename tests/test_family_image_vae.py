@@ -85,24 +85,31 @@ def _ref_pia(vae: Any, latent: Any, video: VideoSettings) -> Any:
     return PIAPipeline.decode_latents(_pipe(vae), latent.to(vae.dtype))
 
 
-def _ref_animatediff_sdxl(vae: Any, latent: Any, video: VideoSettings) -> Any:
-    """AnimateDiffSDXLPipeline's lines after its loop (``needs_upcasting``, the cast to
-    ``post_quant_conv``'s dtype, ``decode_latents``, the VAE back to float16) with
-    StableDiffusionXLPipeline's ``upcast_vae``: the pipeline's own fails in diffusers 0.42.1
-    (``test_animatediff_sdxls_own_upcast_fails_in_this_diffusers``)."""
+def _sdxl_decode_lines(vae: Any, latent: Any, upcast_vae: Any, decode: Any) -> Any:
+    """What the SDXL pipelines write around their decode: ``needs_upcasting``, ``upcast_vae(pipe)``,
+    the cast to ``post_quant_conv``'s dtype, ``decode(pipe, latents)``, the VAE back to float16."""
     import torch
-    from diffusers import AnimateDiffSDXLPipeline, StableDiffusionXLPipeline
 
     pipe, latents = _pipe(vae), latent.to(vae.dtype)
     needs_upcasting = vae.dtype == torch.float16 and vae.config.force_upcast
     if needs_upcasting:
         with pytest.warns(FutureWarning, match="upcast_vae"):
-            StableDiffusionXLPipeline.upcast_vae(pipe)
+            upcast_vae(pipe)
         latents = latents.to(next(iter(vae.post_quant_conv.parameters())).dtype)
-    video_tensor = AnimateDiffSDXLPipeline.decode_latents(pipe, latents)
+    decoded = decode(pipe, latents)
     if needs_upcasting:
         vae.to(dtype=torch.float16)
-    return video_tensor
+    return decoded
+
+
+def _ref_animatediff_sdxl(vae: Any, latent: Any, video: VideoSettings) -> Any:
+    """AnimateDiffSDXLPipeline's lines after its loop (``needs_upcasting``, the cast to
+    ``post_quant_conv``'s dtype, ``decode_latents``, the VAE back to float16) with
+    StableDiffusionXLPipeline's ``upcast_vae``: the pipeline's own fails in diffusers 0.42.1
+    (``test_animatediff_sdxls_own_upcast_fails_in_this_diffusers``)."""
+    from diffusers import AnimateDiffSDXLPipeline, StableDiffusionXLPipeline
+
+    return _sdxl_decode_lines(vae, latent, StableDiffusionXLPipeline.upcast_vae, AnimateDiffSDXLPipeline.decode_latents)
 
 
 def _ref_latte(vae: Any, latent: Any, video: VideoSettings) -> Any:
@@ -153,18 +160,12 @@ def _ref_text_to_video_zero_sdxl(vae: Any, latent: Any, video: VideoSettings) ->
     """TextToVideoZeroSDXLPipeline.__call__'s lines after its loop (they are not a method of their own):
     ``needs_upcasting``, its ``upcast_vae``, the cast to ``post_quant_conv``'s dtype, ``vae.decode(latents /
     scaling_factor)`` on every frame, the VAE back to float16."""
-    import torch
     from diffusers import TextToVideoZeroSDXLPipeline
 
-    pipe, latents = _pipe(vae), latent.to(vae.dtype)
-    needs_upcasting = vae.dtype == torch.float16 and vae.config.force_upcast
-    if needs_upcasting:
-        with pytest.warns(FutureWarning, match="upcast_vae"):
-            TextToVideoZeroSDXLPipeline.upcast_vae(pipe)
-        latents = latents.to(next(iter(vae.post_quant_conv.parameters())).dtype)
-    image = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
-    if needs_upcasting:
-        vae.to(dtype=torch.float16)
+    def decode(pipe: Any, latents: Any) -> Any:
+        return pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+
+    image = _sdxl_decode_lines(vae, latent, TextToVideoZeroSDXLPipeline.upcast_vae, decode)
     return image.permute(1, 0, 2, 3)[None]
 
 
