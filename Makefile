@@ -8,6 +8,17 @@ PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 PY     := $(VENV)/bin/python
+# Packages are installed with uv (itself pip-installed into the venv first, which keeps pip there too),
+# bytecode compiled on both cores: on our 2-core CI box the venv is ready in about 25 s where pip took
+# about 65 s. uv reads no PIP_* settings: a pip --find-links folder (where our CI keeps its CPU torch
+# wheel) is handed on.
+UV     := $(VENV)/bin/uv
+UV_PIP := $(UV) pip install --quiet --compile-bytecode --python $(PY) $(addprefix --find-links ,$(PIP_FIND_LINKS))
+# The tests start a few hundred Python processes (CLI runs, Ray actors, the wheel's venv) and the demo
+# a few, each importing this package, whose editable install is not compiled: its bytecode is cached
+# in __pycache__ (ignored by git) by the first process, also where the environment sets
+# PYTHONDONTWRITEBYTECODE.
+RUN_ENV := PYTHONDONTWRITEBYTECODE=
 DEMO   ?= demo_experiment
 
 # The oldest diffusers pyproject.toml accepts, laid over the venv's own (a --target folder on
@@ -21,12 +32,13 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet uv
+	$(UV_PIP) $(TORCH)
+	$(UV_PIP) -e ".[test]"
 	touch $@
 
 demo: install
-	$(VENV)/bin/latent-decoder demo $(DEMO)
+	$(RUN_ENV) $(VENV)/bin/latent-decoder demo $(DEMO)
 
 # tests/test_gallery.py opens the gallery in Debian's chromium (driven by Playwright; no browser
 # download): installed here when missing, as root with apt-get; otherwise that test skips, saying why.
@@ -41,40 +53,37 @@ browser:
 # two, 7 min 33 s with three, 7 min 27 s with four). Not --dist loadgroup: with pytest 9.2
 # pytest-xdist 3.8 no longer keeps an xdist_group together.
 TEST_WORKERS ?= 3
-# The suite starts a few hundred Python processes (CLI runs, Ray actors, the wheel's venv), each
-# importing this package: bytecode cached in __pycache__ (ignored by git) spares each one compiling
-# it again, also where the environment sets PYTHONDONTWRITEBYTECODE.
-TEST_ENV := PYTHONDONTWRITEBYTECODE=
 
 test: install browser
-	$(TEST_ENV) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(RUN_ENV) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The family parity tests (each family's decode against its own diffusers pipeline) on the oldest
 # diffusers release we declare; subprocesses and Ray workers inherit the PYTHONPATH.
 test-oldest: install $(OLDEST)
 	PYTHONPATH=$(CURDIR):$(CURDIR)/$(OLDEST) $(PY) -c 'import diffusers, sys; \
 		sys.exit(0 if diffusers.__version__ == "$(DIFFUSERS_OLDEST)" else f"got diffusers {diffusers.__version__}")'
-	$(TEST_ENV) PYTHONPATH=$(CURDIR):$(CURDIR)/$(OLDEST) $(PY) -m pytest -q -n $(TEST_WORKERS) tests/test_famil*.py tests/test_pipeline_parity.py
+	$(RUN_ENV) PYTHONPATH=$(CURDIR):$(CURDIR)/$(OLDEST) $(PY) -m pytest -q -n $(TEST_WORKERS) tests/test_famil*.py tests/test_pipeline_parity.py
 
 $(OLDEST):
 	rm -rf $@.tmp
-	$(PY) -m pip install --quiet --no-deps --target $@.tmp diffusers==$(DIFFUSERS_OLDEST)
+	$(UV_PIP) --no-deps --target $@.tmp diffusers==$(DIFFUSERS_OLDEST)
 	mv $@.tmp $@
 
 # Benchmarks at CPU-friendly sizes; each prints its figures (see benchmarks/*.py for full-size options).
 bench: install
-	$(PY) -m pip install --quiet -e ".[bench]"
+	$(UV_PIP) -e ".[bench]"
 	$(PY) benchmarks/preview_throughput.py
 	$(VENV)/bin/latent-decoder bench
 	$(PY) benchmarks/state_scale.py --items 20000
 	$(PY) benchmarks/ray_scaling.py
 	$(PY) benchmarks/ray_overlap.py
 	$(PY) benchmarks/wan_memory.py
+	$(PY) benchmarks/process_start.py
 
 # On a GPU machine (after `make install TORCH=...` with a CUDA build): the full-size figures of
 # BENCHMARKS.md's GPU section in one go, plus the CUDA-only decode equivalence test.
 bench-gpu: install
-	$(PY) -m pip install --quiet -e ".[bench]"
+	$(UV_PIP) -e ".[bench]"
 	PYTHON=$(PY) bash benchmarks/gpu_run.sh
 
 clean:

@@ -11,6 +11,7 @@ from typing import Any, Callable
 import click
 
 from .version import __version__
+from . import heap
 from .errors import LatentDecoderError, SetupError
 from .experiment import Experiment, absolute_path
 from .families import FAMILIES
@@ -693,4 +694,5 @@ def gallery(experiment: Path, output_dir: Path | None, force: bool, verbose: boo
     sys.exit(1 if result.problems else 0)
 
 def main() -> None:
+    heap.own_process()
     cli(prog_name="latent-decoder")

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from . import heap
 from .compute import Worker
 from .errors import OutputDirError, RunLockedError, RunStoppedError
 from .executors import InlineExecutor
@@ -191,6 +192,7 @@ def start_executor(settings: RunSettings, info: RunInfo, worker: Worker | None =
         # the tiny decoder reads the model's config only, never downloading it (TinyWorker finds it)
         model = None if o.decoder == "tiny" else resolve_model(o.model, o.vae_subfolder, o.vae_config)
         worker = worker_cls(o, settings.output_dir, settings.device, model=model)
+        heap.settle()
     info.model = worker.describe()
     return InlineExecutor(worker, owns_worker=True)
 

@@ -3,6 +3,7 @@ an HF cache entry under a real repo id, one local Ray runtime for the session, a
 the real CLI in a subprocess."""
 from __future__ import annotations
 
+import gc
 import os
 import signal
 from contextlib import contextmanager
@@ -139,6 +140,13 @@ def pytest_collection_modifyitems(config, items):
         return FIRST_FILES.index(name) if name in FIRST_FILES else len(FIRST_FILES)
 
     items.sort(key=rank)
+
+
+def pytest_collection_finish(session):
+    """Every test module is imported, torch, diffusers and transformers with them: their objects live
+    as long as this process, so they are frozen out of the garbage collector's walks (as the CLI and
+    its Ray actors do, ``latent_decoder/heap.py``; about 7% of an in-process test file's time)."""
+    gc.freeze()
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -40,6 +40,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .. import heap
 from ..errors import (ClusterError, DecodeError, DeviceFailure, LatentDecoderError, PoisonItemError, RunStoppedError,
                       describe_error, first_line)
 from ..experiment import LatentStep
@@ -463,7 +464,9 @@ def actor_class(worker_cls: type[Worker]) -> type[Worker]:
 
     class RayDecodeWorker(worker_cls):  # type: ignore[valid-type, misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
+            heap.own_process()  # an actor's process is the tool's own
             super().__init__(*args, **kwargs)
+            heap.settle()
             self._decode_lock = threading.Lock()
             encoders = max(1, min(MAX_ENCODERS, usable_cpus() // 2))
             self.concurrency = encoders + 2  # one decoding, the next waiting for the device, the rest encoding
