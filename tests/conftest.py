@@ -194,13 +194,39 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
                           env=full_env, timeout=timeout, cwd=REPO_ROOT, **kwargs)
 
 
+def model_free_worker_cls():
+    """A decoder with no model, for the tests of the Ray pool itself (deadlines, kills, restarts,
+    placement, autoscaling, nodes lost): frames made from the latent with numpy, of the count and size
+    the tiny Wan VAE decodes to (4 frames per latent frame after the first, 8 pixels per latent pixel).
+    Its Ray actor starts without importing torch or diffusers, about a third of a VAE actor's start.
+    The VAE in Ray actors: test_ray_executor.py, test_family_wan_i2v.py, test_distill.py, test_tiny_decode.py."""
+    import numpy as np
+
+    from latent_decoder.compute import Worker
+
+    class ModelFreeWorker(Worker):
+        def __init__(self, output, output_dir=None, device="cpu", model=None, name="inline"):
+            super().__init__(output, output_dir, "cpu", name)
+
+        def decode(self, latent, source="<array>", condition=None):
+            z = np.asarray(latent, np.float32)[0]  # [C, T, H, W]
+            rgb = np.tanh(z[:3]).transpose(1, 2, 3, 0)  # [T, H, W, 3] in (-1, 1)
+            frames = np.concatenate([rgb[:1], np.repeat(rgb[1:], 4, axis=0)])
+            frames = frames.repeat(8, axis=1).repeat(8, axis=2)
+            return np.round((frames + 1) * 127.5).astype(np.uint8)
+
+        def to_frames(self, latent, work):
+            return self.decode(latent, str(work.step.path))
+
+    return ModelFreeWorker
+
+
 def slow_worker_cls(seconds: float):
-    """A DecodeWorker that takes ``seconds`` longer per decode, so a kill lands mid-run."""
+    """A model-free worker (``model_free_worker_cls``) that takes ``seconds`` per decode, so a kill
+    lands mid-run."""
     import time
 
-    from latent_decoder.worker import DecodeWorker
-
-    class SlowWorker(DecodeWorker):
+    class SlowWorker(model_free_worker_cls()):
         def decode(self, latent, source="<array>", condition=None):
             time.sleep(seconds)
             return super().decode(latent, source, condition)
@@ -209,17 +235,15 @@ def slow_worker_cls(seconds: float):
 
 
 def held_worker_cls(gate: Path):
-    """A DecodeWorker that decodes the run's first item at once and holds every later one until
+    """A model-free worker that decodes the run's first item at once and holds every later one until
     ``gate`` exists (at most two minutes): a test that kills a worker (or its node) in ``on_result`` of
     that first item knows that other items are in flight there, and creates ``gate`` once it has."""
     import os
     import time
 
-    from latent_decoder.worker import DecodeWorker
-
     first = gate.with_name(gate.name + ".first")
 
-    class GatedWorker(DecodeWorker):
+    class GatedWorker(model_free_worker_cls()):
         def decode(self, latent, source="<array>", condition=None):
             try:
                 os.close(os.open(first, os.O_CREAT | os.O_EXCL | os.O_WRONLY))

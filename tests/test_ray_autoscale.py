@@ -28,9 +28,9 @@ pytest.importorskip("ray")
 from latent_decoder.experiment import Experiment  # noqa: E402
 from latent_decoder.runner import run_decode  # noqa: E402
 from latent_decoder.settings import CliOptions, resolve_settings  # noqa: E402
-from latent_decoder.worker import DecodeWorker  # noqa: E402
+from latent_decoder.compute import Worker  # noqa: E402
 
-from conftest import hang_guard, journal_records, stop_shared_ray  # noqa: E402
+from conftest import hang_guard, journal_records, model_free_worker_cls, stop_shared_ray  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Ray assigned GPUs but torch sees no CUDA:UserWarning")
 
@@ -116,7 +116,7 @@ def autoscaling_head() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def growing_worker_cls(markers: Path, patience: float = 120.0) -> type[DecodeWorker]:
+def growing_worker_cls(markers: Path, patience: float = 120.0) -> type[Worker]:
     """Workers that prove the pool grows while it decodes. The first actor constructed goes ahead;
     the second finishes its constructor only once an item is being decoded (so it cannot be live
     before decoding starts), and says so with a marker. Items wait until the second is live, so both
@@ -129,7 +129,7 @@ def growing_worker_cls(markers: Path, patience: float = 120.0) -> type[DecodeWor
             time.sleep(0.1)
         return True
 
-    class GrowingWorker(DecodeWorker):
+    class GrowingWorker(model_free_worker_cls()):
         def __init__(self, *args, **kwargs):
             try:
                 os.close(os.open(markers / "first-constructed", os.O_CREAT | os.O_EXCL | os.O_WRONLY))

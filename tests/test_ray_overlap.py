@@ -20,9 +20,9 @@ ray = pytest.importorskip("ray")
 from latent_decoder.experiment import Experiment  # noqa: E402
 from latent_decoder.runner import run_decode  # noqa: E402
 from latent_decoder.settings import CliOptions, RunSettings, resolve_settings  # noqa: E402
-from latent_decoder.worker import DecodeWorker  # noqa: E402
+from latent_decoder.compute import Worker  # noqa: E402
 
-from conftest import hang_guard, journal_records  # noqa: E402
+from conftest import hang_guard, journal_records, model_free_worker_cls  # noqa: E402
 
 WAIT_S = 15.0  # how long an encode waits for its event; a serial actor waits this long per item
 
@@ -52,12 +52,12 @@ def event_log(path: Path):
     return note, events, wait_until
 
 
-def overlap_worker_cls(log: Path, items: int) -> type[DecodeWorker]:
+def overlap_worker_cls(log: Path, items: int) -> type[Worker]:
     """Logs each decode's start and end and each encode's end; an item's encode ends only once
     another decode has started after its own decode ended (or every item's decode has started)."""
     note, _, wait_until = event_log(log)
 
-    class OverlapWorker(DecodeWorker):
+    class OverlapWorker(model_free_worker_cls()):
         def decode_stage(self, work):
             note("decode-start", work.step.key)
             try:
@@ -103,12 +103,12 @@ def test_next_decode_starts_before_the_previous_encode_ends(make_experiment, tmp
         assert seen.index(("decode-start", later)) < seen.index(("encode-end", earlier)), seen
 
 
-def crash_worker_cls(log: Path, poison: str) -> type[DecodeWorker]:
+def crash_worker_cls(log: Path, poison: str) -> type[Worker]:
     """Every decode of ``poison`` ends the worker's process; the other item's first encode waits
     until that decode has started, so the first death takes both items with it."""
     note, _, wait_until = event_log(log)
 
-    class CrashWorker(DecodeWorker):
+    class CrashWorker(model_free_worker_cls()):
         def decode_stage(self, work):
             note("decode-start", work.step.key)
             if work.step.key == poison:

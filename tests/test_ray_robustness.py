@@ -24,9 +24,9 @@ ray = pytest.importorskip("ray")
 from latent_decoder.experiment import Experiment  # noqa: E402
 from latent_decoder.runner import run_decode  # noqa: E402
 from latent_decoder.settings import CliOptions, RunSettings, resolve_settings  # noqa: E402
-from latent_decoder.worker import DecodeWorker  # noqa: E402
+from latent_decoder.compute import Worker  # noqa: E402
 
-from conftest import REPO_ROOT, hang_guard, journal_records, touch_on_log  # noqa: E402
+from conftest import REPO_ROOT, hang_guard, journal_records, model_free_worker_cls, touch_on_log  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Ray assigned GPUs but torch sees no CUDA:UserWarning")
 
@@ -35,9 +35,9 @@ def ray_settings(exp: Path, **opts) -> RunSettings:
     return resolve_settings(Experiment.load(exp), CliOptions(executor="ray", **opts))
 
 
-def hanging_worker_cls(always: str) -> type[DecodeWorker]:
+def hanging_worker_cls(always: str) -> type[Worker]:
     """A worker whose compute hangs (as a CUDA deadlock would) on every try of item ``always``."""
-    class HangingWorker(DecodeWorker):
+    class HangingWorker(model_free_worker_cls()):
         def compute(self, work):
             if work.step.key == always:
                 time.sleep(3600)
@@ -48,9 +48,9 @@ def hanging_worker_cls(always: str) -> type[DecodeWorker]:
 
 # ---------------------------------------------------------------------- actors that cannot be placed
 
-def gated_worker_cls(gate: Path) -> type[DecodeWorker]:
+def gated_worker_cls(gate: Path) -> type[Worker]:
     """A worker whose items wait until ``gate`` exists (at most two minutes)."""
-    class GatedWorker(DecodeWorker):
+    class GatedWorker(model_free_worker_cls()):
         def compute(self, work):
             deadline = time.monotonic() + 120
             while not gate.exists() and time.monotonic() < deadline:
