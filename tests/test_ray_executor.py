@@ -21,7 +21,7 @@ from latent_decoder.experiment import Experiment  # noqa: E402
 from latent_decoder.runner import run_decode  # noqa: E402
 from latent_decoder.settings import CliOptions, RunSettings, resolve_settings  # noqa: E402
 
-from conftest import held_worker_cls, journal_records  # noqa: E402
+from conftest import held_worker_cls, journal_records, model_free_worker_cls  # noqa: E402
 
 # Every run here gets it (fake GPUs); the first test checks it is given once.
 pytestmark = pytest.mark.filterwarnings("ignore:Ray assigned GPUs but torch sees no CUDA:UserWarning")
@@ -71,9 +71,11 @@ def test_two_fake_gpus_two_actors_decode_everything(shared_ray, make_experiment,
 
 
 def test_shared_io_workers_write_outputs_and_resume_skips(shared_ray, make_experiment):
+    """Where outputs are written, not what decodes them: a model-free worker (the VAE with shared io:
+    ``test_full_disk_with_shared_io_stops_the_run_as_inline_does``)."""
     exp = make_experiment(prompts=1, videos=1, steps=3)
     settings = ray_settings(exp, io="shared", gpus=1)
-    report = run_decode(settings, progress=False)
+    report = run_decode(settings, progress=False, worker_cls=model_free_worker_cls())
     assert report.exit_code == 0 and report.succeeded == 3
     steps = list(journal_records(settings.output_dir).values())
     assert len(steps) == 3 and {s["worker"] for s in steps} == {"ray-0"}
@@ -132,6 +134,7 @@ def test_cli_with_cpu_workers_starts_its_own_ray(make_experiment):
 
 
 def test_interrupted_driver_keeps_committed_items_and_resume_decodes_the_rest(shared_ray, make_experiment):
+    """The driver's stop and resume, whatever decodes: a model-free worker."""
     exp = make_experiment(prompts=2, videos=1, steps=3)
     settings = ray_settings(exp, gpus=1)
     seen: list[str] = []
@@ -141,12 +144,12 @@ def test_interrupted_driver_keeps_committed_items_and_resume_decodes_the_rest(sh
         if len(seen) == 2:
             raise KeyboardInterrupt
 
-    first = run_decode(settings, progress=False, on_result=stop_after_two)
+    first = run_decode(settings, progress=False, on_result=stop_after_two, worker_cls=model_free_worker_cls())
     assert first.interrupted is not None and first.exit_code == 130
     kept = list(journal_records(settings.output_dir).values())
     assert 2 <= len(kept) < 6 and all(s["status"] == "ok" for s in kept)
     assert summary_of(settings)["last_run"]["interrupted"] is True
-    second = run_decode(settings, progress=False)
+    second = run_decode(settings, progress=False, worker_cls=model_free_worker_cls())
     assert second.exit_code == 0 and second.skipped == len(kept)
     assert len(second.records) == 6 - len(kept)
     assert_each_once(summary_of(settings), settings)
