@@ -51,11 +51,12 @@ browser:
 # fixtures, its Ray runtime or cluster, are made once): many tests wait on processes, actors and
 # deadlines, so two workers left a third of the CPU idle (pytest on the 2-core VM: 8 min 56 s with
 # two, 7 min 33 s with three, 7 min 27 s with four). Not --dist loadgroup: with pytest 9.2
-# pytest-xdist 3.8 no longer keeps an xdist_group together.
+# pytest-xdist 3.8 no longer keeps an xdist_group together. --no-loadscope-reorder: files are handed
+# out in the order tests/conftest.py gives (the longest first), not sorted by how many tests they hold.
 TEST_WORKERS ?= 3
 
 test: install browser
-	$(RUN_ENV) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(RUN_ENV) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The family parity tests (each family's decode against its own diffusers pipeline) on the oldest
 # diffusers release we declare; subprocesses and Ray workers inherit the PYTHONPATH.
