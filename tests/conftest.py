@@ -132,7 +132,8 @@ def wait_for_ray_resources(ray, **wanted: float) -> None:
 # workers in this order), so that no worker is left with a long one at the end while the others idle.
 FIRST_FILES = ("test_demo.py", "test_ray_executor.py", "test_watch.py", "test_resume.py", "test_ray_robustness.py",
                "test_ray_nodes.py", "test_distill.py", "test_ray_jobs.py", "test_family_wan_i2v.py",
-               "test_views_reconcile.py", "test_wan_stream.py", "test_ray_overlap.py", "test_ray_autoscale.py")
+               "test_views_reconcile.py", "test_wan_stream.py", "test_ray_overlap.py", "test_ray_autoscale.py",
+               "test_tiny_decode.py")  # the last file using the session's Ray: it is not started again later
 
 
 # Test files that use Ray: the session's runtime (``shared_ray``) or clusters of their own.

@@ -165,7 +165,7 @@ def test_no_op_run_and_gallery_leave_a_folder_another_run_holds(make_experiment,
 
 
 def test_sigterm_on_gallery_exits_143_and_leaves_no_temp_files(make_experiment):
-    exp = make_experiment(prompts=1, videos=3, steps=6, height=64, width=96)
+    exp = make_experiment(prompts=1, videos=3, steps=3, height=64, width=96)
     out = exp / "latents_videos"
     assert decode(exp).exit_code == 0
     # Slow the drawing down so that the signal lands in it, in a real process.
