@@ -11,7 +11,8 @@ refers to them; only a reference cycle among objects alive at the freeze is left
 5.2 CPU-s with the freeze, 5.9 without (0.88x); most of such a process's time goes to starting.
 
 Only the tool's own processes freeze: the CLI (``cli.main``) and its Ray actors. A program that calls
-the library (``run_decode``, ``Decoder``) keeps its collector as it set it, its own objects included.
+the library (``run_decode``, ``ExperimentLatentDecoder``, ``decode_latent``) keeps its collector as
+it set it, its own objects included.
 """
 from __future__ import annotations
 
