@@ -271,6 +271,33 @@ def held_worker_cls(gate: Path):
     return GatedWorker
 
 
+def meeting_vae_worker_cls(meeting: Path, count: int):
+    """The real VAE worker (``worker.DecodeWorker``), whose actors hold their first item until ``count`` of
+    them have loaded the model (at most two minutes): every actor of the pool then takes part in the
+    run, however unevenly a loaded machine starts them (one actor up seconds before the other could
+    otherwise decode every item alone)."""
+    import os
+    import time
+
+    from latent_decoder.worker import DecodeWorker
+
+    class MeetingWorker(DecodeWorker):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            meeting.mkdir(parents=True, exist_ok=True)
+            (meeting / str(os.getpid())).touch()
+            self.met = False
+
+        def to_frames(self, latent, work):
+            deadline = time.monotonic() + 120
+            while not self.met and len(list(meeting.iterdir())) < count and time.monotonic() < deadline:
+                time.sleep(0.02)
+            self.met = True
+            return super().to_frames(latent, work)
+
+    return MeetingWorker
+
+
 @contextmanager
 def touch_on_log(text: str, path: Path) -> Iterator[None]:
     """While inside: touch ``path`` when a ``latent_decoder`` log message contains ``text``, so a worker

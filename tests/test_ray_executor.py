@@ -21,7 +21,7 @@ from latent_decoder.experiment import Experiment  # noqa: E402
 from latent_decoder.runner import run_decode  # noqa: E402
 from latent_decoder.settings import CliOptions, RunSettings, resolve_settings  # noqa: E402
 
-from conftest import held_worker_cls, journal_records, model_free_worker_cls  # noqa: E402
+from conftest import held_worker_cls, journal_records, meeting_vae_worker_cls, model_free_worker_cls  # noqa: E402
 
 # Every run here gets it (fake GPUs); the first test checks it is given once.
 pytestmark = pytest.mark.filterwarnings("ignore:Ray assigned GPUs but torch sees no CUDA:UserWarning")
@@ -50,7 +50,7 @@ def test_two_fake_gpus_two_actors_decode_everything(shared_ray, make_experiment,
     exp = make_experiment(prompts=2, videos=2, steps=3)
     settings = ray_settings(exp)
     with pytest.warns(UserWarning, match="torch sees no CUDA") as caught:
-        report = run_decode(settings, progress=False)
+        report = run_decode(settings, progress=False, worker_cls=meeting_vae_worker_cls(tmp_path / "loaded", 2))
     assert sum("torch sees no CUDA" in str(w.message) for w in caught) == 1
     assert report.exit_code == 0 and report.succeeded == 12
     summary = summary_of(settings)
