@@ -8,12 +8,16 @@ PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 PY     := $(VENV)/bin/python
-# Packages are installed with uv (itself pip-installed into the venv first, which keeps pip there too),
-# bytecode compiled on both cores: on our 2-core CI box the venv is ready in about 25 s where pip took
-# about 65 s. uv reads no PIP_* settings: a pip --find-links folder (where our CI keeps its CPU torch
-# wheel) is handed on.
+# Packages are installed with uv (itself pip-installed into the venv first, which keeps pip there too).
+# uv reads no PIP_* settings: a pip --find-links folder (where our CI keeps its CPU torch wheel) is
+# handed on. Bytecode is written by importing, not by uv's --compile-bytecode, which compiles all of
+# site-packages (about 15,700 files: 15 s of a 22 s install on our 2-core CI box) where the tool and its
+# tests import about a third: two processes import the heavy part (torch with diffusers; Ray and the
+# rest), 10 s, before three pytest workers or a demo and its Ray actors would each compile it at once.
 UV     := $(VENV)/bin/uv
-UV_PIP := $(UV) pip install --quiet --compile-bytecode --python $(PY) $(addprefix --find-links ,$(PIP_FIND_LINKS))
+UV_PIP := $(UV) pip install --quiet --python $(PY) $(addprefix --find-links ,$(PIP_FIND_LINKS))
+WARM_TORCH := import torch, diffusers; from diffusers import AutoencoderKLWan
+WARM_REST  := import ray, ray.util.queue, imageio_ffmpeg, imageio.v3, jinja2, yaml, click, PIL.Image, safetensors.torch
 # The tests start a few hundred Python processes (CLI runs, Ray actors, the wheel's venv) and the demo
 # a few, each importing this package, whose editable install is not compiled: its bytecode is cached
 # in __pycache__ (ignored by git) by the first process, also where the environment sets
@@ -35,6 +39,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet uv
 	$(UV_PIP) $(TORCH)
 	$(UV_PIP) -e ".[test]"
+	$(RUN_ENV) $(PY) -c "$(WARM_TORCH)" & warm=$$!; $(RUN_ENV) $(PY) -c "$(WARM_REST)" && wait $$warm
 	touch $@
 
 demo: install
