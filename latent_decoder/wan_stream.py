@@ -20,6 +20,7 @@ modules make (the worker installs it; ``benchmarks/wan_memory.py`` prints these 
 """
 from __future__ import annotations
 
+import types
 from contextlib import closing, contextmanager
 from functools import reduce
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -49,6 +50,10 @@ def can_stream(vae: Any) -> bool:
 
 SELF_CHECK_LATENT = (3, 4, 4)  # latent frames, height, width: 9 frames of 32x32 (Wan2.1), a few ms on the tiny VAEs
 SELF_CHECK_TOLERANCE = 1e-3  # max abs difference in [-1, 1], both decodes in strict float32
+# The self-check's verdicts in this process (``_verdict_key``). What it checks is diffusers' code against
+# the stream's for one architecture, in float32 whatever the weights: a process that loads a VAE of
+# that config again (an API caller per latent, the tests) checks it once.
+_VERDICTS: dict[tuple, bool] = {}
 FP32_PRECISION_FLAGS = ("cuda.matmul", "cudnn.conv", "mkldnn.matmul", "mkldnn.conv")  # under torch.backends
 
 
@@ -89,6 +94,24 @@ def float32_weights(vae: Any) -> Iterator[None]:
             t.data = t.data.to(dtype)
 
 
+def _verdict_key(vae: Any, device: "torch.device | str") -> tuple | None:
+    """What the self-check's verdict depends on: the VAE's class and config, the device type, and the
+    code that runs (the forward of each module type in the decoder, the VAE's decode, the functions of
+    diffusers' Wan module), so that code replaced in this process is checked again. None (check every
+    time) for an instance with code of its own: a forward or another callable set on the instance."""
+    import json
+
+    import torch
+    from diffusers.models.autoencoders import autoencoder_kl_wan
+
+    modules = list(vae.decoder.modules())
+    if any("forward" in vars(m) for m in modules) or any(callable(v) for v in vars(vae).values()):
+        return None
+    code = (tuple(dict.fromkeys((type(m), type(m).forward) for m in modules)), type(vae).decode, type(vae)._decode,
+            tuple(v for v in vars(autoencoder_kl_wan).values() if isinstance(v, types.FunctionType)))
+    return (type(vae), json.dumps(dict(vae.config), sort_keys=True, default=str), torch.device(device).type, code)
+
+
 def streams_correctly(vae: Any, device: "torch.device | str") -> bool:
     """Set a Wan VAE up for the streamed decode (``wan_lean.lean_decoder``; on CUDA ``prepare_for_speed``)
     if it still gives this VAE's own ``vae.decode``: the stream mirrors diffusers' private internals
@@ -97,7 +120,9 @@ def streams_correctly(vae: Any, device: "torch.device | str") -> bool:
     frame on, every cache the stream keeps is full), in strict float32 (a half-precision VAE on a
     temporary float32 copy of its weights): ``vae.decode`` with diffusers' own modules, then the
     stream, at most ``SELF_CHECK_TOLERANCE`` apart. Anything else, an exception included, means
-    ``vae.decode``: False, the lean forwards removed, and one warning naming the diffusers version."""
+    ``vae.decode``: False, the lean forwards removed, and one warning naming the diffusers version.
+    A VAE whose class, config, device type and code were checked before in this process
+    (``_verdict_key``) takes that verdict, set up the same way without a decode."""
     import warnings
 
     import diffusers
@@ -105,10 +130,17 @@ def streams_correctly(vae: Any, device: "torch.device | str") -> bool:
 
     from .wan_lean import lean_decoder, plain_decoder
 
+    if not can_stream(vae):
+        return False
+    key = _verdict_key(vae, device)
+    if key in _VERDICTS:
+        if _VERDICTS[key]:
+            lean_decoder(vae)
+            if torch.device(device).type == "cuda":
+                prepare_for_speed(vae, device)
+        return _VERDICTS[key]
     leaned = False
     try:
-        if not can_stream(vae):
-            return False
         z = torch.randn((1, vae.config.z_dim, *SELF_CHECK_LATENT), generator=torch.Generator().manual_seed(0))
         with strict_float32(), float32_weights(vae), torch.inference_mode():
             z = z.mul_(2.0).to(device)
@@ -125,6 +157,8 @@ def streams_correctly(vae: Any, device: "torch.device | str") -> bool:
                 found = None if difference <= SELF_CHECK_TOLERANCE else f"max difference {difference:.3g}"
     except Exception as exc:  # internals that differ fail in any way: a missing attribute, other arguments...
         found = f"the check raised {describe_error(exc)}"
+    if key is not None:
+        _VERDICTS[key] = found is None
     if found is None:
         return True
     if leaned:

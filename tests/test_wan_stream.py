@@ -447,3 +447,50 @@ def test_nan_output_is_refused() -> None:
 def test_only_one_latent_at_a_time() -> None:
     with pytest.raises(ValueError, match=r"\[1, C, T, H, W\]"):
         decode_to_uint8(_wan21(), torch.randn(2, 16, 2, 4, 6))
+
+
+def test_a_vae_of_a_config_checked_before_takes_the_verdict_without_decoding(tiny: Case,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The self-check runs once per VAE config, device type and diffusers code in a process: another VAE
+    of that config (other weights) streams without a check of its own, and a refusal holds for it too;
+    code replaced in the process, or an instance with code of its own, is checked again."""
+    from diffusers.models.autoencoders import autoencoder_kl_wan
+
+    from latent_decoder import wan_stream
+
+    monkeypatch.setattr(wan_stream, "_VERDICTS", {})
+    checks: list[int] = []
+    real_chunks = wan_stream.decode_chunks
+
+    def counted_chunks(*args: Any, **kwargs: Any) -> Any:
+        checks.append(1)
+        return real_chunks(*args, **kwargs)
+    monkeypatch.setattr(wan_stream, "decode_chunks", counted_chunks)
+
+    def other_weights() -> Any:
+        vae = copy.deepcopy(tiny.vae)
+        with torch.no_grad():
+            for p in vae.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+        return vae
+
+    assert streams_correctly(copy.deepcopy(tiny.vae), "cpu") and len(checks) == 1
+    second = other_weights()
+    plain = copy.deepcopy(second)
+    assert streams_correctly(second, "cpu") and len(checks) == 1  # the verdict, no check
+    assert lean_modules(second) and max_diff(streamed(second, tiny.z)[0], reference(plain, tiny.z)) <= TOLERANCE
+
+    own = copy.deepcopy(tiny.vae)
+    own._decode = own._decode  # a method set on the instance: checked each time
+    assert streams_correctly(own, "cpu") and len(checks) == 2
+    real_unpatchify = autoencoder_kl_wan.unpatchify
+    monkeypatch.setattr(autoencoder_kl_wan, "unpatchify", lambda *args, **kwargs: real_unpatchify(*args, **kwargs))
+    assert streams_correctly(other_weights(), "cpu") and len(checks) == 3  # diffusers' code replaced
+
+    real_decode = type(tiny.vae)._decode
+    monkeypatch.setattr(type(tiny.vae), "_decode",
+                        lambda self, z, return_dict=True: DecoderOutput(sample=real_decode(self, z).sample + 5e-3))
+    with pytest.warns(UserWarning, match="max difference"):
+        assert not streams_correctly(other_weights(), "cpu")
+    refused = other_weights()
+    assert not streams_correctly(refused, "cpu") and len(checks) == 4 and not lean_modules(refused)
