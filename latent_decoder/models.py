@@ -240,18 +240,23 @@ def vae_skeleton(resolved: ResolvedModel) -> Any:
         return cls.from_config(cls.load_config(str(resolved.folder), local_files_only=True))
 
 
-def load_vae(resolved: ResolvedModel, device: "torch.device", dtype: "torch.dtype") -> Any:
-    """Load the VAE from its local folder (never touches the network) onto ``device``. A config the
-    class cannot be built from, or weights that are missing, truncated or of another shape, is one
-    ``ModelNotFoundError`` line naming the file."""
-    cls = _vae_class(resolved)
-    config_file = resolved.folder / "config.json"
+def _check_config(resolved: ResolvedModel, cls: Any) -> None:
+    """A config the class cannot be built from is one ``ModelNotFoundError`` line naming it."""
     try:
         vae_skeleton(resolved)
     except Exception as exc:  # a value of the wrong type or shape raises whatever the class's __init__ does
-        raise ModelNotFoundError(f"model '{resolved.source}': {config_file} is not a valid {cls.__name__} config: "
-                                 f"{describe_error(exc)}") from exc
+        raise ModelNotFoundError(f"model '{resolved.source}': {resolved.folder / 'config.json'} is not a valid "
+                                 f"{cls.__name__} config: {describe_error(exc)}") from exc
+
+
+def load_vae(resolved: ResolvedModel, device: "torch.device", dtype: "torch.dtype") -> Any:
+    """Load the VAE from its local folder (never touches the network) onto ``device``. A config the
+    class cannot be built from, or weights that are missing, truncated or of another shape, is one
+    ``ModelNotFoundError`` line naming the file (the config is looked at only when loading fails: a
+    model that loads needs no second build)."""
+    cls = _vae_class(resolved)
     if resolved.weights_file is None and not any(resolved.folder.glob(f"{WEIGHTS_NAME}*")):
+        _check_config(resolved, cls)
         raise ModelNotFoundError(f"model '{resolved.source}': {resolved.folder} holds no weights file "
                                  f"({WEIGHTS_NAME}.safetensors)")
     where = resolved.weights_file or resolved.folder
@@ -262,6 +267,7 @@ def load_vae(resolved: ResolvedModel, device: "torch.device", dtype: "torch.dtyp
         else:
             vae = cls.from_pretrained(str(resolved.folder), torch_dtype=dtype, local_files_only=True)
     except Exception as exc:  # the weights: missing, truncated, not safetensors, tensors of other shapes
+        _check_config(resolved, cls)
         raise ModelNotFoundError(f"model '{resolved.source}': cannot load the VAE weights in {where}: "
                                  f"{first_line(exc)}") from exc
     vae.to(device).eval()
