@@ -112,6 +112,17 @@ def _verdict_key(vae: Any, device: "torch.device | str") -> tuple | None:
     return (type(vae), json.dumps(dict(vae.config), sort_keys=True, default=str), torch.device(device).type, code)
 
 
+def _set_up_stream(vae: Any, device: "torch.device | str") -> None:
+    """What the streamed decode runs on: the lean forwards, and on CUDA ``prepare_for_speed``."""
+    import torch
+
+    from .wan_lean import lean_decoder
+
+    lean_decoder(vae)
+    if torch.device(device).type == "cuda":
+        prepare_for_speed(vae, device)
+
+
 def streams_correctly(vae: Any, device: "torch.device | str") -> bool:
     """Set a Wan VAE up for the streamed decode (``wan_lean.lean_decoder``; on CUDA ``prepare_for_speed``)
     if it still gives this VAE's own ``vae.decode``: the stream mirrors diffusers' private internals
@@ -128,16 +139,14 @@ def streams_correctly(vae: Any, device: "torch.device | str") -> bool:
     import diffusers
     import torch
 
-    from .wan_lean import lean_decoder, plain_decoder
+    from .wan_lean import plain_decoder
 
     if not can_stream(vae):
         return False
     key = _verdict_key(vae, device)
     if key in _VERDICTS:
         if _VERDICTS[key]:
-            lean_decoder(vae)
-            if torch.device(device).type == "cuda":
-                prepare_for_speed(vae, device)
+            _set_up_stream(vae, device)
         return _VERDICTS[key]
     leaned = False
     try:
@@ -146,9 +155,7 @@ def streams_correctly(vae: Any, device: "torch.device | str") -> bool:
             z = z.mul_(2.0).to(device)
             expected = vae.decode(z, return_dict=False)[0]
             leaned = True
-            lean_decoder(vae)
-            if torch.device(device).type == "cuda":
-                prepare_for_speed(vae, device)
+            _set_up_stream(vae, device)
             streamed = torch.cat(list(decode_chunks(vae, z)), 2)
             if streamed.shape != expected.shape:
                 found = f"shape {tuple(streamed.shape)} instead of {tuple(expected.shape)}"
